@@ -1,1 +1,27 @@
-"""Evaluation: Spearman correlation and the field's other measures, tables and plots."""
+"""Evaluation: Spearman correlation and the field's other measures, tables and plots.
+
+The metric functions (also used by training for its own ``metrics.json``) live in
+:mod:`evaluate.metrics`; see there for the conventions (undefined ρ is ``None``).
+"""
+
+from evaluate.metrics import (
+    bootstrap_mean_ci,
+    fisher_z_average,
+    mse,
+    per_class_spearman,
+    rl2,
+    score_metrics,
+    spearman,
+    std_over_seeds,
+)
+
+__all__ = [
+    "bootstrap_mean_ci",
+    "fisher_z_average",
+    "mse",
+    "per_class_spearman",
+    "rl2",
+    "score_metrics",
+    "spearman",
+    "std_over_seeds",
+]
