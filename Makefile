@@ -46,5 +46,9 @@ weights: $(STAMP)
 test: $(STAMP) weights
 	$(PY) -m pytest -q
 
+# Every run under RUNS (or RUNS=runs/a runs/b); EVALUATE_FLAGS e.g. "--best-on-test --plots all".
+evaluate: $(STAMP)
+	$(PY) pipeline.py evaluate $(RUNS) $(EVALUATE_FLAGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache */__pycache__ *.egg-info

@@ -14,8 +14,16 @@ from evaluate.metrics import (
     spearman,
     std_over_seeds,
 )
+from evaluate.report import EvaluateConfig, EvaluationReport, evaluate_runs
+from evaluate.runs import RunEvaluation, evaluate_run, find_run_dirs
 
 __all__ = [
+    "EvaluateConfig",
+    "EvaluationReport",
+    "RunEvaluation",
+    "evaluate_run",
+    "evaluate_runs",
+    "find_run_dirs",
     "bootstrap_mean_ci",
     "fisher_z_average",
     "mse",
