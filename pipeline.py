@@ -50,6 +50,143 @@ def weights(out, force):
     return 0
 
 
+# --------------------------------------------------------------------------- stage 1: extraction
+
+
+@cli.command("classify")
+@click.argument("video", type=click.Path())
+@click.option("--labels", type=click.Path(dir_okay=False), default=None,
+              help="Class names, one a line, in the model's output order (Kinetics-400's label_map.txt).")
+@click.option("--frames", type=int, default=64, show_default=True, help="Classify the first N frames as one clip.")
+@click.option("--weights", "weights_path", type=click.Path(dir_okay=False), default=None,
+              help="I3D checkpoint  [default: weights/i3d_kinetics400_rgb.pt]")
+@click.option("--top", type=int, default=5, show_default=True, help="How many classes to print.")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default="auto", show_default=True)
+def classify_command(video, labels, frames, weights_path, top, device):
+    """Top Kinetics-400 classes of VIDEO (a video file or a folder of frames).
+
+    The quickest check that the weights and the preprocessing fit: a diving clip should come out
+    as "springboard diving" (class 329). Preprocessing as for extraction: RGB, short side 256,
+    centre crop 224, pixels in [-1, 1].
+    """
+    from extract import class_probabilities, format_top_classes, frame_source_for, load_labels, top_classes
+    from extract.runner import resolve_device
+    from extract.weights import load_i3d
+
+    source = frame_source_for(video)
+    model, info = load_i3d(weights_path)
+    names = load_labels(labels, info.num_classes) if labels else None
+    torch_device = resolve_device(device)
+    probabilities = class_probabilities(model.to(torch_device), source, frames=frames, device=torch_device)
+    click.echo(f"{video}: first {frames} frames, weights {info.layout} (sha256 {info.sha256[:12]}...)")
+    click.echo(format_top_classes(top_classes(probabilities, names, k=top)))
+    return 0
+
+
+@cli.command("extract")
+@click.option("--dataset", type=click.Choice(["mtl-aqa"]), default="mtl-aqa", show_default=True,
+              help="Layout of --data-root (MTL-AQA: info/ with the annotation pickles, frames/).")
+@click.option("--data-root", type=click.Path(file_okay=False), default=None,
+              help="Dataset folder (MTL-AQA layout: info/*.pkl and frames/).")
+@click.option("--annotations", type=click.Path(dir_okay=False), default=None,
+              help="MTL-AQA annotation pickle  [default: the first found in DATA_ROOT/info]")
+@click.option("--frames-dir", type=click.Path(file_okay=False), default=None,
+              help="MTL-AQA frames folder  [default: DATA_ROOT/frames]")
+@click.option("--layout", type=click.Choice(["auto", "musdl", "core"]), default="auto", show_default=True,
+              help="musdl: one folder per dive (NN_MM/, first 103 frames); core: one folder per video "
+                   "(NN/, the 103 frames ending at the dive's end_frame).")
+@click.option("--manifest", type=click.Path(dir_okay=False), default=None,
+              help="Any other dataset: CSV with key,path,score[,difficulty][,split][,group] "
+                   "(path: a video file or a frames folder).")
+@click.option("--name", default=None, help="Dataset name recorded in the cache  [default: DATA_ROOT's or the CSV's name]")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="The HDF5 feature cache  [default: features/NAME.h5]")
+@click.option("--weights", "weights_path", type=click.Path(dir_okay=False), default=None,
+              help="I3D checkpoint  [default: weights/i3d_kinetics400_rgb.pt]")
+@click.option("--views", default=None,
+              help="Extra views besides 'original' (always view 0): flip, shift+K, shift-K and combinations "
+                   "like flip+shift-3, comma-separated; 'none' for the original only.  "
+                   "[default: flip,shift-3,shift+3,flip+shift-3,flip+shift+3 (6 views)]")
+@click.option("--resize", type=int, default=256, show_default=True, help="Short side after resizing (bilinear).")
+@click.option("--crop", type=int, default=224, show_default=True, help="Centre crop size (128/112 for quick runs).")
+@click.option("--batch-clips", type=int, default=32, show_default=True,
+              help="Clips per forward pass, packed across videos.")
+@click.option("--workers", type=int, default=2, show_default=True,
+              help="DataLoader processes decoding videos (0: decode in the main process).")
+@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda or cuda:N.")
+@click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="bf16/fp16: autocast (fp16 on CUDA only); recorded in the cache, never mixed with fp32.")
+@click.option("--limit", type=int, default=None, help="Only the first N videos (by key), for a quick try.")
+@click.option("--skip-bad", is_flag=True,
+              help="Skip videos that cannot be read (listed in the cache's info) instead of stopping.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar  [default: when stderr is a terminal]")
+def extract_command(dataset, data_root, annotations, frames_dir, layout, manifest, name, out, weights_path, views,
+            resize, crop, batch_clips, workers, device, precision, limit, skip_bad, progress):
+    """Stage 1: I3D features of every clip of every video into an HDF5 cache.
+
+    \b
+    Clips: 16 frames every 10 frames plus the last 16 (103 frames -> 10 clips).
+    Each video is decoded once (in --workers processes); clips of several videos share each forward
+    pass. Finished videos are journalled at once: an interrupted run resumes where it stopped, and
+    a cache built with other settings is refused, never mixed. A video that cannot be read stops
+    the run with one error naming the file (finished videos are kept); --skip-bad skips it.
+    Several processes or machines: torchrun --nproc-per-node N pipeline.py extract ...
+    """
+    from extract import DEFAULT_VIEWS, ExtractConfig, extract_dataset, load_extract_dataset
+
+    loaded, description = load_extract_dataset(
+        dataset=dataset, data_root=data_root, manifest=manifest, annotations=annotations,
+        frames_dir=frames_dir, layout=layout, name=name,
+    )
+    config = ExtractConfig(
+        out=out or f"features/{loaded.name}.h5", weights=weights_path,
+        views=views if views is not None else DEFAULT_VIEWS, resize=resize, crop=crop,
+        batch_clips=batch_clips, workers=workers, device=device, precision=precision, limit=limit,
+        skip_bad=skip_bad, progress=progress,
+    )
+    extract_dataset(loaded, config, description, log=click.echo)
+    return 0
+
+
+@cli.command("inspect")
+@click.argument("cache_path", metavar="CACHE", type=click.Path(dir_okay=False))
+@click.option("--key", default=None, help="One video: print its clip starts, or export it with --export.")
+@click.option("--export", "export_path", type=click.Path(dir_okay=False), default=None,
+              help="Write the video's [clips, 1024] float32 features to this .npy file (needs --key).")
+@click.option("--view", default="0", show_default=True, help="View to export: its index or name (e.g. flip).")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
+def inspect_command(cache_path, key, export_path, view, as_json):
+    """Provenance, views and clip counts of a feature cache; export one video's features."""
+    import json
+
+    from aqa.cache import open_cache
+    from extract import cache_summary, clip_count_table, export_features, format_summary, resolve_view
+
+    if export_path is not None and key is None:
+        raise UserError("--export needs --key (which video to export)")
+    cache = open_cache(cache_path)
+    if export_path is not None:
+        written = export_features(cache_path, key, export_path, view)
+        entry = cache.entry(key)
+        view_index = resolve_view(cache, view)
+        click.echo(f"{written}: video {key}, view {view_index} ({cache.view_names[view_index]}), "
+                   f"float32 [{entry.features.shape[1]}, {entry.features.shape[2]}]")
+        return 0
+    if key is not None:
+        entry = cache.entry(key)
+        click.echo(f"video {key}: {entry.num_frames} frames, features {list(entry.features.shape)} [views, clips, dim]")
+        for index, view_name in enumerate(cache.view_names):
+            click.echo(f"  {view_name:<14} clip starts {entry.clip_starts[index].tolist()}")
+        return 0
+    summary = cache_summary(cache)
+    if as_json:
+        click.echo(json.dumps(summary, indent=2, sort_keys=True))
+        return 0
+    click.echo(format_summary(summary))
+    click.echo(clip_count_table(cache))
+    return 0
+
+
 @cli.command()
 @click.argument("run_dirs", nargs=-1, type=click.Path(file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), default=None,
