@@ -200,15 +200,18 @@ def inspect_command(cache_path, key, export_path, view, as_json):
 @click.option("--bootstrap", "bootstrap_resamples", type=int, default=10_000, show_default=True,
               help="Bootstrap resamples (over seeds) for the 95 % interval of the mean rho.")
 @click.option("--bootstrap-seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
-def evaluate(run_dirs, out, best_on_test, plots, bootstrap_resamples, bootstrap_seed):
+@click.option("--baseline", default="supervised", show_default=True,
+              help="Method every other method is compared with seed by seed (paired Δrho, same splits).")
+def evaluate(run_dirs, out, best_on_test, plots, bootstrap_resamples, bootstrap_seed, baseline):
     """Spearman's rho, R-l2 and MSE of trained runs: per run, then mean ± std over seeds.
 
     RUN_DIRS are run folders or folders of runs [default: runs/]. Each run's measures are
     recomputed from its predictions.csv (test split, final model) and stored in its metrics.json.
     Runs are grouped by dataset × target × method × labelled ratio: number of seeds, rho mean ± std
     and a bootstrap 95 % interval over seeds (undefined with one seed), R-l2 ×100 (range of the test
-    labels), MSE; with action classes also per-class rho and their Fisher-z average. Writes
-    summary.csv/.json/.md, summary_runs.csv, summary_per_class.csv and plots/*.png under --out.
+    labels), MSE; with action classes also per-class rho and their Fisher-z average; and every
+    method against --baseline seed by seed (paired delta rho). Writes summary.csv/.json/.md,
+    summary_runs.csv, summary_per_class.csv, summary_paired.csv and plots/*.png under --out.
     Nothing is chosen on the test set unless --best-on-test asks for it. A broken run folder gets a
     one-line warning and is skipped; exit status 2 only when no run could be evaluated.
     """
@@ -221,53 +224,7 @@ def evaluate(run_dirs, out, best_on_test, plots, bootstrap_resamples, bootstrap_
         plots=plots,
         bootstrap_resamples=bootstrap_resamples,
         bootstrap_seed=bootstrap_seed,
-    )
-    report = evaluate_runs(config, warn=lambda message: click.echo(message, err=True))
-    click.echo(report.text)
-    skipped = f", {len(report.skipped)} skipped" if report.skipped else ""
-    plots_written = sum(path.suffix == ".png" for path in report.written)
-    click.echo(
-        f"\n{len(report.runs)} run(s) evaluated{skipped}; wrote {report.out_dir}/summary.* "
-        f"{'and summary_best_on_test.* ' if report.best_rows else ''}and {plots_written} plot(s) "
-        f"in {report.out_dir}/plots"
-    )
-    return 0
-
-
-@cli.command()
-@click.argument("run_dirs", nargs=-1, type=click.Path(file_okay=False))
-@click.option("--out", type=click.Path(file_okay=False), default=None,
-              help="Folder for summary.* and plots/  [default: runs/, or the common parent of RUN_DIRS' runs]")
-@click.option("--best-on-test", is_flag=True,
-              help="Also report the field's optimistic protocol: each run's epoch with the best TEST rho "
-                   "(needs training with --keep-epoch-predictions). Written to summary_best_on_test.*, "
-                   "every number labelled so.")
-@click.option("--plots", type=click.Choice(["auto", "summary", "all", "none"]), default="auto", show_default=True,
-              help="summary: rho-vs-ratio plots; all: also predicted-vs-true per run; auto: all up to 30 runs.")
-@click.option("--bootstrap", "bootstrap_resamples", type=int, default=10_000, show_default=True,
-              help="Bootstrap resamples (over seeds) for the 95 % interval of the mean rho.")
-@click.option("--bootstrap-seed", type=int, default=0, show_default=True, help="Seed of the bootstrap.")
-def evaluate(run_dirs, out, best_on_test, plots, bootstrap_resamples, bootstrap_seed):
-    """Spearman's rho, R-l2 and MSE of trained runs: per run, then mean ± std over seeds.
-
-    RUN_DIRS are run folders or folders of runs [default: runs/]. Each run's measures are
-    recomputed from its predictions.csv (test split, final model) and stored in its metrics.json.
-    Runs are grouped by dataset × target × method × labelled ratio: number of seeds, rho mean ± std
-    and a bootstrap 95 % interval over seeds (undefined with one seed), R-l2 ×100 (range of the test
-    labels), MSE; with action classes also per-class rho and their Fisher-z average. Writes
-    summary.csv/.json/.md, summary_runs.csv, summary_per_class.csv and plots/*.png under --out.
-    Nothing is chosen on the test set unless --best-on-test asks for it. A broken run folder gets a
-    one-line warning and is skipped; exit status 2 only when no run could be evaluated.
-    """
-    from evaluate import EvaluateConfig, evaluate_runs
-
-    config = EvaluateConfig(
-        run_dirs=list(run_dirs),
-        out=out,
-        best_on_test=best_on_test,
-        plots=plots,
-        bootstrap_resamples=bootstrap_resamples,
-        bootstrap_seed=bootstrap_seed,
+        baseline=baseline,
     )
     report = evaluate_runs(config, warn=lambda message: click.echo(message, err=True))
     click.echo(report.text)

@@ -63,17 +63,16 @@ def draw_rho_against_ratio(axes, rows: list[dict[str, Any]], dataset: str, targe
     lowest, highest = 1.0, -1.0
     # Methods are nudged apart along x so that error bars at the same ratio do not hide each other.
     span = (max(ratios_seen) - min(ratios_seen)) if ratios_seen else 0.0
-    nudge = 0.012 * (span or 20.0)
-    for order, (method, method_rows) in enumerate(sorted(methods.items())):
-        points = sorted((row for row in method_rows if row["rho_mean"] is not None), key=lambda r: r["ratio"])
-        if not points:
-            continue
+    nudge = 0.015 * (span or 20.0)
+    drawn = [method for method, method_rows in methods.items() if any(r["rho_mean"] is not None for r in method_rows)]
+    for order, method in enumerate(sorted(drawn)):
+        points = sorted((row for row in methods[method] if row["rho_mean"] is not None), key=lambda r: r["ratio"])
         ratios = np.array([row["ratio"] * 100 for row in points])
         means = np.array([row["rho_mean"] for row in points])
         stds = np.array([row["rho_std"] if row["rho_std"] is not None else 0.0 for row in points])
         seeds = [row["n_seeds"] - row["n_rho_undefined"] for row in points]
         label = f"{method} (ours{', best-on-test' if best_on_test else ''}; seeds: {_seed_counts(seeds)})"
-        shift = (order - (len(methods) - 1) / 2) * nudge
+        shift = (order - (len(drawn) - 1) / 2) * nudge
         axes.errorbar(
             ratios + shift, means, yerr=stds, marker="o", markersize=5, capsize=4, linewidth=1.6, label=label
         )
@@ -98,6 +97,9 @@ def draw_rho_against_ratio(axes, rows: list[dict[str, Any]], dataset: str, targe
     if ratios_seen:
         axes.set_xticks(sorted(ratios_seen))
         axes.set_xticklabels([f"{value:g}" for value in sorted(ratios_seen)])
+        full_span = max(ratios_seen) - min(ratios_seen)
+        pad = 0.06 * full_span if full_span else 10.0
+        axes.set_xlim(min(ratios_seen) - pad, max(ratios_seen) + pad)
     if highest >= lowest:
         margin = max(0.02, 0.08 * (highest - lowest))
         axes.set_ylim(max(-1.0, lowest - margin), min(1.0, highest + margin))

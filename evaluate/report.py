@@ -32,6 +32,7 @@ class EvaluateConfig:
     bootstrap_resamples: int = 10_000
     bootstrap_seed: int = 0
     confidence: float = 0.95
+    baseline: str = "supervised"  # methods are also compared with it seed by seed
 
 
 @dataclass
@@ -42,6 +43,7 @@ class EvaluationReport:
     class_rows: list[dict[str, Any]]
     best_rows: list[dict[str, Any]] | None
     best_class_rows: list[dict[str, Any]] | None
+    paired_rows: list[dict[str, Any]]
     out_dir: Path
     written: list[Path]
     text: str  # the tables for the terminal
@@ -107,6 +109,9 @@ def evaluate_runs(config: EvaluateConfig, warn: Callable[[str], None] = _stderr)
     rows, class_rows = summary_module.summarise(
         runs, False, config.bootstrap_resamples, config.bootstrap_seed, config.confidence
     )
+    paired_rows = summary_module.paired_differences(
+        runs, config.baseline, config.bootstrap_resamples, config.bootstrap_seed, config.confidence
+    )
     best_rows = best_class_rows = None
     if config.best_on_test:
         best_rows, best_class_rows = summary_module.summarise(
@@ -118,7 +123,9 @@ def evaluate_runs(config: EvaluateConfig, warn: Callable[[str], None] = _stderr)
 
     written: list[Path] = []
     texts = [_terminal_text(rows, class_rows, False, config.confidence)]
-    written += _write_summary(out_dir, "summary", runs, rows, class_rows, skipped, config, False)
+    if paired_rows:
+        texts.append(_paired_text(paired_rows, config))
+    written += _write_summary(out_dir, "summary", runs, rows, class_rows, skipped, config, False, paired_rows)
     if best_rows is not None:
         texts.append(_terminal_text(best_rows, best_class_rows, True, config.confidence))
         written += _write_summary(
@@ -132,6 +139,7 @@ def evaluate_runs(config: EvaluateConfig, warn: Callable[[str], None] = _stderr)
         class_rows=class_rows,
         best_rows=best_rows,
         best_class_rows=best_class_rows,
+        paired_rows=paired_rows,
         out_dir=out_dir,
         written=written,
         text="\n\n".join(texts),
@@ -158,7 +166,22 @@ def _terminal_text(rows, class_rows, best_on_test: bool, level: float) -> str:
     return "\n".join(parts)
 
 
-def _markdown(rows, class_rows, skipped, best_on_test: bool, config: EvaluateConfig) -> str:
+PAIRED_LEFT = (0, 1, 3)
+
+
+def _paired_title(config: EvaluateConfig) -> str:
+    return (
+        f"Paired against {config.baseline} (Δρ = ρ(method) − ρ({config.baseline}) on the same seed; "
+        "final models)"
+    )
+
+
+def _paired_text(paired_rows, config: EvaluateConfig) -> str:
+    header, body = summary_module.paired_table_cells(paired_rows, config.confidence)
+    return "\n".join([_paired_title(config), summary_module.format_table(header, body, left=PAIRED_LEFT)])
+
+
+def _markdown(rows, class_rows, skipped, best_on_test: bool, config: EvaluateConfig, paired_rows=()) -> str:
     header, body = summary_module.table_cells(rows, best_on_test, config.confidence)
     lines = [f"# {summary_module.title(best_on_test, config.confidence)}", ""]
     if best_on_test:
@@ -184,27 +207,39 @@ def _markdown(rows, class_rows, skipped, best_on_test: bool, config: EvaluateCon
              str(row["n_samples"]), str(row["n_seeds"]), summary_module._mean_std(row["rho_mean"], row["rho_std"], 3)]
             for row in class_rows
         ]  # fmt: skip
-        lines.append(summary_module.markdown_table(class_header, class_body))
+        lines.append(summary_module.markdown_table(class_header, class_body, left=(0, 1, 2, 4)))
         lines += ["", "The classes' ρ are averaged through Fisher's z (unweighted, |ρ| clipped at 0.9999)."]
+    if paired_rows:
+        header, body = summary_module.paired_table_cells(paired_rows, config.confidence)
+        lines += ["", f"## {_paired_title(config)}", "", summary_module.markdown_table(header, body, PAIRED_LEFT)]
+        lines += [
+            "",
+            "Wins: seeds on which the method's ρ beat the baseline's. Same split: every pair's split.json "
+            "lists the same labelled and test videos.",
+        ]
     if skipped:
         lines += ["", "## Runs not evaluated", ""]
-        lines += [f"- `{entry['run']}`: {entry['problem']}" for entry in skipped]
+        lines += [f"- {entry['problem']}" for entry in skipped]
     return "\n".join(lines) + "\n"
 
 
-def _write_summary(out_dir, stem, runs, rows, class_rows, skipped, config, best_on_test) -> list[Path]:
+def _write_summary(out_dir, stem, runs, rows, class_rows, skipped, config, best_on_test, paired_rows=()) -> list[Path]:
     written = []
     cell_columns = summary_module.CELL_COLUMNS + (summary_module.BEST_EXTRA_COLUMNS if best_on_test else ())
     written.append(summary_module.write_csv(out_dir / f"{stem}.csv", rows, cell_columns, best_on_test))
     run_columns = summary_module.RUN_COLUMNS + (("epoch", "n_epochs") if best_on_test else ())
     run_rows = summary_module.run_rows(runs, best_on_test)
     written.append(summary_module.write_csv(out_dir / f"{stem}_runs.csv", run_rows, run_columns, best_on_test))
-    if class_rows:
-        written.append(
-            summary_module.write_csv(
-                out_dir / f"{stem}_per_class.csv", class_rows, summary_module.CLASS_COLUMNS, best_on_test
-            )
-        )
+    companions = (
+        (f"{stem}_per_class.csv", class_rows, summary_module.CLASS_COLUMNS, best_on_test),
+        (f"{stem}_paired.csv", paired_rows, summary_module.PAIRED_COLUMNS, False),
+    )
+    for name, companion_rows, columns, prefixed in companions:
+        if companion_rows:
+            written.append(summary_module.write_csv(out_dir / name, companion_rows, columns, prefixed))
+        else:
+            # A table of an earlier evaluation must not sit next to this one's summary as if current.
+            (out_dir / name).unlink(missing_ok=True)
     document = {
         "protocol": summary_module.BEST_PROTOCOL if best_on_test else summary_module.FINAL_PROTOCOL,
         "config": to_dict(config),
@@ -213,8 +248,10 @@ def _write_summary(out_dir, stem, runs, rows, class_rows, skipped, config, best_
         "runs": summary_module.prefixed_rows(run_rows, best_on_test),
         "skipped": skipped,
     }
+    if not best_on_test:
+        document["paired"] = list(paired_rows)
     written.append(write_json(out_dir / f"{stem}.json", document))
-    markdown = _markdown(rows, class_rows, skipped, best_on_test, config)
+    markdown = _markdown(rows, class_rows, skipped, best_on_test, config, paired_rows)
     written.append(summary_module._atomic_write_text(out_dir / f"{stem}.md", markdown))
     return written
 

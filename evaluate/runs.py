@@ -10,6 +10,8 @@ folder, so the caller can warn and carry on with the other runs.
 from __future__ import annotations
 
 import csv
+import hashlib
+import json
 import math
 import os
 from collections import deque
@@ -50,6 +52,7 @@ class RunEvaluation:
     true_scores: np.ndarray
     predicted: np.ndarray
     groups: list[str] | None
+    split_digest: str | None = None  # labelled + test keys; None without split.json
     best_on_test: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -202,11 +205,15 @@ def _is_number(text: str) -> bool:
     return True
 
 
-def _check_split(folder: Path, test_keys: list[str]) -> None:
-    """The predictions must cover exactly the test videos of ``split.json``, if there is one."""
+def _check_split(folder: Path, test_keys: list[str]) -> str | None:
+    """The predictions must cover exactly the test videos of ``split.json``, if there is one.
+
+    Returns a digest of the labelled and test keys (``None`` without split.json), so that runs
+    compared seed by seed can be checked to share their split.
+    """
     split_path = folder / "split.json"
     if not split_path.is_file():
-        return
+        return None
     split = read_json(split_path)
     if not isinstance(split, dict) or not isinstance(split.get("test"), list):
         raise UserError("no 'test' list", split_path)
@@ -220,6 +227,11 @@ def _check_split(folder: Path, test_keys: list[str]) -> None:
         if extra:
             parts.append(f"not in the split {', '.join(extra[:3])}{' …' if len(extra) > 3 else ''}")
         raise UserError("; ".join(parts), folder)
+    labelled = split.get("labelled")
+    if not isinstance(labelled, list):
+        return None
+    listing = json.dumps([sorted(map(str, labelled)), sorted(expected)])
+    return hashlib.sha256(listing.encode()).hexdigest()[:16]
 
 
 def best_epoch_on_test(
@@ -325,7 +337,7 @@ def evaluate_run(folder: Path, best_on_test: bool = False, write_back: bool = Tr
         raise UserError("missing config.json and metrics.json (run incomplete)", folder)
     identity = _identity(folder, stored, config)
     keys, true_scores, predicted, groups = read_test_predictions(folder / "predictions.csv")
-    _check_split(folder, keys)
+    split_digest = _check_split(folder, keys)
     metrics = score_metrics(true_scores, predicted, groups)
     run = RunEvaluation(
         path=folder,
@@ -335,6 +347,7 @@ def evaluate_run(folder: Path, best_on_test: bool = False, write_back: bool = Tr
         true_scores=true_scores,
         predicted=predicted,
         groups=groups,
+        split_digest=split_digest,
         **identity,
     )
     stored_rho = stored.get("spearman") if stored else None

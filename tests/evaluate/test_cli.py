@@ -137,3 +137,14 @@ def test_no_runs_and_no_usable_runs_exit_2_with_one_line(tmp_path, make_run, cap
 
     assert main(["evaluate", str(tmp_path / "nowhere")]) == 2
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_paired_table_is_printed_and_written(runs_dir, capsys):
+    assert main(["evaluate", str(runs_dir), "--plots", "none", "--bootstrap", "500"]) == 0
+    out = capsys.readouterr().out
+    assert "Paired against supervised" in out
+    rows = _csv_rows(runs_dir / "summary_paired.csv")
+    assert [(row["method"], row["ratio"], row["n_pairs"]) for row in rows] == [("trs", "0.1", "3"), ("trs", "0.4", "3")]
+    assert json.loads((runs_dir / "summary.json").read_text())["paired"][0]["baseline"] == "supervised"
+    assert main(["evaluate", str(runs_dir), "--plots", "none", "--baseline", "trs"]) == 0
+    assert [row["method"] for row in _csv_rows(runs_dir / "summary_paired.csv")] == ["supervised", "supervised"]

@@ -13,7 +13,7 @@ from scipy import stats  # noqa: E402
 
 from evaluate.plots import PAPER_LABEL, draw_rho_against_ratio  # noqa: E402
 from evaluate.runs import evaluate_run  # noqa: E402
-from evaluate.summary import format_table, summarise, table_cells  # noqa: E402
+from evaluate.summary import format_table, paired_differences, summarise, table_cells  # noqa: E402
 
 
 def _runs(tmp_path, make_run, **cells):
@@ -135,3 +135,26 @@ def test_rho_plot_draws_the_paper_points_only_for_mtl_aqa_final_score(tmp_path, 
     assert "Spearman" in axes.get_ylabel() and "labelled" in axes.get_xlabel()
     labels, _ = _legend_labels(rows, "fis-v", "TES")
     assert not any(PAPER_LABEL in label for label in labels)
+
+
+def test_paired_differences_against_the_baseline_seed_by_seed(tmp_path, make_run):
+    runs = _runs(
+        tmp_path,
+        make_run,
+        sup=("supervised", 0.1, range(4), {}),
+        trs=("trs", 0.1, [0, 1, 2, 5], {}),  # seed 5 has no baseline partner
+        other=("mean-teacher", 0.4, range(2), {}),  # no baseline at 40 %
+    )
+    (row,) = paired_differences(runs, "supervised", resamples=1000)
+    rho = {(run.method, run.seed): run.metrics["spearman"] for run in runs}
+    deltas = [rho[("trs", seed)] - rho[("supervised", seed)] for seed in (0, 1, 2)]
+    assert (row["method"], row["ratio"], row["n_pairs"], row["seeds"]) == ("trs", 0.1, 3, [0, 1, 2])
+    assert row["delta_rho_mean"] == pytest.approx(np.mean(deltas))
+    assert row["delta_rho_std"] == pytest.approx(np.std(deltas, ddof=1))
+    assert row["wins"] == sum(delta > 0 for delta in deltas)
+    assert row["same_split"] is True
+    # A pair trained on different labelled videos is flagged.
+    runs[0].split_digest = "different"
+    (row,) = paired_differences(runs, "supervised", resamples=1000)
+    assert row["same_split"] is False
+    assert paired_differences(runs, "no-such-method") == []
