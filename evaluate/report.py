@@ -19,6 +19,8 @@ PLOT_MODES = ("auto", "summary", "all", "none")
 # "auto" draws a scatter per run up to this many runs, and only the summary plots beyond.
 AUTO_RUN_PLOT_LIMIT = 30
 DEFAULT_RUNS_DIR = "runs"
+# More classes than this (e.g. dive numbers in the group column) go to the files only.
+TERMINAL_CLASS_LIMIT = 12
 
 
 @dataclass
@@ -161,8 +163,12 @@ def _terminal_text(rows, class_rows, best_on_test: bool, level: float) -> str:
     header, body = summary_module.table_cells(rows, best_on_test, level)
     parts = [summary_module.title(best_on_test, level), summary_module.format_table(header, body)]
     if class_rows:
-        parts += ["", "Per class" + (" (BEST-ON-TEST)" if best_on_test else "") + ":"]
-        parts.append(summary_module.format_class_table(class_rows, best_on_test))
+        label = "Per class" + (" (BEST-ON-TEST)" if best_on_test else "")
+        classes = {row["class"] for row in class_rows}
+        if len(classes) > TERMINAL_CLASS_LIMIT:
+            parts += ["", f"{label}: {len(classes)} classes, see the per-class CSV and Markdown files."]
+        else:
+            parts += ["", f"{label}:", summary_module.format_class_table(class_rows, best_on_test)]
     return "\n".join(parts)
 
 
