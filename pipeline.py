@@ -187,6 +187,89 @@ def inspect_command(cache_path, key, export_path, view, as_json):
     return 0
 
 
+@cli.command("import-features")
+@click.option("--features-dir", type=click.Path(file_okay=False), required=True,
+              help="Folder of pre-extracted features: one <key>.npy per video, [clips, D].")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="The HDF5 feature cache to write  [default: features/NAME.h5]")
+@click.option("--name", default=None,
+              help="Dataset name recorded in the cache  [default: the folder's name, or its parent's when the "
+                   "folder is called 'features']")
+@click.option("--glob", "pattern", default="*.npy", show_default=True,
+              help="Which files of --features-dir to import ('**/*.npy' includes sub-folders).")
+@click.option("--views", default=None,
+              help="Files are [views, clips, D]: their view names, comma-separated, 'original' first.")
+@click.option("--progress/--no-progress", default=None, help="Progress bar  [default: when stderr is a terminal]")
+def import_features_command(features_dir, out, name, pattern, views, progress):
+    """Turn a bank of pre-extracted features into a feature cache stage 2 can train on.
+
+    \b
+    Each <key>.npy holds one video's clip features [clips, D] (float16/32/64; clip counts may
+    differ, D may not): e.g. the Video-Swin features published for Fis-V. Every file is checked
+    first (readable .npy, float, rank, one D, no NaN/inf) and every problem is reported by file
+    name; nothing is written then. The cache records that the features are imported, the bank's
+    identity (sha256 of its file names and sizes) and the folder it came from. Re-importing the
+    same bank is a no-op; a different bank into an existing cache is refused.
+    """
+    from extract.import_bank import ImportConfig, default_dataset_name, import_feature_bank
+
+    view_names = tuple(part.strip() for part in views.split(",") if part.strip()) if views else None
+    dataset_name = name or default_dataset_name(features_dir)
+    config = ImportConfig(
+        features_dir=features_dir, out=out or f"features/{dataset_name}.h5", pattern=pattern, name=name,
+        view_names=view_names, progress=progress,
+    )
+    result = import_feature_bank(config, log=click.echo)
+    if not result.up_to_date:
+        click.echo(f"{result.cache_path}: {result.num_videos} videos imported, feature dim {result.feature_dim}, "
+                   f"{result.min_clips} to {result.max_clips} clips per video")
+    return 0
+
+
+@cli.command("synth")
+@click.option("--out", type=click.Path(file_okay=False), required=True,
+              help="Dataset folder to write (MTL-AQA layout: info/, frames/, synth_config.json).")
+@click.option("--dives", "num_dives", type=int, default=300, show_default=True, help="Number of dives.")
+@click.option("--frames", "frames_per_dive", type=int, default=103, show_default=True,
+              help="Frames per dive (MTL-AQA: 103). The dive always spans 3.6 s, so fewer frames = lower fps.")
+@click.option("--width", type=int, default=128, show_default=True, help="Frame width in pixels.")
+@click.option("--height", type=int, default=128, show_default=True, help="Frame height in pixels.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Everything random derives from it.")
+@click.option("--test-fraction", type=float, default=0.25, show_default=True, help="Share of dives in the test split.")
+@click.option("--dives-per-video", type=int, default=20, show_default=True,
+              help="Dives per broadcast (they share venue, camera and judging panel).")
+@click.option("--judge-noise", type=float, default=0.35, show_default=True,
+              help="Standard deviation of one judge's award around the true execution score.")
+@click.option("--jpeg-quality", type=int, default=90, show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True,
+              help="Rendering processes (does not change the output).")
+@click.option("--progress/--no-progress", default=None, help="Progress bar  [default: when stderr is a terminal]")
+def synth_command(out, num_dives, frames_per_dive, width, height, seed, test_fraction, dives_per_video, judge_noise,
+                  jpeg_quality, workers, progress):
+    """Render a synthetic diving dataset in MTL-AQA's on-disk layout.
+
+    \b
+    Each dive has hidden factors: the dive (somersaults, twists, position -> difficulty), body
+    line, entry angle and splash (-> execution). Seven judges score execution with noise, in
+    half points; final score = difficulty x sum of the middle three, as in MTL-AQA. Writes
+    info/augmented_final_annotations_dict.pkl, info/{train,test}_split_0.pkl,
+    info/synth_factors.csv (the hidden truth), frames/NN_MM/00000.jpg... and synth_config.json.
+    Deterministic for a seed; an interrupted run resumes; another configuration in an existing
+    folder is refused. Then: pipeline.py extract --dataset mtl-aqa --data-root OUT ...
+    """
+    from synth import SynthConfig, generate_dataset
+
+    config = SynthConfig(
+        seed=seed, num_dives=num_dives, dives_per_video=dives_per_video, frames_per_dive=frames_per_dive,
+        width=width, height=height, test_fraction=test_fraction, judge_noise=judge_noise,
+        jpeg_quality=jpeg_quality,
+    )
+    result = generate_dataset(out, config, workers=workers, progress=progress, log=click.echo)
+    click.echo(f"{result.out}: {result.num_dives} dives ({result.num_train} train, {result.num_test} test), "
+               f"{frames_per_dive} frames of {width}x{height} each; rendered {result.rendered} now")
+    return 0
+
+
 @cli.command()
 @click.argument("run_dirs", nargs=-1, type=click.Path(file_okay=False))
 @click.option("--out", type=click.Path(file_okay=False), default=None,
