@@ -5,6 +5,7 @@ The metric functions (also used by training for its own ``metrics.json``) live i
 """
 
 from evaluate.metrics import (
+    MIN_CLASS_SIZE,
     bootstrap_mean_ci,
     fisher_z_average,
     mse,
@@ -18,6 +19,7 @@ from evaluate.report import EvaluateConfig, EvaluationReport, evaluate_runs
 from evaluate.runs import RunEvaluation, evaluate_run, find_run_dirs
 
 __all__ = [
+    "MIN_CLASS_SIZE",
     "EvaluateConfig",
     "EvaluationReport",
     "RunEvaluation",

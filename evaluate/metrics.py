@@ -12,6 +12,10 @@ Conventions (shared by training's own ``metrics.json`` and by ``pipeline.py eval
 - ``mse``: mean squared error in the score's own units.
 - ``fisher_z_average``: the AQA-7 convention for several action classes: average the classes'
   ρ through Fisher's z (``tanh(mean(arctanh ρ))``), unweighted, classes with undefined ρ left out.
+  :func:`score_metrics` averages only classes with at least ``MIN_CLASS_SIZE`` (10) test samples:
+  the ρ of a tiny class is noise (two samples always give ±1), and a ``group`` column holding,
+  say, MTL-AQA dive numbers would otherwise give a meaningless average near 1. Every class's ρ
+  is still reported.
 
 Every function refuses NaN/inf and length mismatches with ``ValueError``: a number computed from
 broken predictions would look like a result.
@@ -31,6 +35,8 @@ from scipy import stats
 # make the average exactly ±1 whatever the other classes say. It is clipped to this magnitude
 # first (arctanh ≈ 4.95, the z of ρ = 0.9999); the docs of fisher_z_average say so.
 FISHER_Z_CLIP = 0.9999
+# Classes with fewer test samples than this are listed but left out of the Fisher-z average.
+MIN_CLASS_SIZE = 10
 
 
 def _paired_arrays(true: Iterable[float], pred: Iterable[float]) -> tuple[np.ndarray, np.ndarray]:
@@ -115,11 +121,14 @@ def score_metrics(
     pred: Iterable[float],
     groups: Sequence[str | None] | None = None,
     label_range: float | None = None,
+    min_class_size: int = MIN_CLASS_SIZE,
 ) -> dict[str, Any]:
     """All measures of one set of predictions, as the keys ``metrics.json`` uses.
 
     ``spearman``, ``rl2`` (× 100), ``mse``, ``n_test``; with classes also ``per_class``
-    (see :func:`per_class_spearman`) and ``spearman_fisher_z`` (their Fisher-z average).
+    (see :func:`per_class_spearman`), ``spearman_fisher_z`` (the Fisher-z average of the classes
+    with at least ``min_class_size`` samples and a defined ρ) and ``fisher_z_classes`` (how many
+    classes that average covers).
     """
     true_scores, predicted = _paired_arrays(true, pred)
     result: dict[str, Any] = {
@@ -131,7 +140,13 @@ def score_metrics(
     if groups is not None and any(group not in (None, "") for group in groups):
         classes = per_class_spearman(true_scores, predicted, groups)
         result["per_class"] = classes
-        result["spearman_fisher_z"] = fisher_z_average(entry["spearman"] for entry in classes.values())
+        averaged = [
+            entry["spearman"]
+            for entry in classes.values()
+            if entry["n"] >= min_class_size and entry["spearman"] is not None
+        ]
+        result["spearman_fisher_z"] = fisher_z_average(averaged)
+        result["fisher_z_classes"] = len(averaged)
     return result
 
 

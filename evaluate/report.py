@@ -13,6 +13,7 @@ from typing import Any
 from aqa.config import to_dict, write_json
 from aqa.errors import UserError
 from evaluate import summary as summary_module
+from evaluate.metrics import MIN_CLASS_SIZE
 from evaluate.runs import RunEvaluation, evaluate_run, find_run_dirs
 
 PLOT_MODES = ("auto", "summary", "all", "none")
@@ -214,7 +215,11 @@ def _markdown(rows, class_rows, skipped, best_on_test: bool, config: EvaluateCon
             for row in class_rows
         ]  # fmt: skip
         lines.append(summary_module.markdown_table(class_header, class_body, left=(0, 1, 2, 4)))
-        lines += ["", "The classes' ρ are averaged through Fisher's z (unweighted, |ρ| clipped at 0.9999)."]
+        lines += [
+            "",
+            "The classes' ρ are averaged through Fisher's z (unweighted, |ρ| clipped at 0.9999), over the "
+            f"classes with at least {MIN_CLASS_SIZE} test samples.",
+        ]
     if paired_rows:
         header, body = summary_module.paired_table_cells(paired_rows, config.confidence)
         lines += ["", f"## {_paired_title(config)}", "", summary_module.markdown_table(header, body, PAIRED_LEFT)]

@@ -373,6 +373,7 @@ def _write_metrics(path: Path, stored: dict | None, identity: dict[str, Any], ru
     # Per-class results of an earlier evaluation must not survive if the classes are gone.
     updated.pop("per_class", None)
     updated.pop("spearman_fisher_z", None)
+    updated.pop("fisher_z_classes", None)
     updated.update(run.metrics)
     if run.best_on_test is not None:
         updated["best_on_test"] = run.best_on_test

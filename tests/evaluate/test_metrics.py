@@ -10,6 +10,7 @@ from scipy import stats
 
 from evaluate.metrics import (
     FISHER_Z_CLIP,
+    MIN_CLASS_SIZE,
     bootstrap_mean_ci,
     fisher_z_average,
     mse,
@@ -130,3 +131,23 @@ def test_bootstrap_interval_and_std_over_seeds():
     assert bootstrap_mean_ci([0.7]) is None
     assert std_over_seeds(rhos) == pytest.approx(np.std(rhos, ddof=1))
     assert std_over_seeds([0.7]) is None
+
+
+def test_fisher_z_average_leaves_out_small_classes_but_lists_them():
+    generator = np.random.default_rng(11)
+    sizes = {"armstand": 14, "twist": 12, "pike": 3, "tuck": 2}
+    groups = [name for name, size in sizes.items() for _ in range(size)]
+    true_scores = generator.uniform(30, 100, len(groups))
+    predicted = true_scores + generator.normal(0, 12, len(groups))
+    metrics = score_metrics(true_scores, predicted, groups)
+    labels = np.array(groups)
+    large = [
+        stats.spearmanr(true_scores[labels == name], predicted[labels == name])[0] for name in ("armstand", "twist")
+    ]
+    assert MIN_CLASS_SIZE == 10 and metrics["fisher_z_classes"] == 2
+    assert metrics["spearman_fisher_z"] == pytest.approx(np.tanh(np.mean(np.arctanh(large))))
+    assert abs(metrics["per_class"]["tuck"]["spearman"]) == pytest.approx(1.0)  # listed, not averaged
+    assert metrics["per_class"]["pike"]["n"] == 3
+    everything = score_metrics(true_scores, predicted, groups, min_class_size=1)
+    assert everything["fisher_z_classes"] == 4
+    assert everything["spearman_fisher_z"] != pytest.approx(metrics["spearman_fisher_z"])

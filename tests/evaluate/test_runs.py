@@ -45,9 +45,9 @@ def test_constant_predictions_are_stored_as_null_not_zero(tmp_path, make_run):
 
 
 def test_per_class_rho_with_a_one_sample_class(tmp_path, make_run):
-    groups = ["diving"] * 12 + ["vault"] * 10 + ["ski"] * 7 + ["trampoline"]
+    groups = ["diving"] * 12 + ["vault"] * 10 + ["ski"] * 10 + ["trampoline"]
     folder = tmp_path / "aqa7"
-    data = make_run(folder, n_test=30, groups=groups)
+    data = make_run(folder, n_test=33, groups=groups)
     run = evaluate_run(folder)
     labels = np.array(groups)
     expected = {}
@@ -58,6 +58,7 @@ def test_per_class_rho_with_a_one_sample_class(tmp_path, make_run):
         assert abs(expected[name]) < 0.999  # the Fisher-z clip plays no part here
     assert run.metrics["per_class"]["trampoline"] == {"spearman": None, "n": 1}
     assert run.metrics["spearman_fisher_z"] == pytest.approx(np.tanh(np.mean(np.arctanh(list(expected.values())))))
+    assert run.metrics["fisher_z_classes"] == 3
     stored = json.loads((folder / "metrics.json").read_text())
     assert stored["per_class"]["trampoline"]["spearman"] is None
     assert stored["spearman_fisher_z"] == pytest.approx(run.metrics["spearman_fisher_z"])
