@@ -196,7 +196,6 @@ def load_mtl_aqa(
             end_frame = int(entry["end_frame"])
             first = max(0, end_frame - MTL_AQA_FRAMES_PER_DIVE)
             source = FrameSource(str(frames_dir / f"{video:02d}"), "frames", first, MTL_AQA_FRAMES_PER_DIVE)
-        group = entry.get("dive_number")
         records.append(
             VideoRecord(
                 key=key,
@@ -204,7 +203,9 @@ def load_mtl_aqa(
                 targets=targets,
                 difficulty=difficulty,
                 split=splits.get((video, dive)),
-                group=None if group is None else str(group),
+                # MTL-AQA is one action class (diving): no group. Dive numbers (CoRe's pickle)
+                # would make per-class measures meaningless two-sample classes.
+                group=None,
             )
         )
     return Dataset(name=name, records=records, default_target="final_score", origin=str(annotation_path))
