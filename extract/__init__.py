@@ -1,6 +1,7 @@
 """Stage 1: run the Kinetics-400 I3D over every clip once and cache clip features in HDF5.
 
-Public surface:
+Public surface (imported on first use, so that ``import extract`` and the command line's
+input checks do not pay for importing torch):
 
 * :func:`extract_dataset` / :class:`ExtractConfig` / :func:`load_extract_dataset`: the extraction
   (``python pipeline.py extract``), resumable, batched across videos, ``torchrun``-aware.
@@ -8,60 +9,41 @@ Public surface:
 * :func:`read_frames`, :class:`Preprocessing`, :func:`to_model_input`: decoding and preprocessing.
 * :func:`class_probabilities`, :func:`top_classes`: Kinetics-400 classification (``classify``).
 * :func:`cache_summary`, :func:`export_features`: looking into a cache (``inspect``).
-* The I3D itself: :mod:`extract.i3d` (:class:`InceptionI3d`) and :mod:`extract.weights`
-  (:func:`load_i3d`, ``make weights``).
+* The I3D itself: :mod:`extract.i3d` (``InceptionI3d``) and :mod:`extract.weights`
+  (``load_i3d``, ``make weights``).
 """
 
-from extract.classify import (
-    ClassScore,
-    class_probabilities,
-    format_top_classes,
-    frame_source_for,
-    load_labels,
-    top_classes,
-)
-from extract.clips import DEFAULT_VIEWS, ORIGINAL_VIEW, ClipLayout, ViewSpec, parse_view, parse_views, view_names
-from extract.inspect_cache import cache_summary, clip_count_table, export_features, format_summary, resolve_view
-from extract.runner import (
-    ExtractConfig,
-    ExtractResult,
-    backbone_config,
-    cache_config,
-    check_sources,
-    dataset_config,
-    extract_dataset,
-    load_extract_dataset,
-)
-from extract.video_io import Preprocessing, read_frames, to_model_input
+from __future__ import annotations
 
-__all__ = [
-    "ClassScore",
-    "ClipLayout",
-    "DEFAULT_VIEWS",
-    "ExtractConfig",
-    "ExtractResult",
-    "ORIGINAL_VIEW",
-    "Preprocessing",
-    "ViewSpec",
-    "backbone_config",
-    "cache_config",
-    "cache_summary",
-    "check_sources",
-    "class_probabilities",
-    "clip_count_table",
-    "dataset_config",
-    "export_features",
-    "extract_dataset",
-    "format_summary",
-    "format_top_classes",
-    "frame_source_for",
-    "load_extract_dataset",
-    "load_labels",
-    "parse_view",
-    "parse_views",
-    "read_frames",
-    "resolve_view",
-    "to_model_input",
-    "top_classes",
-    "view_names",
-]
+import importlib
+
+_EXPORTS = {
+    "extract.plan": (
+        "ExtractConfig", "ExtractResult", "backbone_config", "cache_config", "check_sources",
+        "dataset_config", "extract_dataset", "load_extract_dataset",
+    ),
+    "extract.clips": (
+        "DEFAULT_VIEWS", "ORIGINAL_VIEW", "ClipLayout", "ViewSpec", "parse_view", "parse_views", "view_names",
+    ),
+    "extract.video_io": ("Preprocessing", "read_frames", "to_model_input"),
+    "extract.classify": (
+        "ClassScore", "class_probabilities", "format_top_classes", "frame_source_for", "load_labels", "top_classes",
+    ),
+    "extract.inspect_cache": ("cache_summary", "clip_count_table", "export_features", "format_summary", "resolve_view"),
+}
+_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
+
+__all__ = sorted(_MODULE_OF)
+
+
+def __getattr__(name: str):
+    module = _MODULE_OF.get(name)
+    if module is None:
+        raise AttributeError(f"module 'extract' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(set(globals()) | set(__all__))

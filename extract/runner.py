@@ -15,134 +15,34 @@ How the work flows (and why):
   duplicates); every rank journals its own; after a barrier rank 0 commits the journal into the
   one cache file.
 
-Bad input: problems found before any work (a missing folder, too few frames) stop the run before
-the model is loaded. A video that fails to decode mid-run stops the run after the videos already
+Bad input: problems found before any work (a missing folder, too few frames) stop the run in
+:func:`extract.plan.extract_dataset`, before the model is loaded. A video that fails to decode mid-run stops the run after the videos already
 decoded are finished and journalled, with one error naming the file; fix it and rerun to resume.
 With ``skip_bad`` such videos are skipped instead and listed in the cache's ``info["skipped"]``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
 import os
 import platform
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import torch
 
-from aqa.annotations import Dataset, FrameSource, VideoRecord, list_frame_files
+from aqa.annotations import Dataset, VideoRecord
 from aqa.cache import CacheWriter, VideoEntry, journal_dir
 from aqa.errors import UserError
-from extract.clips import DEFAULT_VIEWS, ClipLayout, ViewSpec, parse_views, view_names
+from extract.clips import ViewSpec
+from extract.plan import ExtractConfig, ExtractResult, backbone_config, cache_config
 from extract.video_io import Preprocessing, read_frames, to_model_input
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-DEVICES = ("auto", "cpu", "cuda")
-
-
-@dataclass
-class ExtractConfig:
-    """Settings of one extraction. The fields that change the numbers go into the cache's
-    recorded configuration (:func:`cache_config`); the rest only change how fast it runs."""
-
-    out: str = "features/features.h5"
-    weights: str | None = None  # None: the default converted Kinetics-400 weights
-    views: str = DEFAULT_VIEWS  # "none": the original view only
-    resize: int = 256
-    crop: int = 224
-    clip_length: int = 16
-    clip_stride: int = 10
-    precision: str = "fp32"
-    batch_clips: int = 32
-    workers: int = 2
-    device: str = "auto"
-    limit: int | None = None  # only the first N videos (by key): quick tries
-    skip_bad: bool = False
-    progress: bool | None = None  # None: a progress bar when stderr is a terminal
-
-    def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise UserError(f"unknown precision {self.precision!r} (one of {', '.join(PRECISIONS)})")
-        if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
-            raise UserError(f"unknown device {self.device!r} (auto, cpu, cuda or cuda:N)")
-        if self.batch_clips < 1:
-            raise UserError(f"--batch-clips must be at least 1 (got {self.batch_clips})")
-        if self.workers < 0:
-            raise UserError(f"--workers must be 0 or more (got {self.workers})")
-        if self.limit is not None and self.limit < 1:
-            raise UserError(f"--limit must be at least 1 (got {self.limit})")
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return Preprocessing(resize=self.resize, crop=self.crop)
-
-    @property
-    def layout(self) -> ClipLayout:
-        return ClipLayout(clip_length=self.clip_length, stride=self.clip_stride)
-
-    @property
-    def view_specs(self) -> list[ViewSpec]:
-        return parse_views(self.views)
-
-
-@dataclass
-class ExtractResult:
-    """What one extraction did (on this rank; the counts of the whole run on rank 0)."""
-
-    cache_path: Path
-    extracted: list[str] = field(default_factory=list)  # keys extracted by this run (this rank)
-    already_done: int = 0  # videos skipped because the cache or journal had them
-    skipped: dict[str, str] = field(default_factory=dict)  # bad videos left out (skip_bad)
-    clips: int = 0  # clip forwards by this rank (all views)
-    seconds: float = 0.0
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def clips_per_second(self) -> float:
-        return self.clips / self.seconds if self.seconds > 0 else 0.0
-
-
-# --------------------------------------------------------------------------- configuration
-
-
-def backbone_config(weights_info) -> dict:
-    """The recorded identity of the backbone: which network and exactly which weights."""
-    return {
-        "name": "i3d-inception-v1-rgb",
-        "weights_sha256": weights_info.sha256,
-        "weights_layout": weights_info.layout,
-        "num_classes": int(weights_info.num_classes),
-        "bn_eps": float(weights_info.bn_eps),
-        "feature": "Mixed_5c averaged over time, height and width",
-        "feature_dim": 1024,
-    }
-
-
-def cache_config(config: ExtractConfig, backbone: dict, dataset: dict) -> dict:
-    """Everything that changes the cached numbers: a resume or a reader compares all of it."""
-    return {
-        "backbone": dict(backbone),
-        "precision": config.precision,
-        "preprocessing": config.preprocessing.to_config(),
-        "clip_layout": config.layout.to_config(),
-        "views": view_names(config.view_specs),
-        "dataset": dict(dataset),
-    }
-
-
-def dataset_config(dataset: Dataset, kind: str, layout: str | None = None) -> dict:
-    """The dataset part of the cache configuration (paths go into ``info``: data may move)."""
-    described = {"name": dataset.name, "kind": kind}
-    if layout is not None:
-        described["layout"] = layout
-    return described
+# --------------------------------------------------------------------------- device and precision
 
 
 def resolve_device(name: str) -> torch.device:
@@ -209,38 +109,6 @@ class VideoFramesDataset(torch.utils.data.Dataset):
 
 def _identity(item):
     return item
-
-
-# --------------------------------------------------------------------------- checks before work
-
-
-def check_sources(records: list[VideoRecord], min_frames: int) -> dict[str, UserError]:
-    """Cheap checks before any decoding: the folder or file exists and folders hold enough
-    frames. Returns ``{key: error}`` for the videos that fail."""
-    problems: dict[str, UserError] = {}
-    listings: dict[str, int] = {}  # CoRe layout: many dives share one whole-video folder
-    for record in records:
-        source = record.source
-        if source is None:
-            problems[record.key] = UserError(f"video {record.key} has no frames (no frames folder or video path)")
-            continue
-        path = Path(source.path)
-        if source.kind == "video":
-            if not path.is_file():
-                problems[record.key] = UserError("video file not found" if not path.exists() else "not a video file", path)
-            continue
-        try:
-            if source.path not in listings:
-                listings[source.path] = len(list_frame_files(path))
-        except UserError as error:
-            problems[record.key] = error
-            continue
-        available = max(0, listings[source.path] - source.first_frame)
-        needed = source.num_frames if source.num_frames is not None else min_frames
-        if available < needed:
-            where = f" from frame {source.first_frame}" if source.first_frame else ""
-            problems[record.key] = UserError(f"too few frames: found {available}{where}, needs {needed}", path)
-    return problems
 
 
 # --------------------------------------------------------------------------- distributed
@@ -373,63 +241,36 @@ def _load_backbone(config: ExtractConfig):
     from extract.weights import load_i3d
 
     model, weights_info = load_i3d(config.weights)
-    return model, backbone_config(weights_info), weights_info
+    return model, backbone_config(weights_info), weights_info.path
 
 
-def _log_to_stdout(message: str):
-    print(message, flush=True)
-
-
-def extract_dataset(
+def run_extraction(
     dataset: Dataset,
+    records: list[VideoRecord],
     config: ExtractConfig,
-    dataset_description: dict | None = None,
+    dataset_description: dict,
     *,
-    model: torch.nn.Module | None = None,
-    backbone: dict | None = None,
-    info: dict | None = None,
-    log: Callable[[str], None] = _log_to_stdout,
+    skipped: dict[str, str],
+    model,
+    backbone: dict | None,
+    info: dict,
+    log: Callable[[str], None],
+    started: float,
 ) -> ExtractResult:
-    """Extract every video of ``dataset`` into ``config.out``; resumes what a previous run left.
-
-    ``model`` / ``backbone`` replace the Kinetics I3D (anything with ``.features(clips)``), for
-    tests and other backbones; by default the weights are loaded from ``config.weights``.
-    """
-    started = time.perf_counter()
+    """Run the checked extraction (called by :func:`extract.plan.extract_dataset`)."""
     cache_path = Path(config.out)
     views = config.view_specs
     layout = config.layout
     preprocessing = config.preprocessing
-    dataset_description = dataset_description or dataset_config(dataset, "custom")
-    records = sorted(dataset.records, key=lambda record: record.key)
-    if config.limit is not None:
-        records = records[: config.limit]
-    if not records:
-        raise UserError("the dataset has no videos to extract", dataset.origin or None)
+    skipped = dict(skipped)
 
     dist = _init_distributed()
     try:
         if dist.rank != 0:
             log = _quiet
-        # Cheap input checks first, identically on every rank: a missing folder stops the run
-        # before the model is loaded, and every rank agrees on what is skipped.
-        problems = check_sources(records, layout.clip_length)
-        skipped: dict[str, str] = {}
-        if problems:
-            if not config.skip_bad:
-                first_key = sorted(problems)[0]
-                error = problems[first_key]
-                more = f" (and {len(problems) - 1} more videos)" if len(problems) > 1 else ""
-                raise UserError(f"video {first_key}: {error.problem}{more}", error.path)
-            skipped = {key: str(error) for key, error in problems.items()}
-            records = [record for record in records if record.key not in problems]
-
         if model is None:
-            model, backbone, weights_info = _load_backbone(config)
-            weights_path = weights_info.path if hasattr(weights_info, "path") else config.weights
+            model, backbone, weights_path = _load_backbone(config)
         else:
-            if backbone is None:
-                raise ValueError("a custom model needs its backbone description")
             weights_path = config.weights
         device = resolve_device(config.device)
         if device.type == "cuda" and dist.active:
@@ -446,7 +287,7 @@ def extract_dataset(
             "weights_path": None if weights_path is None else os.fspath(weights_path),
             "dataset_origin": dataset.origin,
             "command": " ".join(sys.argv),
-            **(info or {}),
+            **info,
         }
         writer = CacheWriter(cache_path, recorded, run_info)
 
@@ -596,44 +437,3 @@ def _run_shard(records, model, device, config, views, layout, preprocessing, wri
             pending_error.path,
         )
 
-
-def config_from_cli(**options) -> ExtractConfig:
-    """An :class:`ExtractConfig` from CLI options (unknown keys are a programming error)."""
-    names = {item.name for item in dataclasses.fields(ExtractConfig)}
-    return ExtractConfig(**{key: value for key, value in options.items() if key in names})
-
-
-def load_extract_dataset(
-    dataset: str = "mtl-aqa",
-    data_root: str | os.PathLike | None = None,
-    manifest: str | os.PathLike | None = None,
-    annotations: str | os.PathLike | None = None,
-    frames_dir: str | os.PathLike | None = None,
-    layout: str = "auto",
-    name: str | None = None,
-) -> tuple[Dataset, dict]:
-    """The dataset to extract and its description for the cache configuration.
-
-    Either ``data_root`` (MTL-AQA layout, frames in the MUSDL or CoRe layout) or a CSV
-    ``manifest``; the dataset's name defaults to the data root's folder name or the CSV's stem.
-    """
-    from aqa.annotations import load_manifest, load_mtl_aqa
-
-    if (data_root is None) == (manifest is None):
-        raise UserError("give either --data-root DIR (MTL-AQA layout) or --manifest CSV")
-    if manifest is not None:
-        loaded = load_manifest(manifest, name=name)
-        return loaded, dataset_config(loaded, "manifest")
-    if dataset != "mtl-aqa":
-        raise UserError(f"unknown dataset kind {dataset!r} (mtl-aqa, or use --manifest)")
-    root = Path(data_root)
-    loaded = load_mtl_aqa(root, annotations, frames_dir, layout, name=name or root.resolve().name)
-    sources = [record.source for record in loaded.records if record.source is not None]
-    if not sources:
-        where = Path(frames_dir) if frames_dir else root / "frames"
-        raise UserError("no frames to extract: expected per-dive folders NN_MM/ (MUSDL) or per-video folders NN/ (CoRe)", where)
-    if layout == "auto":
-        # MUSDL's folders are named by the dive's key; CoRe's by the video number.
-        first = next(record for record in loaded.records if record.source is not None)
-        layout = "musdl" if Path(first.source.path).name == first.key else "core"
-    return loaded, dataset_config(loaded, "mtl-aqa", layout)

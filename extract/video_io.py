@@ -15,12 +15,15 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from aqa.annotations import FrameSource, list_frame_files
 from aqa.errors import UserError
+
+if TYPE_CHECKING:  # torch is imported by the callers that need it, not for decoding
+    import torch
 
 
 @dataclass(frozen=True)
