@@ -389,6 +389,18 @@ def hassony2_to_piergiaj_key(key: str) -> str:
     return ".".join(renamed + rest)
 
 
+def _torch_load_problem(error: Exception) -> str:
+    """One line about why ``torch.load(weights_only=True)`` failed."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    refused = re.search(r"Unsupported global: (?:GLOBAL )?(\S+)", text)
+    if isinstance(error, pickle.UnpicklingError) and refused:
+        return (f"not a plain state_dict: it holds Python objects ({refused.group(1)}) that "
+                f"torch.load(weights_only=True) refuses to unpickle; save model.state_dict() instead")
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    detail = f"{type(error).__name__}: {lines[0][:160]}" if lines else type(error).__name__
+    return f"not a PyTorch checkpoint that loads with weights_only=True ({detail})"
+
+
 def _unwrap(checkpoint, path: Path) -> Mapping:
     """The state_dict inside a checkpoint: plain, or under a key like "state_dict" or "model"."""
     for _ in range(3):  # {"model": {"state_dict": ...}} at most
@@ -461,12 +473,8 @@ def load_i3d(path: str | os.PathLike | None = None, map_location="cpu") -> tuple
             f"weights --force`, or delete the .sha256 file if the change is intended)", path)
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError, OSError, AttributeError, ImportError,
-            KeyError, TypeError, UnicodeDecodeError, IndexError) as error:
-        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
-        raise UserError(
-            f"not a PyTorch checkpoint that loads with weights_only=True ({type(error).__name__}: {first_line})",
-            path) from None
+    except Exception as error:  # garbage bytes raise many different types (IndexError, EOFError, ...)
+        raise UserError(_torch_load_problem(error), path) from None
     state = _unwrap(checkpoint, path)
     keys = [str(key) for key in state]
     # DataParallel saves every key under "module.".

@@ -79,7 +79,9 @@ def test_conv_and_pool_equal_explicit_tf_padding(shape):
     torch.testing.assert_close(unit(inputs), expected)
 
     positive = inputs.relu()
-    for kernel, stride in (((1, 3, 3), (1, 2, 2)), ((3, 3, 3), (2, 2, 2)), ((2, 2, 2), (2, 2, 2)), ((3, 3, 3), (1, 1, 1))):
+    # The I3D's pools (ceil_mode path), then shapes that need the explicit-padding fallback.
+    for kernel, stride in (((1, 3, 3), (1, 2, 2)), ((3, 3, 3), (2, 2, 2)), ((2, 2, 2), (2, 2, 2)), ((3, 3, 3), (1, 1, 1)),
+                           ((2, 2, 2), (3, 3, 3)), ((2, 2, 2), (1, 1, 1))):
         pads = same_padding(positive.shape[2:], kernel, stride)
         padded = F.pad(positive, [p for pair in reversed(pads) for p in pair], value=-math.inf)
         expected = F.max_pool3d(padded, kernel, stride)

@@ -64,6 +64,10 @@ def real_features(real_state, probe_clip) -> torch.Tensor:
 # DeepMind's checkpoint: unpickling and conversion
 
 
+class _Pickled:
+    """An arbitrary Python object, as in a checkpoint made with torch.save(model)."""
+
+
 class _RunsCode:
     def __reduce__(self):
         return (os.system, ("echo pwned > /dev/null",))
@@ -365,10 +369,16 @@ def test_other_layouts_prefixes_wrappers_and_classifier_sizes_load(tmp_path, sha
         (lambda path, state: _save(path, {"epoch": 3, "lr": 0.1}),
          r"found a dict without tensors \(keys: 'epoch', 'lr'\)"),
         (lambda path, state: _save(path, [torch.zeros(3)]), r"found a list"),
+        (lambda path, state: _save(path, {"model": _Pickled()}),
+         r"not a plain state_dict: it holds Python objects \(\S*_Pickled\)"),
+        (lambda path, state: _write(path, _save(path, state).read_bytes()[:100_000]),
+         r"not a PyTorch checkpoint that loads with weights_only=True \(RuntimeError: PytorchStreamReader"),
+        (lambda path, state: _write(path, b""), r"not a PyTorch checkpoint that loads with weights_only=True \(EOFError"),
         (lambda path, state: path.mkdir() or path, r"not a file"),
         (lambda path, state: path, r"I3D weights not found"),
     ],
-    ids=["foreign", "missing", "wrong-shape", "unexpected", "text", "code-pickle", "no-tensors", "list", "folder", "absent"],
+    ids=["foreign", "missing", "wrong-shape", "unexpected", "text", "code-pickle", "no-tensors", "list", "pickled-object",
+         "truncated", "empty", "folder", "absent"],
 )
 def test_bad_checkpoints_give_one_line_errors_naming_the_file(tmp_path, real_state, make, message):
     path = make(tmp_path / "checkpoint.pt", real_state)
