@@ -46,6 +46,22 @@ weights: $(STAMP)
 test: $(STAMP) weights
 	$(PY) -m pytest -q
 
+# Stage 1. DATA_ROOT in the MTL-AQA layout (info/ + frames/) when it exists; otherwise the real
+# clips in VIDEOS_DIR (every video file there) into features/videos.h5. EXTRACT_FLAGS passes more
+# options, e.g. EXTRACT_FLAGS="--resize 128 --crop 112 --views flip" for a quick CPU run.
+VIDEOS_DIR ?= ../shared/data/videos
+extract: $(STAMP) weights
+	@if [ -d "$(DATA_ROOT)/info" ]; then \
+		$(PY) pipeline.py extract --dataset mtl-aqa --data-root $(DATA_ROOT) --out $(CACHE) $(EXTRACT_FLAGS); \
+	else \
+		echo "$(DATA_ROOT) not found (make synth creates it): extracting the clips in $(VIDEOS_DIR)"; \
+		$(PY) pipeline.py extract --videos-dir $(VIDEOS_DIR) --out features/videos.h5 $(EXTRACT_FLAGS); \
+	fi
+
+# Extraction throughput vs a reference-style loop, into BENCHMARKS.md (BENCH_FLAGS e.g. "--device cuda --precision bf16").
+bench: $(STAMP) weights
+	$(PY) bench/bench_extract.py --write BENCHMARKS.md $(BENCH_FLAGS)
+
 # Every run under RUNS (or RUNS=runs/a runs/b); EVALUATE_FLAGS e.g. "--best-on-test --plots all".
 evaluate: $(STAMP)
 	$(PY) pipeline.py evaluate $(RUNS) $(EVALUATE_FLAGS)

@@ -98,7 +98,10 @@ def classify_command(video, labels, frames, weights_path, top, device):
 @click.option("--manifest", type=click.Path(dir_okay=False), default=None,
               help="Any other dataset: CSV with key,path,score[,difficulty][,split][,group] "
                    "(path: a video file or a frames folder).")
-@click.option("--name", default=None, help="Dataset name recorded in the cache  [default: DATA_ROOT's or the CSV's name]")
+@click.option("--videos-dir", type=click.Path(file_okay=False), default=None,
+              help="Or simply every video file in a folder (keys: file names without suffix; no labels needed).")
+@click.option("--name", default=None,
+              help="Dataset name recorded in the cache  [default: DATA_ROOT's, the CSV's or the folder's name]")
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="The HDF5 feature cache  [default: features/NAME.h5]")
 @click.option("--weights", "weights_path", type=click.Path(dir_okay=False), default=None,
@@ -120,12 +123,14 @@ def classify_command(video, labels, frames, weights_path, top, device):
 @click.option("--skip-bad", is_flag=True,
               help="Skip videos that cannot be read (listed in the cache's info) instead of stopping.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar  [default: when stderr is a terminal]")
-def extract_command(dataset, data_root, annotations, frames_dir, layout, manifest, name, out, weights_path, views,
-            resize, crop, batch_clips, workers, device, precision, limit, skip_bad, progress):
+def extract_command(dataset, data_root, annotations, frames_dir, layout, manifest, videos_dir, name, out, weights_path,
+                    views, resize, crop, batch_clips, workers, device, precision, limit, skip_bad, progress):
     """Stage 1: I3D features of every clip of every video into an HDF5 cache.
 
     \b
+    Input: --data-root (MTL-AQA layout), --manifest CSV, or --videos-dir.
     Clips: 16 frames every 10 frames plus the last 16 (103 frames -> 10 clips).
+    Views: 'original' plus --views (default: flip x shifts of -3/0/+3 frames, 6 views).
     Each video is decoded once (in --workers processes); clips of several videos share each forward
     pass. Finished videos are journalled at once: an interrupted run resumes where it stopped, and
     a cache built with other settings is refused, never mixed. A video that cannot be read stops
@@ -136,7 +141,7 @@ def extract_command(dataset, data_root, annotations, frames_dir, layout, manifes
 
     loaded, description = load_extract_dataset(
         dataset=dataset, data_root=data_root, manifest=manifest, annotations=annotations,
-        frames_dir=frames_dir, layout=layout, name=name,
+        frames_dir=frames_dir, layout=layout, name=name, videos_dir=videos_dir,
     )
     config = ExtractConfig(
         out=out or f"features/{loaded.name}.h5", weights=weights_path,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from aqa.annotations import Dataset, VideoRecord, list_frame_files
+from aqa.annotations import Dataset, FrameSource, VideoRecord, list_frame_files
 from aqa.errors import UserError
 from extract.clips import DEFAULT_VIEWS, ClipLayout, ViewSpec, parse_views, view_names
 from extract.video_io import Preprocessing
@@ -153,6 +153,30 @@ def check_sources(records: list[VideoRecord], min_frames: int) -> dict[str, User
     return problems
 
 
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg")
+
+
+def load_video_folder(folder: str | os.PathLike, name: str | None = None) -> Dataset:
+    """Every video file in ``folder`` as an unlabelled dataset keyed by file name (without the
+    suffix). The cache holds no labels, so this is all extraction needs."""
+    from aqa.cache import check_key
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError("videos folder not found", folder)
+    files = sorted(path for path in folder.iterdir() if path.suffix.lower() in VIDEO_SUFFIXES and path.is_file())
+    if not files:
+        raise UserError(f"no video files ({', '.join(VIDEO_SUFFIXES)}) in the folder", folder)
+    records, seen = [], {}
+    for path in files:
+        key = check_key(path.stem, path)
+        if key in seen:
+            raise UserError(f"{path.name} and {seen[key]} would both be video {key!r}; rename one", folder)
+        seen[key] = path.name
+        records.append(VideoRecord(key=key, source=FrameSource(str(path), "video")))
+    return Dataset(name or folder.resolve().name, records, "score", origin=str(folder))
+
+
 def load_extract_dataset(
     dataset: str = "mtl-aqa",
     data_root: str | os.PathLike | None = None,
@@ -161,19 +185,25 @@ def load_extract_dataset(
     frames_dir: str | os.PathLike | None = None,
     layout: str = "auto",
     name: str | None = None,
+    videos_dir: str | os.PathLike | None = None,
 ) -> tuple[Dataset, dict]:
     """The dataset to extract and its description for the cache configuration.
 
-    Either ``data_root`` (MTL-AQA layout, frames in the MUSDL or CoRe layout) or a CSV
-    ``manifest``; the dataset's name defaults to the data root's folder name or the CSV's stem.
+    Exactly one of ``data_root`` (MTL-AQA layout, frames in the MUSDL or CoRe layout), a CSV
+    ``manifest`` or a ``videos_dir`` of video files; the dataset's name defaults to the data
+    root's or the videos folder's name, or the CSV's stem.
     """
     from aqa.annotations import load_manifest, load_mtl_aqa
 
-    if (data_root is None) == (manifest is None):
-        raise UserError("give either --data-root DIR (MTL-AQA layout) or --manifest CSV")
+    given = [option for option in (data_root, manifest, videos_dir) if option is not None]
+    if len(given) != 1:
+        raise UserError("give one of --data-root DIR (MTL-AQA layout), --manifest CSV or --videos-dir DIR")
     if manifest is not None:
         loaded = load_manifest(manifest, name=name)
         return loaded, dataset_config(loaded, "manifest")
+    if videos_dir is not None:
+        loaded = load_video_folder(videos_dir, name=name)
+        return loaded, dataset_config(loaded, "video-folder")
     if dataset != "mtl-aqa":
         raise UserError(f"unknown dataset kind {dataset!r} (mtl-aqa, or use --manifest)")
     root = Path(data_root)

@@ -271,12 +271,28 @@ def test_both_mtl_aqa_frame_layouts_give_the_same_features(tmp_path, tiny):
 
 
 def test_dataset_selection_errors(tmp_path, tiny_dataset):
-    with pytest.raises(UserError, match="either --data-root"):
+    with pytest.raises(UserError, match="give one of --data-root"):
         load_extract_dataset()
-    with pytest.raises(UserError, match="either --data-root"):
+    with pytest.raises(UserError, match="give one of --data-root"):
         load_extract_dataset(data_root=tmp_path, manifest=tiny_dataset)
     (tmp_path / "info").mkdir()
     with open(tmp_path / "info" / "final_annotations_dict.pkl", "wb") as handle:
         pickle.dump({(1, 1): {"final_score": 1.0, "difficulty": 1.0, "end_frame": 103}}, handle)
     with pytest.raises(UserError, match="no frames to extract"):
         load_extract_dataset(data_root=tmp_path)
+
+
+def test_a_folder_of_video_files_is_a_dataset(tmp_path, tiny):
+    tiny.mp4(tmp_path / "videos" / "first dive.mp4", tiny.frames(16))
+    tiny.mp4(tmp_path / "videos" / "second.avi", tiny.frames(18, seed=2))
+    (tmp_path / "videos" / "notes.txt").write_text("not a video")
+    dataset, description = load_extract_dataset(videos_dir=tmp_path / "videos")
+    assert description == {"name": "videos", "kind": "video-folder"}
+    assert dataset.keys() == ["first dive", "second"]
+    run(dataset, quick_config(tmp_path / "cache.h5", views="none"), dataset_description=description)
+    assert open_cache(tmp_path / "cache.h5").clip_counts() == {"first dive": 1, "second": 2}
+    tiny.mp4(tmp_path / "videos" / "second.mp4", tiny.frames(18))
+    with pytest.raises(UserError, match="would both be video 'second'"):
+        load_extract_dataset(videos_dir=tmp_path / "videos")
+    with pytest.raises(UserError, match="no video files"):
+        load_extract_dataset(videos_dir=tmp_path)
