@@ -6,9 +6,10 @@ How the work flows (and why):
   video is decoded exactly once and decoding overlaps with inference in the main process.
 * The main process cuts the clips of all views out of the decoded frames on the device (a flip is
   an index flip, a temporal shift another start), and packs clips of *several* videos into each
-  forward pass of ``batch_clips`` clips. Inference mode; on CUDA optional bf16/fp16 autocast,
-  ``channels_last_3d``, pinned memory and asynchronous copies, and the results of one batch are
-  fetched only after the next batch is queued, so the GPU never waits for the host.
+  forward pass of ``batch_clips`` clips. Inference mode and ``channels_last_3d`` (the faster
+  layout on CPU and GPU); optional bf16 autocast (fp16 on CUDA only); on CUDA pinned memory and
+  asynchronous copies, and the results of one batch are fetched only after the next batch is
+  queued, so the GPU never waits for the host.
 * A video is journalled (:class:`aqa.cache.CacheWriter`) as soon as its last clip is done: a
   crash or ``kill -9`` loses at most the videos in flight, and a rerun skips everything journalled.
 * Under ``torchrun`` the videos still to do are dealt out round-robin by rank (no padding, no
@@ -16,9 +17,10 @@ How the work flows (and why):
   one cache file.
 
 Bad input: problems found before any work (a missing folder, too few frames) stop the run in
-:func:`extract.plan.extract_dataset`, before the model is loaded. A video that fails to decode mid-run stops the run after the videos already
-decoded are finished and journalled, with one error naming the file; fix it and rerun to resume.
-With ``skip_bad`` such videos are skipped instead and listed in the cache's ``info["skipped"]``.
+:func:`extract.plan.extract_dataset`, before the model is loaded. A video that fails to decode
+mid-run stops the run after the videos already decoded are finished and journalled, with one
+error naming the file; fix it and rerun to resume. With ``skip_bad`` such videos are skipped
+instead and listed in the cache's ``info["skipped"]``.
 """
 
 from __future__ import annotations
@@ -189,7 +191,6 @@ class _ClipBatcher:
         self.queue: list[tuple[_VideoInProgress, int, int, int, bool]] = []
         self.in_flight = None  # (features on device, the clips they belong to)
         self.clips_done = 0
-        self.channels_last = device.type == "cuda"
 
     def add_video(self, video: _VideoInProgress, views: list[ViewSpec]):
         for view_index, view in enumerate(views):
@@ -212,9 +213,8 @@ class _ClipBatcher:
         for video, _, _, start, flip in clips:
             piece = video.frames[start : start + length]
             pieces.append(piece.flip(-2) if flip else piece)  # [T, H, W, C]: W is dim -2
-        batch = to_model_input(torch.stack(pieces))
-        if self.channels_last:
-            batch = batch.contiguous(memory_format=torch.channels_last_3d)
+        # channels_last_3d is the faster layout for the I3D's convolutions on CPU (oneDNN) and GPU.
+        batch = to_model_input(torch.stack(pieces)).contiguous(memory_format=torch.channels_last_3d)
         with torch.inference_mode(), autocast_context(self.device, self.precision):
             features = self.model.features(batch)
         # Fetch the previous batch only now: its copy overlaps with this batch's compute.
@@ -308,9 +308,7 @@ def run_extraction(
 
         result = ExtractResult(cache_path, already_done=already_done, rank=dist.rank, world_size=dist.world_size)
         if mine:
-            model = model.to(device).eval()
-            if device.type == "cuda":
-                model = model.to(memory_format=torch.channels_last_3d)
+            model = model.to(device, memory_format=torch.channels_last_3d).eval()
             shard_started = time.perf_counter()
             _run_shard(mine, model, device, config, views, layout, preprocessing, writer, result, skipped, log)
             result.seconds = time.perf_counter() - shard_started

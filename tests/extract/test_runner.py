@@ -296,3 +296,21 @@ def test_a_folder_of_video_files_is_a_dataset(tmp_path, tiny):
         load_extract_dataset(videos_dir=tmp_path / "videos")
     with pytest.raises(UserError, match="no video files"):
         load_extract_dataset(videos_dir=tmp_path)
+
+
+def test_inspect_summary_counts_clips_and_uncommitted_journal_entries(tmp_path, dataset):
+    from extract import cache_summary, format_summary
+
+    config = quick_config(tmp_path / "cache.h5", limit=3)
+    run(dataset, config)
+    with pytest.raises(RuntimeError):
+        config.limit = None
+        run(dataset, config, model=StandIn(fail_after=1))  # journals nothing new before the crash
+    journal_dir(config.out).mkdir(exist_ok=True)
+    (journal_dir(config.out) / "v9.npz").write_bytes(b"")  # as a crashed run would leave one
+    summary = cache_summary(open_cache(config.out))
+    assert summary["videos"] == 3 and summary["views"] == ["original", "flip", "shift+3", "flip+shift-3"]
+    assert summary["clips_per_video"] == {"min": 2, "median": 2.0, "max": 3, "total": 7}
+    assert summary["uncommitted_journal_entries"] == 1
+    text = format_summary(summary)
+    assert "1 finished videos not yet committed" in text and "stand-in" in text
