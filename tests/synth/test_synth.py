@@ -71,7 +71,6 @@ def test_layout_loads_with_the_mtl_aqa_reader(tiny_dataset):
         frames = list_frame_files(record.source.path)
         assert [path.name for path in frames] == [f"{index:05d}.jpg" for index in range(config.frames_per_dive)]
         assert record.targets["execution"] * record.difficulty == pytest.approx(record.targets["final_score"], abs=0.01)
-        assert record.group  # the dive number, e.g. 107B
     # Plain data and numpy arrays only: the restricted unpickler reads every pickle.
     table = load_restricted(out / "info" / ANNOTATION_FILE)
     entry = table[(1, 1)]
