@@ -8,9 +8,9 @@ Behaviour follows DeepMind's TensorFlow model rather than the port where the two
 
 * "SAME" padding is computed from the actual input size on every call, so any clip length and
   crop size work (16x224x224 for extraction, 16x112x112 for quick tests). Symmetric padding is left
-  to the convolution / pooling kernel itself (no extra copy); only TF's asymmetric case (one more
-  pixel at the end) pads explicitly.
-* Max pools always follow a ReLU, so their inputs are >= 0 and zero padding gives the same result
+  to the convolution / pooling kernel itself (no extra copy); TF's asymmetric case (one more pixel
+  at the end) is an explicit pad for the first convolution and ``ceil_mode`` for the pools.
+* Max pools always follow a ReLU, so where a pool does pad with zeros, that gives the same result
   as TF's -inf padding.
 * BatchNorm eps defaults to 1e-3 (DeepMind, the port); CoRe's layout was trained with 1e-5.
 * The classifier averages logits over time steps after a 2x7x7 stride-1 average pool, as DeepMind
