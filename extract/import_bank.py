@@ -123,6 +123,7 @@ def _read_bank_file(path: Path, view_names: tuple[str, ...] | None) -> tuple[np.
     except (OSError, EOFError) as error:
         raise UserError(f"corrupt or not a .npy array ({error})", path) from None
     if not isinstance(array, np.ndarray):
+        array.close()  # an .npz archive opened lazily
         raise UserError("holds an .npz archive, not one .npy array", path)
     if array.dtype.name not in _FLOAT_KINDS:
         raise UserError(f"has dtype {array.dtype}, expected float16, float32 or float64 features", path)
