@@ -122,17 +122,40 @@ def cosine_agreement(a: dict, b: dict) -> tuple[float, float]:
 # --------------------------------------------------------------------------- report
 
 
+GPU_NOTE_START = "No GPU measurement yet"
+INTRO = (
+    "`make bench` (`bench/bench_extract.py`): our extractor against a reference-style loop in the same process, "
+    "on the same inputs and model. Reference-style loop: one video at a time, frames decoded in the main "
+    "process, one fp32 forward per clip (10 per dive), as the AQA reference code extracts. Ours: "
+    "`extract_dataset` end to end (input checks, decoding in DataLoader workers, clips of several videos per "
+    "forward in channels_last_3d, journal and cache commit). Cosine agreement is per clip against the reference "
+    "loop's features (which use their own float preprocessing). One subsection per machine configuration; a "
+    "run replaces only its own. On a busy CPU several compute threads slow small (one-clip) forwards far more "
+    "than batched ones, so the 1-thread rows show the gain that does not depend on the machine's load."
+)
+
+
+def configuration_label(setup: dict) -> str:
+    if setup["device"].startswith("cuda"):
+        return f"{setup['gpu']}, crop {setup['crop']}"
+    threads = setup["threads"]
+    return f"CPU ({setup['machine']}), {threads} compute thread{'s' if threads != 1 else ''}, crop {setup['crop']}"
+
+
 def markdown(results: dict) -> str:
+    """The subsection of one configuration: what was measured, the table, the command."""
     setup = results["setup"]
+    copies = f"{setup['copies']} cop{'y' if setup['copies'] == 1 else 'ies'}"
     lines = [
-        SECTION,
+        f"### {configuration_label(setup)}",
         "",
-        f"Measured {setup['date']} on {setup['machine']} ({setup['device']}), torch {setup['torch']}, "
-        f"{setup['threads']} compute threads, load average {setup['load_average']:.1f} at the start.",
-        f"Inputs: {setup['videos']} videos ({setup['copies']} cop{'y' if setup['copies'] == 1 else 'ies'} of the {setup['clips_in_data']} real clips in "
-        f"`../shared/data/videos`), first {DIVE_FRAMES} frames each, {setup['clips_per_round']} clips of 16 frames "
-        f"per method, short side {setup['resize']}, centre crop {setup['crop']}; best of {setup['rounds']} "
-        "alternating rounds.",
+        f"Measured {setup['date']}: torch {setup['torch']}, load average {setup['load_average']:.1f} at the "
+        f"start. {setup['videos']} videos ({copies} of the {setup['clips_in_data']} real clips in "
+        f"`../shared/data/videos`, first {DIVE_FRAMES} frames each), {setup['clips_per_round']} clips of 16 "
+        f"frames per method, short side {setup['resize']}, centre crop {setup['crop']}; ours with "
+        f"{setup['workers']} decoding worker{'s' if setup['workers'] != 1 else ''} and {setup['batch_clips']} "
+        f"clips per forward; best of "
+        f"{setup['rounds']} alternating round{'s' if setup['rounds'] != 1 else ''}.",
         "",
         "| method | precision | clips/s | vs reference | cosine to reference (min / mean) |",
         "| --- | --- | ---: | ---: | --- |",
@@ -147,35 +170,35 @@ def markdown(results: dict) -> str:
         if "vs_ours_fp32" in row:
             lines += ["", f"{row['precision']} vs fp32 (both ours, same clips): cosine min "
                       f"{row['vs_ours_fp32']['cosine_min']:.6f}, mean {row['vs_ours_fp32']['cosine_mean']:.6f}."]
-    lines += [
-        "",
-        "Reference-style loop: one video at a time, frames decoded in the main process, one fp32 forward per "
-        "clip (10 per dive). Ours: `extract_dataset` end to end (input checks, decoding in "
-        f"{setup['workers']} DataLoader workers, {setup['batch_clips']} clips of several videos per forward, "
-        "journal and cache commit).",
-        "",
-        f"Command: `{results['command']}`",
-    ]
-    if setup["device"] == "cpu":
-        lines += [
-            "",
-            "GPU throughput and bf16-vs-fp32 agreement on a GPU were not measured here (no GPU on this machine); "
-            "run `.venv/bin/python bench/bench_extract.py --device cuda --precision bf16 --copies 20 --write "
-            "BENCHMARKS.md` on a CUDA machine.",
-        ]
+    lines += ["", f"Command: `{results['command']}`"]
     return "\n".join(lines) + "\n"
 
 
-def write_section(path: Path, section: str) -> None:
-    """Replace (or add) the Stage 1 section of a markdown file, keeping every other section."""
+def write_section(path: Path, subsection: str) -> None:
+    """Put ``subsection`` into the Stage 1 section of a markdown file: replace the subsection with
+    the same heading or add it; every other section and subsection stays as it is."""
     text = path.read_text() if path.exists() else "# Benchmarks\n\n## Stage 2 training\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
-    if pattern.search(text):
-        text = pattern.sub(lambda _: section + "\n", text, count=1)
+    section_pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    match = section_pattern.search(text)
+    subsections: dict[str, str] = {}
+    if match:
+        for part in re.split(r"^(?=### )", match.group(0), flags=re.M)[1:]:
+            part = part.split("\n" + GPU_NOTE_START)[0]  # the note is added again below when due
+            subsections[part.splitlines()[0]] = part.strip() + "\n"
+    subsections[subsection.splitlines()[0]] = subsection.strip() + "\n"
+    section = SECTION + "\n\n" + INTRO + "\n\n" + "\n".join(subsections.values()) + "\n"
+    if all(heading.startswith("### CPU") for heading in subsections):
+        section += (
+            GPU_NOTE_START + " (the machines used so far have none). On a CUDA machine: "
+            "`.venv/bin/python bench/bench_extract.py --device cuda --precision bf16 --copies 20 --write "
+            "BENCHMARKS.md` adds GPU clips/s and the GPU's bf16-vs-fp32 agreement here.\n\n"
+        )
+    if match:
+        text = text[: match.start()] + section + text[match.end():]
     else:
-        match = re.search(r"^## ", text, re.M)
-        position = match.start() if match else len(text)
-        text = text[:position] + section + "\n" + text[position:]
+        first = re.search(r"^## ", text, re.M)
+        position = first.start() if first else len(text)
+        text = text[:position] + section + text[position:]
     temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     temporary.write_text(text)
     os.replace(temporary, path)
@@ -266,19 +289,22 @@ def main(argv=None) -> int:
         "command": command.strip(),
         "setup": {
             "date": time.strftime("%Y-%m-%d"),
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores"
-            + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores",
             "device": str(device), "torch": torch.__version__, "threads": torch.get_num_threads(),
             "load_average": load_average, "videos": len(records), "copies": args.copies,
             "clips_in_data": len(videos), "clips_per_round": reference_clips, "resize": args.resize,
             "crop": args.crop, "batch_clips": args.batch_clips, "workers": args.workers, "rounds": args.rounds,
             "weights_sha256": info.sha256,
+            "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
         },
         "rows": rows,
     }
     table = markdown(results)
     print()
     print(table)
+    if device.type == "cpu":
+        print("GPU throughput and GPU bf16-vs-fp32 agreement need a CUDA machine: "
+              "bench/bench_extract.py --device cuda --precision bf16 --copies 20 --write BENCHMARKS.md")
     json_path = Path(args.json)
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(results, indent=2) + "\n")

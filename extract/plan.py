@@ -53,6 +53,8 @@ class ExtractConfig:
             raise UserError(f"--workers must be 0 or more (got {self.workers})")
         if self.limit is not None and self.limit < 1:
             raise UserError(f"--limit must be at least 1 (got {self.limit})")
+        # Bad sizes, clip layouts or view names fail here, before any work.
+        self.preprocessing, self.layout, self.view_specs
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -69,7 +71,7 @@ class ExtractConfig:
 
 @dataclass
 class ExtractResult:
-    """What one extraction did (on this rank; the counts of the whole run on rank 0)."""
+    """What one extraction did on this rank (``skipped`` lists the bad videos of all ranks)."""
 
     cache_path: Path
     extracted: list[str] = field(default_factory=list)  # keys extracted by this run (this rank)
@@ -250,7 +252,6 @@ def extract_dataset(
         records = records[: config.limit]
     if not records:
         raise UserError("the dataset has no videos to extract", dataset.origin or None)
-    config.view_specs  # a bad --views fails here, before any work
     # Cheap input checks first (identically on every rank): a missing folder stops the run
     # before the model is loaded, and with --skip-bad every rank agrees on what is skipped.
     problems = check_sources(records, config.clip_length)

@@ -39,6 +39,7 @@ import torch
 
 from aqa.annotations import Dataset, VideoRecord
 from aqa.cache import CacheWriter, VideoEntry, journal_dir
+from aqa.config import to_dict
 from aqa.errors import UserError
 from extract.clips import ViewSpec
 from extract.plan import ExtractConfig, ExtractResult, backbone_config, cache_config
@@ -273,9 +274,11 @@ def run_extraction(
         else:
             weights_path = config.weights
         device = resolve_device(config.device)
-        if device.type == "cuda" and dist.active:
-            device = torch.device("cuda", dist.local_rank % torch.cuda.device_count())
         if device.type == "cuda":
+            if dist.active:  # one GPU per local rank
+                device = torch.device("cuda", dist.local_rank % torch.cuda.device_count())
+            elif device.index is None:
+                device = torch.device("cuda", torch.cuda.current_device())
             torch.cuda.set_device(device)
         autocast_context(device, config.precision)  # validates precision against the device early
 
@@ -287,6 +290,7 @@ def run_extraction(
             "weights_path": None if weights_path is None else os.fspath(weights_path),
             "dataset_origin": dataset.origin,
             "command": " ".join(sys.argv),
+            "extract_config": to_dict(config),  # the run's settings, speed-only ones included
             **info,
         }
         writer = CacheWriter(cache_path, recorded, run_info)
@@ -324,6 +328,15 @@ def run_extraction(
         result.skipped = all_skipped
         dist.barrier()
         if dist.rank == 0:
+            # Every rank's videos must be in the journal rank 0 sees; on several machines that
+            # needs the cache folder on a shared filesystem. Never commit a silently partial cache.
+            missing = sorted(set(todo) - set(all_skipped) - writer.done_keys())
+            if missing:
+                raise UserError(
+                    f"{len(missing)} videos extracted by other ranks are not in {journal_dir(cache_path)} "
+                    f"(first: {missing[0]}); with several machines, --out must be on a shared filesystem",
+                    cache_path,
+                )
             if all_skipped:
                 writer.info["skipped"] = dict(sorted(all_skipped.items()))
                 for key, problem in sorted(all_skipped.items()):
