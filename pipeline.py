@@ -77,8 +77,8 @@ def classify_command(video, labels, frames, weights_path, top, device):
     model, info = load_i3d(weights_path)
     names = load_labels(labels, info.num_classes) if labels else None
     torch_device = resolve_device(device)
-    probabilities = class_probabilities(model.to(torch_device), source, frames=frames, device=torch_device)
-    click.echo(f"{video}: first {frames} frames, weights {info.layout} (sha256 {info.sha256[:12]}...)")
+    probabilities, used = class_probabilities(model.to(torch_device), source, frames=frames, device=torch_device)
+    click.echo(f"{video}: first {used} frames, weights {info.layout} (sha256 {info.sha256[:12]}...)")
     click.echo(format_top_classes(top_classes(probabilities, names, k=top)))
     return 0
 

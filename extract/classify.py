@@ -58,8 +58,9 @@ def class_probabilities(
     frames: int = 64,
     preprocessing: Preprocessing | None = None,
     device: torch.device | str = "cpu",
-) -> np.ndarray:
-    """Softmax over the model's classes for the first ``frames`` frames of ``source``."""
+) -> tuple[np.ndarray, int]:
+    """Softmax over the model's classes for the first ``frames`` frames of ``source`` (all of them
+    when the video is shorter), and how many frames that was."""
     if frames < MIN_CLASSIFY_FRAMES:
         raise UserError(f"--frames must be at least {MIN_CLASSIFY_FRAMES} (got {frames})")
     preprocessing = preprocessing or Preprocessing()
@@ -67,7 +68,7 @@ def class_probabilities(
     clip = to_model_input(torch.from_numpy(pixels).to(device))[None]
     with torch.inference_mode():
         logits = model(clip)
-    return torch.softmax(logits.float(), dim=-1)[0].cpu().numpy()
+    return torch.softmax(logits.float(), dim=-1)[0].cpu().numpy(), int(pixels.shape[0])
 
 
 def top_classes(probabilities: np.ndarray, labels: list[str] | None = None, k: int = 5) -> list[ClassScore]:

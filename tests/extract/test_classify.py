@@ -34,8 +34,8 @@ def labels(shared_dir):
 @pytest.mark.parametrize("clip", ["dive_testdive5.mp4", "dive_uploaded.mp4"])
 def test_real_clips_are_springboard_diving(clip, shared_dir, i3d_model, labels):
     model, _ = i3d_model
-    probabilities = class_probabilities(model, frame_source_for(shared_dir / "data" / "videos" / clip), frames=64)
-    assert probabilities.shape == (400,)
+    probabilities, used = class_probabilities(model, frame_source_for(shared_dir / "data" / "videos" / clip), frames=64)
+    assert probabilities.shape == (400,) and used == 64
     assert probabilities.sum() == pytest.approx(1.0, abs=1e-4)
     best = top_classes(probabilities, labels, k=5)
     assert best[0].index == SPRINGBOARD_DIVING and best[0].label == "springboard diving"
@@ -48,6 +48,7 @@ def test_classify_command_prints_the_top_five(shared_dir, i3d_weights_path, cli)
     result = cli("classify", video, "--labels", shared_dir / "reference" / "kinetics400_labels.txt",
                  "--frames", "64", "--weights", i3d_weights_path, "--device", "cpu")
     assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"{video}: first 64 frames")
     rows = [line.split() for line in result.stdout.strip().splitlines()[2:]]
     assert len(rows) == 5
     assert rows[0][0] == "1" and rows[0][2] == str(SPRINGBOARD_DIVING) and " ".join(rows[0][3:]) == "springboard diving"
