@@ -30,6 +30,7 @@ _EXPORTS = {
         "ClassScore", "class_probabilities", "format_top_classes", "frame_source_for", "load_labels", "top_classes",
     ),
     "extract.inspect_cache": ("cache_summary", "clip_count_table", "export_features", "format_summary", "resolve_view"),
+    "extract.import_bank": ("ImportConfig", "ImportResult", "import_feature_bank"),
 }
 _MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
 
