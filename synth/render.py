@@ -15,6 +15,7 @@ Frames are drawn at ``supersample`` times the output size and box-filtered down 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -176,12 +177,13 @@ class _Keyframes:
         self.keys = keys
 
     def at(self, u: float) -> Pose:
+        """The pose at flight fraction ``u`` (a fresh copy: callers add wobble to it)."""
         if u <= self.keys[0][0]:
-            return _blend(self.keys[0][1], self.keys[0][1], 0.0)
+            return dataclasses.replace(self.keys[0][1])
         for (start, first), (end, second) in zip(self.keys, self.keys[1:]):
             if u < end:
                 return _blend(first, second, _smoothstep(u, start, end))
-        return _blend(self.keys[-1][1], self.keys[-1][1], 0.0)
+        return dataclasses.replace(self.keys[-1][1])
 
 
 def _entry_pose(line_error: float) -> Pose:
