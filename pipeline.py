@@ -236,7 +236,8 @@ def import_features_command(features_dir, out, name, pattern, views, progress):
               help="Dataset folder to write (MTL-AQA layout: info/, frames/, synth_config.json).")
 @click.option("--dives", "num_dives", type=int, default=200, show_default=True, help="Number of dives.")
 @click.option("--frames", "frames_per_dive", type=int, default=103, show_default=True,
-              help="Frames per dive (MTL-AQA: 103). The dive always spans 3.6 s, so fewer frames = lower fps.")
+              help="Frames per dive. The dive always spans 3.6 s, so fewer frames = lower fps. The MTL-AQA "
+                   "reader takes 103 frames per dive (MUSDL layout): keep 103 for `extract --data-root`.")
 @click.option("--width", type=int, default=64, show_default=True,
               help="Frame width in pixels (extract with --resize/--crop at most the smaller side).")
 @click.option("--height", type=int, default=64, show_default=True, help="Frame height in pixels.")
@@ -261,7 +262,7 @@ def synth_command(out, num_dives, frames_per_dive, width, height, seed, test_fra
     info/augmented_final_annotations_dict.pkl, info/{train,test}_split_0.pkl,
     info/synth_factors.csv (the hidden truth), frames/NN_MM/00000.jpg... and synth_config.json.
     Deterministic for a seed; an interrupted run resumes; another configuration in an existing
-    folder is refused. Defaults: the demo's size (200 dives of 64x64; about a minute to
+    folder is refused. Defaults: the demo's size (200 dives of 64x64; 10-30 s to
     render); extract it at its own size: pipeline.py extract --data-root OUT --resize 64 --crop 64.
     """
     from synth import SynthConfig, generate_dataset
