@@ -327,6 +327,145 @@ def evaluate(run_dirs, out, best_on_test, plots, bootstrap_resamples, bootstrap_
     return 0
 
 
+def _data_options(function):
+    """Options shared by train and sweep: where the features and labels are, and the target."""
+    options = [
+        click.option("--features", type=click.Path(dir_okay=False), default=None,
+                     help="Feature cache (HDF5) from `extract` or `import-features`."),
+        click.option("--dataset", type=click.Choice(["mtl-aqa", "fis-v", "manifest"]), default=None,
+                     help="Where labels, difficulty and splits come from  [default: manifest with --manifest, "
+                          "else mtl-aqa]"),
+        click.option("--data-root", type=click.Path(file_okay=False), default=None,
+                     help="MTL-AQA root (info/ with the annotation and split pickles) or the Fis-V folder "
+                          "(train.txt, test.txt)."),
+        click.option("--manifest", type=click.Path(dir_okay=False), default=None,
+                     help="CSV manifest key,path,score[,difficulty][,split][,group][,more targets]."),
+        click.option("--difficulty-aware", type=click.Choice(["auto", "on", "off"]), default=None,
+                     help="Regress score / difficulty (CoRe) and multiply back  [default: auto = on where every "
+                          "video's difficulty is known and the target is the default one]"),
+        click.option("--preset", type=click.Choice(["default", "paper"]), default=None,
+                     help="default: small heads tuned on validation splits; paper: the TRS code's head "
+                          "(mixer depth 8, token hidden 512, channel hidden 2048), 150 epochs  [default: default]"),
+        click.option("--validation-fraction", type=float, default=None,
+                     help="Hold out this share of the train split as a labelled validation set (for tuning; "
+                          "reported as validation_* in metrics.json)  [default: 0]"),
+        click.option("--set", "overrides", multiple=True, metavar="SECTION.FIELD=VALUE",
+                     help="Override a hyper-parameter, e.g. --set optim.lr=3e-4 --set semi.use_graph=false "
+                          "(sections: head, reference, views, optim, semi, ridge). Repeatable."),
+        click.option("--keep-epoch-predictions", is_flag=True, default=None,
+                     help="Also write epoch_predictions.csv (test predictions after every epoch) for the "
+                          "evaluator's clearly labelled --best-on-test mode. Training never looks at them."),
+    ]
+    for option in reversed(options):
+        function = option(function)
+    return function
+
+
+@cli.command("train")
+@_data_options
+@click.option("--target", default=None, help="Score column to regress  [default: the dataset's: final_score, TES, score]")
+@click.option("--method", type=click.Choice(["trs", "supervised", "mean-teacher", "pseudo-label", "ridge"]),
+              default=None, help="What to train  [default: trs]")
+@click.option("--ratio", type=float, default=None, help="Labelled share of the train split, in (0, 1]  [default: 0.2]")
+@click.option("--seed", type=int, default=None, help="Seeds the labelled draw and the training  [default: 0]")
+@click.option("--run-dir", type=click.Path(file_okay=False), required=True, help="Run folder to create.")
+@click.option("--config", "config_file", type=click.Path(dir_okay=False), default=None,
+              help="Repeat a run from its config.json (options given here replace its fields).")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run from its checkpoint (or do nothing "
+                                             "if RUN_DIR already finished with this configuration).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing RUN_DIR (atomically, when the new run is done).")
+@click.option("--threads", type=int, default=None, help="Torch CPU threads  [default: torch's choice]")
+@click.option("--progress/--no-progress", default=None, help="Progress bar  [default: when stderr is a terminal]")
+@click.option("--stop-after-epoch", type=int, default=None, hidden=True,
+              help="Checkpoint and stop after this many epochs (tests of --resume).")
+@click.option("--checkpoint-seconds", type=float, default=30.0, hidden=True,
+              help="Save the training state at most this often (seconds).")
+def train_command(features, dataset, data_root, manifest, difficulty_aware, preset, validation_fraction, overrides,
+                  keep_epoch_predictions, target, method, ratio, seed, run_dir, config_file, resume, overwrite,
+                  threads, progress, stop_after_epoch, checkpoint_seconds):
+    """Train one method on cached features and write a run folder.
+
+    \b
+    Methods (all on the same features and the same labelled subset):
+      trs           teacher-reference-student: EMA teacher + pairwise reference network,
+                    confidence memories, graph-refined pseudo-labels, student predicts
+      supervised    the student head on labelled videos only
+      mean-teacher  consistency with an EMA teacher on unlabelled videos
+      pseudo-label  self-training without reference or memory
+      ridge         ridge regression on mean-pooled features
+
+    The labelled subset is a seeded random draw of RATIO of the train split; the rest of the
+    train split is unlabelled. RUN_DIR gets config.json, split.json, predictions.csv,
+    metrics.json (test split, final model), checkpoint.pt, and diagnostics.json for trs. It
+    appears only when complete; --resume continues after an interruption.
+    """
+    from train import build_config, train_run
+
+    config = build_config(config_file, overrides, features=features, dataset=dataset, data_root=data_root,
+                                   manifest=manifest, target=target, difficulty_aware=difficulty_aware, method=method,
+                                   preset=preset, ratio=ratio, seed=seed, validation_fraction=validation_fraction,
+                                   keep_epoch_predictions=keep_epoch_predictions)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+    from train.run import StoppedEarly
+
+    try:
+        metrics = train_run(config, run_dir, resume=resume, overwrite=overwrite, progress=progress,
+                            stop_after_epoch=stop_after_epoch, checkpoint_seconds=checkpoint_seconds,
+                            log=lambda message: click.echo(message, err=True))
+    except StoppedEarly as stopped:
+        click.echo(str(stopped), err=True)
+        return 3
+    rho = metrics.get("spearman")
+    shown = "undefined (constant predictions)" if rho is None else f"{rho:.4f}"
+    extra = ""
+    if metrics.get("validation_spearman") is not None:
+        extra = f", validation spearman {metrics['validation_spearman']:.4f}"
+    click.echo(f"{run_dir}: {metrics['method']} on {metrics['dataset']}/{metrics['target']}, ratio {metrics['ratio']:g}, "
+               f"seed {metrics['seed']}: test spearman {shown}, R-l2 {metrics['rl2']:.4f}{extra} "
+               f"({metrics['wall_seconds']:.1f} s)")
+    return 0
+
+
+@cli.command("sweep")
+@_data_options
+@click.option("--targets", default=None, help="Comma-separated score columns  [default: the dataset's default]")
+@click.option("--methods", default="trs,supervised", show_default=True, help="Comma-separated methods.")
+@click.option("--ratios", default="0.1,0.2,0.3,0.4", show_default=True, help="Comma-separated labelled ratios.")
+@click.option("--seeds", default="0-4", show_default=True, help="Seeds: ranges and lists, e.g. 0-4 or 0,2,5-7.")
+@click.option("--out", type=click.Path(file_okay=False), default="runs", show_default=True,
+              help="Runs go to OUT/<dataset>/<target>/<method>/r<ratio>/s<seed>.")
+@click.option("--jobs", type=int, default=1, show_default=True, help="Runs in parallel (joblib processes).")
+@click.option("--threads", type=int, default=None, help="Torch threads per run  [default: CPUs / jobs]")
+@click.option("--progress/--no-progress", default=None, help="Progress bar  [default: when stderr is a terminal]")
+def sweep_command(features, dataset, data_root, manifest, difficulty_aware, preset, validation_fraction, overrides,
+                  keep_epoch_predictions, targets, methods, ratios, seeds, out, jobs, threads, progress):
+    """Train a grid of methods × ratios × seeds (× targets), skipping finished runs.
+
+    A run folder whose metrics.json exists and whose config.json matches is skipped; an
+    interrupted one resumes. Exit status 1 when a run failed (each failure is listed).
+    """
+    from train import build_config, parse_seeds, plan_sweep, run_sweep
+    from train.sweep import parse_list
+
+    if jobs < 1:
+        raise UserError(f"--jobs must be at least 1, got {jobs}")
+    base = build_config(None, (), features=features, dataset=dataset, data_root=data_root,
+                                 manifest=manifest, difficulty_aware=difficulty_aware, preset=preset,
+                                 validation_fraction=validation_fraction,
+                                 keep_epoch_predictions=keep_epoch_predictions)
+    target_list = parse_list(targets, "targets") if targets else [None]
+    plan = plan_sweep(base, out, target_list, parse_list(methods, "methods"), parse_list(ratios, "ratios", float),
+                      parse_seeds(seeds), list(overrides))
+    summary = run_sweep(plan, n_jobs=jobs, threads=threads, log=click.echo, progress=progress)
+    click.echo(f"sweep: {summary['ran']} ran, {summary['skipped']} skipped, {len(summary['failed'])} failed")
+    for folder, message in summary["failed"]:
+        click.echo(f"failed: {folder}: {message}", err=True)
+    return 1 if summary["failed"] else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; a UserError becomes one line on stderr and exit status 2."""
     try:

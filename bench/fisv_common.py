@@ -1,0 +1,84 @@
+"""Shared by the Fis-V bench scripts: the feature cache of the real Fis-V bank, and in-process runs.
+
+The cache is made with the project's own ``pipeline.py import-features`` (one view,
+``original``). Runs here call the training package directly (no run folder), which is what a
+tuning loop needs; the table script (``bench/bench_fisv.py``) goes through ``pipeline.py sweep``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_FISV_DIR = REPO_ROOT.parent / "shared" / "data" / "fisv-swin"
+DEFAULT_CACHE = REPO_ROOT / "features" / "fisv-swin.h5"
+
+
+def ensure_fisv_cache(fisv_dir: Path, cache: Path) -> Path:
+    """Import the Fis-V bank into ``cache`` unless it is there (the import is a no-op if up to date)."""
+    if not (fisv_dir / "train.txt").is_file():
+        sys.exit(f"error: {fisv_dir}: no Fis-V bank (train.txt, test.txt, features/); pass --fisv-dir")
+    if not cache.is_file():
+        subprocess.run([sys.executable, str(REPO_ROOT / "pipeline.py"), "import-features", "--features-dir",
+                        str(fisv_dir / "features"), "--out", str(cache), "--no-progress"], check=True)
+    return cache
+
+
+def config_digest(data: dict) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def run_in_process(config_dict: dict, threads: int = 1) -> dict:
+    """Train one configuration in this process; validation measures and trs diagnostics."""
+    import numpy as np
+    import torch
+
+    from evaluate.metrics import spearman
+    from train.config import config_from_json
+    from train.data import prepare_data
+    from train.engine import make_trainer
+
+    torch.set_num_threads(threads)
+    config = config_from_json(config_dict, "tuning")
+    started = time.perf_counter()
+    data = prepare_data(config)
+    trainer = make_trainer(config, data)
+    while not trainer.finished:
+        trainer.run_unit()
+    result = {"seconds": time.perf_counter() - started}
+    validation = data.validation
+    result["validation_spearman"] = spearman(data.scores[validation], trainer.predict_scores(validation))
+    known = np.isfinite(data.scores[data.unlabelled])
+    if known.sum() >= 2:
+        result["unlabelled_spearman"] = spearman(data.scores[data.unlabelled][known],
+                                                 trainer.predict_scores(data.unlabelled)[known])
+    if hasattr(trainer, "finish_diagnostics"):
+        last = trainer.finish_diagnostics().get("last_refresh") or {}
+        result["diagnostics"] = {key: value for key, value in last.items() if key != "epoch"}
+    if config.method == "ridge":
+        result["ridge_alpha"] = trainer.alpha
+    return result
+
+
+def load_results(path: Path) -> dict:
+    results = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                results[record["id"]] = record
+    return results
+
+
+def append_result(path: Path, record: dict):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        handle.write(json.dumps(record, sort_keys=True) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())

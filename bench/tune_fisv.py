@@ -1,0 +1,161 @@
+#!/usr/bin/env python
+"""Choosing hyper-parameters on validation splits of the Fis-V TRAIN split (never the test split).
+
+Every run holds out 25 % of the 400 training programs as a validation set (true labels, never
+trained on); the labelled subset is RATIO of the remaining 300 and the rest is unlabelled. Each
+variant (a method plus ``--set`` overrides on the default preset) runs on the same splits for
+every seed, so variants compare by paired differences. Results go to a JSONL file, one line per
+(variant, target, ratio, seed), and finished lines are never rerun.
+
+    python bench/tune_fisv.py --variants supervised,trs,trs-no-graph --seeds 0-9 --jobs 2
+    python bench/tune_fisv.py --report          # the table of everything measured so far
+
+The variants and what they showed are described in the report of stage 2 (README, "Tuning").
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.fisv_common import (  # noqa: E402
+    DEFAULT_CACHE, DEFAULT_FISV_DIR, REPO_ROOT, append_result, config_digest, ensure_fisv_cache, load_results,
+    run_in_process,
+)
+
+VALIDATION_FRACTION = 0.25
+# Part of every result's id: bump when the training code changes what a configuration computes.
+CODE_VERSION = 1
+
+# name -> (method, overrides of the default preset)
+VARIANTS: dict[str, tuple[str, list[str]]] = {
+    "supervised": ("supervised", []),
+    "ridge": ("ridge", []),
+    "mean-teacher": ("mean-teacher", []),
+    "pseudo-label": ("pseudo-label", []),
+    "trs": ("trs", []),
+    "trs-no-graph": ("trs", ["semi.use_graph=false"]),
+    "trs-no-reference": ("trs", ["semi.use_reference=false"]),
+    "trs-no-memory": ("trs", ["semi.use_memory=false"]),
+    "trs-no-confidence": ("trs", ["semi.use_confidence=false"]),
+}
+
+
+def parse_variant(name: str) -> tuple[str, list[str]]:
+    """A registered name, or ``method:field=value;field=value`` for an ad-hoc variant."""
+    if name in VARIANTS:
+        return VARIANTS[name]
+    if ":" in name:
+        method, _, assignments = name.partition(":")
+        return method, [item for item in assignments.split(";") if item]
+    sys.exit(f"error: unknown variant {name!r} (registered: {', '.join(VARIANTS)}; or METHOD:field=value;...)")
+
+
+def build(variant: str, target: str, ratio: float, seed: int, cache: Path, fisv_dir: Path) -> dict:
+    from aqa.config import to_dict
+    from train.config import apply_overrides, preset_config
+    import dataclasses
+
+    method, overrides = parse_variant(variant)
+    config = preset_config("default", method)
+    config = dataclasses.replace(config, features=str(cache), dataset="fis-v", data_root=str(fisv_dir), target=target,
+                                 ratio=ratio, seed=seed, validation_fraction=VALIDATION_FRACTION)
+    config = apply_overrides(config, overrides)
+    data = to_dict(config)
+    data.pop("resolved", None)
+    return data
+
+
+def _task(record_id: str, config: dict) -> tuple[str, dict]:
+    return record_id, run_in_process(config, threads=1)
+
+
+def _mean_se(values: list[float]) -> tuple[float, float]:
+    values = [value for value in values if value is not None and math.isfinite(value)]
+    if not values:
+        return math.nan, math.nan
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, math.nan
+    variance = sum((value - mean) ** 2 for value in values) / (len(values) - 1)
+    return mean, math.sqrt(variance / len(values))
+
+
+def report(results: dict, baseline: str, variants: list[str] | None) -> str:
+    cells: dict[tuple, dict[str, dict[int, dict]]] = {}
+    for record in results.values():
+        cells.setdefault((record["target"], record["ratio"]), {}).setdefault(record["variant"], {})[record["seed"]] = record
+    lines = []
+    for (target, ratio), by_variant in sorted(cells.items()):
+        lines.append(f"\n{target} ratio {ratio:g} (validation Spearman; paired difference vs {baseline} on the same seeds)")
+        lines.append(f"  {'variant':58s} {'n':>3s} {'val rho':>14s} {'vs base':>16s} {'pseudo rho':>10s} {'conf~err':>8s} {'s/run':>6s}")
+        base = by_variant.get(baseline, {})
+        names = [name for name in (variants or sorted(by_variant)) if name in by_variant]
+        for name in names:
+            runs = by_variant[name]
+            rho, rho_se = _mean_se([run["validation_spearman"] for run in runs.values()])
+            paired = [runs[seed]["validation_spearman"] - base[seed]["validation_spearman"]
+                      for seed in runs if seed in base and runs[seed]["validation_spearman"] is not None
+                      and base[seed]["validation_spearman"] is not None]
+            diff, diff_se = _mean_se(paired)
+            pseudo, _ = _mean_se([(run.get("diagnostics") or {}).get("pseudo_spearman") for run in runs.values()])
+            conf, _ = _mean_se([(run.get("diagnostics") or {}).get("confidence_error_spearman") for run in runs.values()])
+            seconds, _ = _mean_se([run["seconds"] for run in runs.values()])
+            versus = "" if name == baseline or not paired else f"{diff:+.3f} ± {diff_se:.3f}"
+            lines.append(f"  {name[:58]:58s} {len(runs):3d} {rho:6.3f} ± {rho_se:5.3f} {versus:>16s} "
+                         f"{'' if math.isnan(pseudo) else f'{pseudo:.3f}':>10s} {'' if math.isnan(conf) else f'{conf:+.3f}':>8s} "
+                         f"{seconds:6.1f}")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--variants", default="supervised,trs")
+    parser.add_argument("--targets", default="TES,PCS")
+    parser.add_argument("--ratios", default="0.1,0.25")
+    parser.add_argument("--seeds", default="0-9")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--fisv-dir", type=Path, default=DEFAULT_FISV_DIR)
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--results", type=Path, default=REPO_ROOT / "bench" / "results" / "tune_fisv.jsonl")
+    parser.add_argument("--baseline", default="supervised")
+    parser.add_argument("--report", action="store_true", help="Only print the table of stored results.")
+    args = parser.parse_args()
+
+    from train.sweep import parse_list, parse_seeds
+
+    results = load_results(args.results)
+    variants = parse_list(args.variants, "variants")
+    if not args.report:
+        cache = ensure_fisv_cache(args.fisv_dir, args.cache)
+        tasks = []
+        for variant in variants:
+            for target in parse_list(args.targets, "targets"):
+                for ratio in parse_list(args.ratios, "ratios", float):
+                    for seed in parse_seeds(args.seeds):
+                        config = build(variant, target, ratio, seed, cache, args.fisv_dir)
+                        record_id = config_digest({**config, "features": "fisv", "data_root": "fisv",
+                                                    "variant": variant, "code_version": CODE_VERSION})
+                        if record_id not in results:
+                            tasks.append((record_id, config, variant, target, ratio, seed))
+        print(f"{len(tasks)} runs to do", flush=True)
+        from joblib import Parallel, delayed
+
+        runner = Parallel(n_jobs=args.jobs, return_as="generator_unordered")
+        meta = {task[0]: task for task in tasks}
+        for record_id, result in runner(delayed(_task)(task[0], task[1]) for task in tasks):
+            _, _, variant, target, ratio, seed = meta[record_id]
+            record = {"id": record_id, "variant": variant, "target": target, "ratio": ratio, "seed": seed, **result}
+            append_result(args.results, record)
+            results[record_id] = record
+            print(f"{variant:40s} {target} {ratio:g} s{seed}: val {record['validation_spearman']:.3f} "
+                  f"({record['seconds']:.1f} s)", flush=True)
+    print(report(results, args.baseline, variants if not args.report else None))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,339 @@
+"""Everything a run trains on, checked before anything is written.
+
+:func:`prepare_data` reads the labels (MTL-AQA pickles, Fis-V lists or a CSV manifest), opens the
+label-free feature cache, checks that the two agree, draws the labelled subset, and returns one
+:class:`TrainingData` with the features resampled to a fixed number of tokens. Every problem with
+the input (missing keys on either side, a ratio outside (0, 1], a labelled subset with a single
+score value, NaN or infinite features or scores, an unknown target column) is a one-line
+:class:`~aqa.errors.UserError` raised before a run folder exists.
+
+The split protocol: the train split's labelled videos are shuffled with ``numpy``'s generator
+seeded by the run seed; the first ``validation_fraction`` of them (if any) are held out with
+their labels as a validation set, the next ``ratio`` of the rest (at least two) are the labelled
+subset, everything else in the train split is unlabelled. The same seed gives every method the
+same subset, so methods compare on identical splits.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from aqa.annotations import Dataset, load_fisv, load_manifest, load_mtl_aqa
+from aqa.cache import FeatureCache, open_cache
+from aqa.errors import UserError
+from train.config import DATASET_KINDS, DIFFICULTY_MODES, METHODS, PRESETS, TrainConfig
+
+MAX_LISTED_KEYS = 5
+# Keys of the split-draw generator besides the seed, so that other draws from the same seed differ.
+_SPLIT_STREAM = 0x5B1
+
+
+@dataclass
+class TrainingData:
+    """Features, targets and the split of one run, in one consistent order (``keys``)."""
+
+    dataset_name: str
+    target: str
+    difficulty_aware: bool
+    keys: list[str]
+    tokens: np.ndarray  # float32 [videos, views, num_tokens, dim], standardised
+    scores: np.ndarray  # float64 [videos], the target in its own units; NaN where not annotated
+    difficulty: np.ndarray | None  # float64 [videos] or None
+    groups: list[str]
+    labelled: np.ndarray  # int indices into keys
+    unlabelled: np.ndarray
+    validation: np.ndarray
+    test: np.ndarray
+    view_names: list[str]
+    clip_counts: np.ndarray  # int [videos], before resampling
+    cache_config: dict = field(default_factory=dict)
+    feature_mean: np.ndarray | None = None  # the standardisation applied to `tokens`
+    feature_std: np.ndarray | None = None
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.tokens.shape[2])
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.tokens.shape[3])
+
+    def training_target(self, indices: np.ndarray) -> np.ndarray:
+        """What the heads regress: the score, or score / difficulty when difficulty-aware."""
+        values = self.scores[indices]
+        if self.difficulty_aware:
+            values = values / self.difficulty[indices]
+        return values
+
+    def to_score(self, indices: np.ndarray, predicted_target: np.ndarray) -> np.ndarray:
+        """Predictions in the score's own units (undoes the difficulty-aware division)."""
+        predicted_target = np.asarray(predicted_target, dtype=np.float64)
+        if self.difficulty_aware:
+            return predicted_target * self.difficulty[indices]
+        return predicted_target
+
+    def split_lists(self) -> dict[str, list[str]]:
+        lists = {name: [self.keys[index] for index in getattr(self, name)]
+                 for name in ("labelled", "unlabelled", "test")}
+        if len(self.validation):
+            lists["validation"] = [self.keys[index] for index in self.validation]
+        return lists
+
+    def summary(self) -> dict:
+        return {
+            "dataset_name": self.dataset_name,
+            "target": self.target,
+            "difficulty_aware": self.difficulty_aware,
+            "num_tokens": self.num_tokens,
+            "feature_dim": self.feature_dim,
+            "views": list(self.view_names),
+            "clip_counts": {"min": int(self.clip_counts.min()), "max": int(self.clip_counts.max()),
+                            "median": float(np.median(self.clip_counts))},
+            "n_labelled": int(len(self.labelled)),
+            "n_unlabelled": int(len(self.unlabelled)),
+            "n_validation": int(len(self.validation)),
+            "n_test": int(len(self.test)),
+            "cache_config": self.cache_config,
+        }
+
+
+def check_config(config: TrainConfig) -> None:
+    """Refuse options that cannot make a run, before reading any data."""
+    if config.method not in METHODS:
+        raise UserError(f"unknown method {config.method!r} (choose from {', '.join(METHODS)})")
+    if config.preset not in PRESETS:
+        raise UserError(f"unknown preset {config.preset!r} (choose from {', '.join(PRESETS)})")
+    if config.dataset not in DATASET_KINDS:
+        raise UserError(f"unknown dataset {config.dataset!r} (choose from {', '.join(DATASET_KINDS)})")
+    if config.difficulty_aware not in DIFFICULTY_MODES:
+        raise UserError(f"difficulty_aware must be one of {', '.join(DIFFICULTY_MODES)}, got {config.difficulty_aware!r}")
+    ratio = config.ratio
+    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not math.isfinite(ratio) or not 0 < ratio <= 1:
+        raise UserError(f"--ratio must be in (0, 1], got {ratio!r}")
+    if not 0 <= config.validation_fraction < 1:
+        raise UserError(f"validation_fraction must be in [0, 1), got {config.validation_fraction!r}")
+    if not config.features:
+        raise UserError("no feature cache given (--features)")
+    if config.dataset == "manifest":
+        if not config.manifest:
+            raise UserError("--manifest CSV is required with --dataset manifest")
+    elif not config.data_root:
+        raise UserError(f"--data-root is required with --dataset {config.dataset}")
+    positive = {
+        "optim.batch_size": config.optim.batch_size, "optim.unlabelled_batch_size": config.optim.unlabelled_batch_size,
+        "head.dim": config.head.dim, "head.depth": config.head.depth, "head.token_hidden": config.head.token_hidden,
+        "head.channel_hidden": config.head.channel_hidden, "head.max_tokens": config.head.max_tokens,
+        "reference.dim": config.reference.dim, "reference.heads": config.reference.heads,
+        "reference.exemplars": config.reference.exemplars, "semi.mc_samples": config.semi.mc_samples,
+        "semi.graph_neighbours": config.semi.graph_neighbours, "optim.lr": config.optim.lr,
+    }
+    for name, value in positive.items():
+        if not value > 0:
+            raise UserError(f"{name} must be positive, got {value!r}")
+    non_negative = {
+        "optim.epochs": config.optim.epochs, "semi.semi_epochs": config.semi.semi_epochs,
+        "reference.epochs": config.reference.epochs, "head.num_tokens": config.head.num_tokens,
+        "optim.weight_decay": config.optim.weight_decay, "semi.unlabelled_weight": config.semi.unlabelled_weight,
+        "semi.graph_strength": config.semi.graph_strength,
+    }
+    for name, value in non_negative.items():
+        if not value >= 0:
+            raise UserError(f"{name} must not be negative, got {value!r}")
+    for name in ("head.dropout", "head.input_dropout", "reference.dropout", "views.strong_token_dropout",
+                 "views.strong_channel_dropout", "semi.ema_decay", "semi.memory_decay"):
+        section, attribute = name.split(".")
+        value = getattr(getattr(config, section), attribute)
+        if not 0 <= value <= 1:
+            raise UserError(f"{name} must be in [0, 1], got {value!r}")
+    if config.reference.dim % config.reference.heads:
+        raise UserError(f"reference.dim ({config.reference.dim}) must be a multiple of reference.heads ({config.reference.heads})")
+
+
+def load_labels(config: TrainConfig) -> Dataset:
+    if config.dataset == "mtl-aqa":
+        return load_mtl_aqa(config.data_root, layout="none")
+    if config.dataset == "fis-v":
+        return load_fisv(config.data_root)
+    return load_manifest(config.manifest)
+
+
+def _listed(keys: list[str]) -> str:
+    shown = ", ".join(keys[:MAX_LISTED_KEYS])
+    return shown + (f", ... ({len(keys) - MAX_LISTED_KEYS} more)" if len(keys) > MAX_LISTED_KEYS else "")
+
+
+def _check_agreement(dataset: Dataset, cache: FeatureCache, used_keys: list[str]) -> None:
+    cached = set(cache.keys)
+    annotated = set(dataset.keys())
+    missing_from_cache = sorted(key for key in used_keys if key not in cached)
+    not_annotated = sorted(key for key in cached if key not in annotated)
+    if missing_from_cache or not_annotated:
+        parts = []
+        if missing_from_cache:
+            parts.append(f"{len(missing_from_cache)} annotated video(s) missing from the cache ({_listed(missing_from_cache)})")
+        if not_annotated:
+            parts.append(f"{len(not_annotated)} cached video(s) not in the annotations {dataset.origin} ({_listed(not_annotated)})")
+        raise UserError("cache and annotations disagree: " + "; ".join(parts), cache.path)
+
+
+def resolve_target(config: TrainConfig, dataset: Dataset) -> str:
+    target = config.target or dataset.default_target
+    names = dataset.target_names()
+    if target not in names:
+        raise UserError(f"unknown target column {target!r} (this dataset has: {', '.join(names) or 'none'})",
+                        dataset.origin)
+    return target
+
+
+def _resolve_difficulty(config: TrainConfig, dataset: Dataset, target: str, records) -> bool:
+    known = [record.difficulty for record in records]
+    all_known = all(value is not None for value in known)
+    if config.difficulty_aware == "off":
+        return False
+    if config.difficulty_aware == "auto":
+        # Score / difficulty is the execution quality only for the total score (CoRe's reading);
+        # an execution-only target (MTL-AQA's judges' sum) already excludes difficulty.
+        if not (all_known and target == dataset.default_target):
+            return False
+    elif not all_known:
+        missing = [record.key for record in records if record.difficulty is None]
+        raise UserError(f"difficulty-aware target asked for, but {len(missing)} video(s) have no difficulty "
+                        f"({_listed(missing)})", dataset.origin)
+    bad = [record.key for record in records if not (math.isfinite(record.difficulty) and record.difficulty > 0)]
+    if bad:
+        raise UserError(f"difficulty must be a positive number for a difficulty-aware target; "
+                        f"{len(bad)} video(s) are not ({_listed(bad)})", dataset.origin)
+    return True
+
+
+def draw_split(train_labelled_keys: list[str], ratio: float, seed: int, validation_fraction: float = 0.0):
+    """``(labelled, unlabelled, validation)`` key lists from the train split's labelled keys."""
+    keys = sorted(train_labelled_keys)
+    generator = np.random.default_rng([int(seed), _SPLIT_STREAM])
+    order = [keys[index] for index in generator.permutation(len(keys))]
+    n_validation = int(round(validation_fraction * len(order)))
+    validation, rest = order[:n_validation], order[n_validation:]
+    n_labelled = int(round(ratio * len(rest)))
+    n_labelled = min(len(rest), max(2, n_labelled))
+    return rest[:n_labelled], rest[n_labelled:], validation
+
+
+def resample_tokens(features: np.ndarray, num_tokens: int) -> np.ndarray:
+    """``[views, clips, dim]`` -> ``[views, num_tokens, dim]``: average pooling over equal
+    time spans when there are more clips, linear interpolation when there are fewer."""
+    views, clips, dim = features.shape
+    if clips == num_tokens:
+        return features
+    if clips > num_tokens:
+        # Adaptive average pooling: token t averages clips floor(t*C/T) .. ceil((t+1)*C/T) - 1.
+        out = np.empty((views, num_tokens, dim), dtype=np.float32)
+        for token in range(num_tokens):
+            start = (token * clips) // num_tokens
+            stop = -((-(token + 1) * clips) // num_tokens)
+            out[:, token] = features[:, start:stop].mean(axis=1)
+        return out
+    positions = np.linspace(0, clips - 1, num_tokens) if clips > 1 else np.zeros(num_tokens)
+    low = np.floor(positions).astype(int)
+    high = np.minimum(low + 1, clips - 1)
+    weight = (positions - low).astype(np.float32)[None, :, None]
+    return (features[:, low] * (1 - weight) + features[:, high] * weight).astype(np.float32)
+
+
+def prepare_data(config: TrainConfig, progress=None) -> TrainingData:
+    """Read, check and align labels and features; draw the split. Writes nothing."""
+    check_config(config)
+    dataset = load_labels(config)
+    target = resolve_target(config, dataset)
+    features_path = Path(config.features)
+    cache = open_cache(features_path)
+
+    records = [record for record in dataset.records if record.split in ("train", "test")]
+    if not records:
+        raise UserError("no video has a train or test split (add a split column)", dataset.origin)
+    test_records = [record for record in records if record.split == "test"]
+    if not test_records:
+        raise UserError("no video is in the test split", dataset.origin)
+    unscored_test = [record.key for record in test_records if target not in record.targets]
+    if unscored_test:
+        raise UserError(f"{len(unscored_test)} test video(s) have no {target} score ({_listed(unscored_test)})",
+                        dataset.origin)
+    _check_agreement(dataset, cache, [record.key for record in records])
+    difficulty_aware = _resolve_difficulty(config, dataset, target, records)
+
+    train_labelled = [record.key for record in records if record.split == "train" and target in record.targets]
+    train_unscored = [record.key for record in records if record.split == "train" and target not in record.targets]
+    if len(train_labelled) < 2:
+        raise UserError(f"the train split has {len(train_labelled)} video(s) with a {target} score; at least 2 are needed",
+                        dataset.origin)
+    labelled_keys, unlabelled_keys, validation_keys = draw_split(train_labelled, config.ratio, config.seed,
+                                                                 config.validation_fraction)
+    unlabelled_keys = sorted(unlabelled_keys + train_unscored)
+    by_key = dataset.by_key()
+    labelled_scores = {by_key[key].targets[target] for key in labelled_keys}
+    if len(labelled_scores) < 2:
+        raise UserError(f"the labelled subset ({len(labelled_keys)} videos, ratio {config.ratio}, seed {config.seed}) "
+                        f"has a single {target} value ({labelled_scores.pop()}): nothing to learn a ranking from; "
+                        "use a larger --ratio or another --seed", dataset.origin)
+
+    keys = sorted(labelled_keys) + unlabelled_keys + sorted(validation_keys) + sorted(r.key for r in test_records)
+    raw = cache.load_all(keys)
+    bad_features = [key for key in keys if not np.isfinite(raw[key]).all()]
+    if bad_features:
+        raise UserError(f"{len(bad_features)} video(s) have NaN or infinite features ({_listed(bad_features)})", features_path)
+    shapes = {raw[key].shape[0] for key in keys}
+    if len(shapes) != 1:
+        raise UserError(f"videos have different numbers of views ({sorted(shapes)})", features_path)
+    clip_counts = np.array([raw[key].shape[1] for key in keys])
+    if clip_counts.min() < 1:
+        raise UserError("a video has no clips", features_path)
+    num_tokens = config.head.num_tokens or int(min(config.head.max_tokens, max(1, round(float(np.median(clip_counts))))))
+
+    tokens = np.stack([resample_tokens(raw[key], num_tokens) for key in keys]).astype(np.float32)
+    del raw
+    scores = np.array([by_key[key].targets.get(target, math.nan) for key in keys], dtype=np.float64)
+    difficulty = None
+    if difficulty_aware:
+        difficulty = np.array([by_key[key].difficulty for key in keys], dtype=np.float64)
+
+    n_labelled, n_unlabelled, n_validation = len(labelled_keys), len(unlabelled_keys), len(validation_keys)
+    labelled = np.arange(n_labelled)
+    unlabelled = np.arange(n_labelled, n_labelled + n_unlabelled)
+    validation = np.arange(n_labelled + n_unlabelled, n_labelled + n_unlabelled + n_validation)
+    test = np.arange(n_labelled + n_unlabelled + n_validation, len(keys))
+
+    # Standardise every channel with statistics of the training videos' canonical view: label-free,
+    # and without the validation or test videos. The same transform for every method.
+    training = np.concatenate([labelled, unlabelled])
+    canonical = tokens[training, 0].reshape(-1, tokens.shape[-1]).astype(np.float64)
+    mean = canonical.mean(axis=0)
+    std = canonical.std(axis=0)
+    std = np.where(std > 1e-6 * max(1.0, float(std.max(initial=0.0))), std, 1.0)
+    tokens -= mean.astype(np.float32)
+    tokens /= std.astype(np.float32)
+
+    view_names = cache.view_names
+    if len(view_names) != tokens.shape[1]:
+        view_names = [f"view{index}" for index in range(tokens.shape[1])]
+    return TrainingData(
+        dataset_name=dataset.name,
+        target=target,
+        difficulty_aware=difficulty_aware,
+        keys=keys,
+        tokens=tokens,
+        scores=scores,
+        difficulty=difficulty,
+        groups=[by_key[key].group or "" for key in keys],
+        labelled=labelled,
+        unlabelled=unlabelled,
+        validation=validation,
+        test=test,
+        view_names=view_names,
+        clip_counts=clip_counts,
+        cache_config=dict(cache.config),
+        feature_mean=mean.astype(np.float32),
+        feature_std=std.astype(np.float32),
+    )

@@ -1,0 +1,133 @@
+"""A grid of runs (targets × methods × ratios × seeds) in parallel, skipping finished ones.
+
+Each run goes to ``OUT/<dataset>/<target>/<method>/r<ratio>/s<seed>`` (the folder layout the
+evaluator groups by). A run folder whose ``metrics.json`` exists and whose ``config.json`` equals
+the configuration the sweep would run is skipped; an interrupted run resumes from its
+checkpoint. Runs execute in joblib worker processes, each with ``threads`` torch threads.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from aqa.errors import UserError
+from train.config import METHODS, TrainConfig, apply_overrides, preset_config
+from train.data import check_config
+from train.run import finished_config_matches, train_run
+
+
+@dataclass
+class SweepJob:
+    config: TrainConfig
+    run_dir: Path
+
+
+def parse_list(text: str, what: str, convert=str) -> list:
+    items = [part.strip() for part in str(text).split(",") if part.strip()]
+    if not items:
+        raise UserError(f"--{what}: empty list")
+    try:
+        return [convert(item) for item in items]
+    except ValueError:
+        raise UserError(f"--{what}: {text!r} is not a comma-separated list of numbers") from None
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"0,3,7"``; ``"0-2,9"``."""
+    seeds: list[int] = []
+    for part in parse_list(text, "seeds"):
+        match = re.fullmatch(r"(-?\d+)\s*-\s*(-?\d+)", part)
+        if match:
+            first, last = int(match.group(1)), int(match.group(2))
+            if last < first:
+                raise UserError(f"--seeds: range {part!r} runs backwards")
+            seeds.extend(range(first, last + 1))
+        else:
+            try:
+                seeds.append(int(part))
+            except ValueError:
+                raise UserError(f"--seeds: {part!r} is not an integer or a range like 0-4") from None
+    return list(dict.fromkeys(seeds))
+
+
+def run_folder_name(dataset: str, target: str, method: str, ratio: float, seed: int) -> Path:
+    return Path(dataset) / target / method / f"r{ratio:g}" / f"s{seed}"
+
+
+def plan_sweep(base: TrainConfig, out: str | os.PathLike, targets: list[str | None], methods: list[str],
+               ratios: list[float], seeds: list[int], overrides: list[str] = ()) -> list[SweepJob]:
+    """The runs of the grid, with each method's preset and the overrides applied."""
+    jobs = []
+    for method in methods:
+        if method not in METHODS:
+            raise UserError(f"unknown method {method!r} (choose from {', '.join(METHODS)})")
+    if any(target is None for target in targets):
+        # Name the folder after the dataset's own default target (final_score, TES, score).
+        from train.data import load_labels
+
+        default_target = load_labels(base).default_target
+        targets = [target or default_target for target in targets]
+    for target in targets:
+        for method in methods:
+            for ratio in ratios:
+                for seed in seeds:
+                    config = preset_config(base.preset, method)
+                    config = dataclasses.replace(
+                        config, features=base.features, dataset=base.dataset, data_root=base.data_root,
+                        manifest=base.manifest, target=target, difficulty_aware=base.difficulty_aware,
+                        ratio=ratio, seed=seed, validation_fraction=base.validation_fraction,
+                        keep_epoch_predictions=base.keep_epoch_predictions)
+                    config = apply_overrides(config, list(overrides))
+                    check_config(config)
+                    name = base.dataset if base.dataset != "manifest" else Path(base.manifest).stem
+                    folder = Path(out) / run_folder_name(name, target, method, ratio, seed)
+                    jobs.append(SweepJob(config, folder))
+    return jobs
+
+
+def _run_one(job: SweepJob, threads: int) -> tuple[str, str, float]:
+    """In a worker: ('done'|'failed', message, seconds)."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    started = time.perf_counter()
+    try:
+        metrics = train_run(job.config, job.run_dir, resume=True, progress=False)
+    except UserError as error:
+        return "failed", str(error), time.perf_counter() - started
+    rho = metrics.get("spearman")
+    shown = "undefined" if rho is None else f"{rho:.4f}"
+    return "done", f"spearman {shown}", time.perf_counter() - started
+
+
+def run_sweep(jobs: list[SweepJob], n_jobs: int = 1, threads: int | None = None,
+              log: Callable[[str], None] = print, progress: bool | None = None) -> dict:
+    """Run the jobs that are not finished; returns counts and failures."""
+    pending = [job for job in jobs if not finished_config_matches(job.run_dir, job.config)]
+    skipped = len(jobs) - len(pending)
+    log(f"{len(jobs)} runs: {skipped} finished (skipped), {len(pending)} to run with {n_jobs} job(s)")
+    if threads is None:
+        threads = max(1, (os.cpu_count() or 1) // max(1, n_jobs))
+    results = []
+    if pending:
+        from joblib import Parallel, delayed
+        from tqdm import tqdm
+        import sys
+
+        enabled = sys.stderr.isatty() if progress is None else progress
+        bar = tqdm(total=len(pending), disable=not enabled, desc="sweep", unit="run")
+        runner = Parallel(n_jobs=n_jobs, return_as="generator", backend="loky" if n_jobs > 1 else "sequential")
+        for job, result in zip(pending, runner(delayed(_run_one)(job, threads) for job in pending)):
+            status, message, seconds = result
+            results.append((job, status, message))
+            bar.update(1)
+            log(f"{status:6s} {job.run_dir}  {message}  ({seconds:.1f} s)")
+        bar.close()
+    failures = [(str(job.run_dir), message) for job, status, message in results if status == "failed"]
+    return {"total": len(jobs), "skipped": skipped, "ran": len(results) - len(failures), "failed": failures}
