@@ -101,6 +101,19 @@ def run_cli(repo_root: Path, *args, timeout: float = 120, **kwargs) -> subproces
     )
 
 
+@pytest.fixture
+def one_torch_thread():
+    """Run a test's torch work on one thread. Small ops pay a barrier between threads after
+    every op; on a busy 2-core machine that costs far more than the op (measured: 0.4 s vs 7 s
+    for one small backward pass)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def i3d_model(i3d_weights_path):
     """The real Kinetics-400 I3D, loaded once per test session (eval mode, CPU)."""

@@ -15,15 +15,7 @@ from extract.i3d import InceptionI3d, MaxPool3dSame, Unit3D, same_padding
 NUM_PARAMS = 12_697_264
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: two meet at a barrier after every op, which costs more than these small ops
-    when the 2-core machine is busy (measured: 0.4 s vs 7 s for one small backward pass)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def model() -> InceptionI3d:

@@ -72,14 +72,7 @@ def expected_features(source: FrameSource, config: ExtractConfig) -> tuple[np.nd
     return np.array(features, dtype=np.float32), np.array(starts)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # The stand-in's work is tiny; thread start-up would dominate it on a busy 2-core machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def dataset(tiny_dataset):

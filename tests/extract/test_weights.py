@@ -40,15 +40,7 @@ from pipeline import main
 SPRINGBOARD_DIVING = 329
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One thread: two meet at a barrier after every op, which costs more than these small ops
-    when the 2-core machine is busy (measured: 0.4 s vs 7 s for one small backward pass)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 @pytest.fixture(scope="module")
 def real_state(i3d_weights_path) -> OrderedDict:
