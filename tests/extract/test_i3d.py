@@ -17,6 +17,7 @@ NUM_PARAMS = 12_697_264
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
+
 @pytest.fixture(scope="module")
 def model() -> InceptionI3d:
     torch.manual_seed(0)

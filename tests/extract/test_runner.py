@@ -74,6 +74,7 @@ def expected_features(source: FrameSource, config: ExtractConfig) -> tuple[np.nd
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
+
 @pytest.fixture(scope="module")
 def dataset(tiny_dataset):
     return load_manifest(tiny_dataset)

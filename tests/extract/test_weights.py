@@ -42,6 +42,7 @@ SPRINGBOARD_DIVING = 329
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
+
 @pytest.fixture(scope="module")
 def real_state(i3d_weights_path) -> OrderedDict:
     """The converted Kinetics-400 state_dict (made by `make weights`)."""
