@@ -28,8 +28,14 @@ from bench.fisv_common import (  # noqa: E402
 )
 
 VALIDATION_FRACTION = 0.25
-# Part of every result's id: bump when the training code changes what a configuration computes.
-CODE_VERSION = 1
+# Part of every result's id: bump a method's number when the training code changes what its
+# configurations compute (trs 2: the graph compares time-aligned tokens by default;
+# ridge 2: fixed alpha 100 by default instead of leave-one-out).
+CODE_VERSIONS = {"trs": 2, "ridge": 2}
+
+
+def code_version(method: str) -> int:
+    return CODE_VERSIONS.get(method, 1)
 
 # name -> (method, overrides of the default preset)
 VARIANTS: dict[str, tuple[str, list[str]]] = {
@@ -42,6 +48,48 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "trs-no-reference": ("trs", ["semi.use_reference=false"]),
     "trs-no-memory": ("trs", ["semi.use_memory=false"]),
     "trs-no-confidence": ("trs", ["semi.use_confidence=false"]),
+    # supervised head / optimisation (the burn-in of every semi-supervised method)
+    "sup-epochs50": ("supervised", ["optim.epochs=50"]),
+    "sup-epochs200": ("supervised", ["optim.epochs=200"]),
+    "sup-dim128": ("supervised", ["head.dim=128", "head.token_hidden=128", "head.channel_hidden=256"]),
+    "sup-depth2": ("supervised", ["head.depth=2"]),
+    "sup-dropout0.3": ("supervised", ["head.dropout=0.3"]),
+    "sup-lr3e-4-epochs200": ("supervised", ["optim.lr=3e-4", "optim.epochs=200"]),
+    "sup-wd0.1": ("supervised", ["optim.weight_decay=0.1"]),
+    "sup-no-input-norm": ("supervised", ["head.input_norm=false"]),
+    "sup-weak-noise0.2": ("supervised", ["views.weak_noise=0.2"]),
+    "sup-input-dropout0.2": ("supervised", ["head.input_dropout=0.2"]),
+    # trs semi-supervised phase
+    "trs-graph0.3": ("trs", ["semi.graph_strength=0.3"]),
+    "trs-graph3": ("trs", ["semi.graph_strength=3"]),
+    "trs-knn10": ("trs", ["semi.graph_neighbours=10"]),
+    "trs-knn3": ("trs", ["semi.graph_neighbours=3"]),
+    "trs-knn3-graph3": ("trs", ["semi.graph_neighbours=3", "semi.graph_strength=3"]),
+    "trs-pooled-graph": ("trs", ["semi.graph_features=pooled"]),
+    "trs-ref-epochs50": ("trs", ["reference.epochs=50"]),
+    "trs-graph-raw": ("trs", ["semi.graph_standardised=false"]),
+    "trs-semi30": ("trs", ["semi.semi_epochs=30"]),
+    "trs-weight0.5": ("trs", ["semi.unlabelled_weight=0.5"]),
+    "trs-weight2": ("trs", ["semi.unlabelled_weight=2"]),
+    "trs-decay1": ("trs", ["semi.memory_decay=1.0"]),
+    "trs-decay0.5": ("trs", ["semi.memory_decay=0.5"]),
+    # mean-teacher and pseudo-label (their burn-in is the supervised model)
+    "mt-weight0.3": ("mean-teacher", ["semi.unlabelled_weight=0.3"]),
+    "mt-weight3": ("mean-teacher", ["semi.unlabelled_weight=3"]),
+    "mt-ema0.999": ("mean-teacher", ["semi.ema_decay=0.999"]),
+    "mt-semi30": ("mean-teacher", ["semi.semi_epochs=30"]),
+    "pl-weight0.3": ("pseudo-label", ["semi.unlabelled_weight=0.3"]),
+    "pl-weight3": ("pseudo-label", ["semi.unlabelled_weight=3"]),
+    "pl-semi30": ("pseudo-label", ["semi.semi_epochs=30"]),
+    # ridge
+    "ridge-raw": ("ridge", ["ridge.standardise=false"]),
+    "ridge-raw-a1": ("ridge", ["ridge.standardise=false", "ridge.alpha=1"]),
+    "ridge-raw-a10": ("ridge", ["ridge.standardise=false", "ridge.alpha=10"]),
+    "ridge-a1": ("ridge", ["ridge.alpha=1"]),
+    "ridge-a10": ("ridge", ["ridge.alpha=10"]),
+    "ridge-a100": ("ridge", ["ridge.alpha=100"]),
+    "ridge-a300": ("ridge", ["ridge.alpha=300"]),
+    "ridge-a1000": ("ridge", ["ridge.alpha=1000"]),
 }
 
 
@@ -68,6 +116,15 @@ def build(variant: str, target: str, ratio: float, seed: int, cache: Path, fisv_
     data = to_dict(config)
     data.pop("resolved", None)
     return data
+
+
+def result_id(variant: str, target: str, ratio: float, seed: int) -> str:
+    """What identifies a result: the variant's definition (not the whole config, so that adding a
+    field with a default keeps old results), the cell, the seed and the code version."""
+    method, overrides = parse_variant(variant)
+    return config_digest({"variant": variant, "method": method, "overrides": overrides, "target": target,
+                          "ratio": ratio, "seed": seed, "code_version": code_version(method),
+                          "validation_fraction": VALIDATION_FRACTION})
 
 
 def _task(record_id: str, config: dict) -> tuple[str, dict]:
@@ -128,7 +185,12 @@ def main():
 
     from train.sweep import parse_list, parse_seeds
 
-    results = load_results(args.results)
+    results = {}
+    for record in load_results(args.results).values():  # ids recomputed: stable across field additions
+        known = record["variant"] in VARIANTS or ":" in record["variant"]
+        if known and record.get("code_version", 1) == code_version(parse_variant(record["variant"])[0]):
+            record["id"] = result_id(record["variant"], record["target"], record["ratio"], record["seed"])
+            results[record["id"]] = record
     variants = parse_list(args.variants, "variants")
     if not args.report:
         cache = ensure_fisv_cache(args.fisv_dir, args.cache)
@@ -138,8 +200,7 @@ def main():
                 for ratio in parse_list(args.ratios, "ratios", float):
                     for seed in parse_seeds(args.seeds):
                         config = build(variant, target, ratio, seed, cache, args.fisv_dir)
-                        record_id = config_digest({**config, "features": "fisv", "data_root": "fisv",
-                                                    "variant": variant, "code_version": CODE_VERSION})
+                        record_id = result_id(variant, target, ratio, seed)
                         if record_id not in results:
                             tasks.append((record_id, config, variant, target, ratio, seed))
         print(f"{len(tasks)} runs to do", flush=True)
@@ -149,7 +210,8 @@ def main():
         meta = {task[0]: task for task in tasks}
         for record_id, result in runner(delayed(_task)(task[0], task[1]) for task in tasks):
             _, _, variant, target, ratio, seed = meta[record_id]
-            record = {"id": record_id, "variant": variant, "target": target, "ratio": ratio, "seed": seed, **result}
+            record = {"id": record_id, "variant": variant, "target": target, "ratio": ratio, "seed": seed,
+                      "code_version": code_version(parse_variant(variant)[0]), **result}
             append_result(args.results, record)
             results[record_id] = record
             print(f"{variant:40s} {target} {ratio:g} s{seed}: val {record['validation_spearman']:.3f} "

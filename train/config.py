@@ -111,6 +111,11 @@ class SemiConfig:
     # training videos (label-free): minimise sum c_i (p_i - q_i)^2 + strength * sum_ij w_ij (p_i - p_j)^2.
     graph_neighbours: int = 5
     graph_strength: float = 1.0
+    # Build the graph from the per-channel standardised features (True) or the cached ones (False).
+    graph_standardised: bool = True
+    # "tokens": similarity = mean over token positions of the cosine similarity of time-aligned
+    # tokens; "pooled": cosine similarity of mean-pooled features.
+    graph_features: str = "tokens"
     max_confidence_weight: float = 3.0  # per-video loss weights are confidence / mean, clipped
 
 
@@ -118,8 +123,12 @@ class SemiConfig:
 class RidgeConfig:
     """Ridge regression on mean-pooled, standardised features (closed form)."""
 
-    alpha: float = 0.0  # 0: chosen by leave-one-out error on the labelled subset
-    alphas: tuple[float, ...] = (1.0, 10.0, 100.0, 1000.0, 10000.0)
+    # Chosen on Fis-V validation splits (bench/tune_fisv.py): 100 beat 1, 10, 300, 1000 and the
+    # leave-one-out choice. 0: choose by leave-one-out error on the labelled subset.
+    alpha: float = 100.0
+    alphas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
+    # Pool the per-channel standardised features (True) or the features as cached (False).
+    standardise: bool = True
 
 
 @dataclass

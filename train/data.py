@@ -149,6 +149,8 @@ def check_config(config: TrainConfig) -> None:
         value = getattr(getattr(config, section), attribute)
         if not 0 <= value <= 1:
             raise UserError(f"{name} must be in [0, 1], got {value!r}")
+    if config.semi.graph_features not in ("tokens", "pooled"):
+        raise UserError(f"semi.graph_features must be 'tokens' or 'pooled', got {config.semi.graph_features!r}")
     if config.reference.dim % config.reference.heads:
         raise UserError(f"reference.dim ({config.reference.dim}) must be a multiple of reference.heads ({config.reference.heads})")
 

@@ -29,7 +29,9 @@ import torch
 from evaluate.metrics import spearman
 from train.config import TrainConfig
 from train.data import TrainingData
-from train.graph import LABELLED_ANCHOR, knn_laplacian, refine_on_graph
+from train.graph import (
+    LABELLED_ANCHOR, knn_laplacian_from_similarity, pooled_similarity, refine_on_graph, token_similarity,
+)
 from train.models import MixerHead, ReferenceNetwork, ema_update, regression_loss
 from train.views import ViewMaker, epoch_batches
 
@@ -128,7 +130,7 @@ class Trainer:
         self.completed += 1
         record = {"phase": unit.phase, "epoch": unit.epoch, **{key: round(value, 6) for key, value in losses.items()},
                   "seconds": round(time.perf_counter() - started, 4)}
-        if len(self.data.validation):
+        if len(self.data.validation) and unit.phase != "reference":  # the student does not change there
             record["validation_spearman"] = spearman(self.data.scores[self.data.validation],
                                                      self.predict_scores(self.data.validation))
         self.history.append(record)
@@ -490,9 +492,16 @@ class TRSTrainer(SemiTrainer):
 
     def _graph(self) -> np.ndarray:
         if self.laplacian is None:
+            semi = self.config.semi
             nodes = np.concatenate([self.data.labelled, self.data.unlabelled])
-            pooled = self.data.tokens[nodes, 0].mean(axis=1)
-            self.laplacian = knn_laplacian(pooled, self.config.semi.graph_neighbours)
+            tokens = self.data.tokens[nodes, 0].astype(np.float64)  # canonical view
+            if not semi.graph_standardised:
+                tokens = tokens * self.data.feature_std + self.data.feature_mean
+            if semi.graph_features == "tokens":
+                similarity = token_similarity(tokens)
+            else:
+                similarity = pooled_similarity(tokens.mean(axis=1))
+            self.laplacian = knn_laplacian_from_similarity(similarity, semi.graph_neighbours)
         return self.laplacian
 
     def _refresh(self, epoch: int) -> dict:
@@ -641,6 +650,8 @@ class RidgeTrainer:
         self.epoch_predictions: list = []
         self.diagnostics: dict = {}
         self.pooled = data.tokens[:, 0].mean(axis=1).astype(np.float64)
+        if not config.ridge.standardise:
+            self.pooled = self.pooled * data.feature_std + data.feature_mean
         self.weights, self.bias, self.alpha, self.loo_errors = self._fit()
 
     finished = True

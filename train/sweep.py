@@ -101,6 +101,8 @@ def _run_one(job: SweepJob, threads: int) -> tuple[str, str, float]:
         metrics = train_run(job.config, job.run_dir, resume=True, progress=False)
     except UserError as error:
         return "failed", str(error), time.perf_counter() - started
+    except Exception as error:  # a crash of one run must not lose the others' results
+        return "failed", f"{type(error).__name__}: {error}", time.perf_counter() - started
     rho = metrics.get("spearman")
     shown = "undefined" if rho is None else f"{rho:.4f}"
     return "done", f"spearman {shown}", time.perf_counter() - started

@@ -202,7 +202,7 @@ def test_difficulty_aware_target_reports_original_units(tmp_path, dataset_writer
     cache, manifest, keys, scores = dataset_writer(tmp_path / "data", with_difficulty=True)
     run_dir = tmp_path / "run"
     assert main(["train", "--features", str(cache), "--manifest", str(manifest), "--method", "ridge", "--ratio", "0.5",
-                 "--run-dir", str(run_dir), "--no-progress"]) == 0
+                 "--run-dir", str(run_dir), "--no-progress", "--set", "ridge.alpha=1"]) == 0
     config = json.loads((run_dir / "config.json").read_text())
     assert config["resolved"]["difficulty_aware"] is True
     rows = read_predictions(run_dir)
@@ -214,7 +214,7 @@ def test_difficulty_aware_target_reports_original_units(tmp_path, dataset_writer
     assert spearman([float(r["true"]) for r in test], [float(r["pred"]) for r in test]) > 0.9
     off = tmp_path / "off"
     assert main(["train", "--features", str(cache), "--manifest", str(manifest), "--method", "ridge", "--ratio", "0.5",
-                 "--run-dir", str(off), "--difficulty-aware", "off", "--no-progress"]) == 0
+                 "--run-dir", str(off), "--difficulty-aware", "off", "--no-progress", "--set", "ridge.alpha=1"]) == 0
     assert json.loads((off / "config.json").read_text())["resolved"]["difficulty_aware"] is False
     assert (off / "predictions.csv").read_text() != (run_dir / "predictions.csv").read_text()
 

@@ -11,7 +11,7 @@ import torch
 from train.config import HeadConfig, ReferenceConfig, apply_overrides, preset_config
 from train.data import draw_split, prepare_data, resample_tokens
 from train.engine import make_trainer
-from train.graph import knn_laplacian, refine_on_graph
+from train.graph import knn_laplacian, refine_on_graph, token_similarity
 from train.models import MixerHead, ReferenceNetwork
 
 
@@ -170,7 +170,7 @@ def test_memory_keeps_the_most_confident_output(tiny_dataset):
 
 
 def test_ridge_leave_one_out_chooses_from_the_grid(tiny_dataset):
-    trainer = _train(_config(tiny_dataset, method="ridge"))
+    trainer = _train(_config(tiny_dataset, "ridge.alpha=0", method="ridge"))
     assert trainer.alpha in trainer.config.ridge.alphas
     assert set(trainer.loo_errors) == set(trainer.config.ridge.alphas)
     assert trainer.loo_errors[trainer.alpha] == min(trainer.loo_errors.values())
@@ -187,3 +187,13 @@ def test_variable_clip_counts_are_resampled(tmp_path, dataset_writer):
     assert sorted(set(data.clip_counts.tolist())) == [3, 4, 5, 6, 7]
     trainer = _train(config)
     assert np.isfinite(trainer.predict_scores(data.test)).all()
+
+
+def test_token_similarity_compares_videos_phase_by_phase():
+    generator = np.random.default_rng(0)
+    videos = generator.normal(size=(8, 5, 6))
+    videos[1] = videos[0] + generator.normal(0, 0.05, (5, 6))  # the same routine
+    videos[2] = videos[0][::-1]  # the same clips in reverse order
+    similarity = token_similarity(videos)
+    assert np.allclose(similarity, similarity.T) and np.allclose(np.diag(similarity), 1.0)
+    assert similarity[0, 1] > 0.9 and similarity[0, 1] > similarity[0, 2] + 0.5

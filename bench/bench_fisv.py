@@ -1,0 +1,141 @@
+#!/usr/bin/env python
+"""The Fis-V semi-supervised table: every method on the real Video-Swin features.
+
+Runs ``pipeline.py sweep`` on the Fis-V bank (TES and PCS; 10 % and 25 % of the 400 training
+programs labelled, the rest unlabelled; seeds 0-4; trs, supervised, mean-teacher, pseudo-label,
+ridge; default preset, whose hyper-parameters were chosen on validation splits of the training
+set by ``bench/tune_fisv.py``), then tabulates the test Spearman (final model, mean ± std over
+seeds), the paired difference trs - supervised on identical splits, and the pseudo-label
+diagnostics of the trs runs. Finished runs are kept, so a rerun only adds what is missing.
+
+    python bench/bench_fisv.py [--fisv-dir ../shared/data/fisv-swin] [--jobs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.fisv_common import DEFAULT_CACHE, DEFAULT_FISV_DIR, REPO_ROOT, ensure_fisv_cache  # noqa: E402
+
+METHODS = ["trs", "supervised", "mean-teacher", "pseudo-label", "ridge"]
+TARGETS = ["TES", "PCS"]
+RATIOS = [0.1, 0.25]
+
+
+def _stats(values):
+    values = [value for value in values if value is not None]
+    if not values:
+        return math.nan, math.nan, 0
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((value - mean) ** 2 for value in values) / (len(values) - 1)) if len(values) > 1 else math.nan
+    return mean, std, len(values)
+
+
+def _fmt(mean, std, count):
+    if count == 0:
+        return "—"
+    return f"{mean:.3f} ± {std:.3f}" if count > 1 else f"{mean:.3f}"
+
+
+def collect(runs: Path, seeds: list[int]) -> dict:
+    table = {}
+    for target in TARGETS:
+        for ratio in RATIOS:
+            for method in METHODS:
+                for seed in seeds:
+                    folder = runs / "fis-v" / target / method / f"r{ratio:g}" / f"s{seed}"
+                    metrics_file = folder / "metrics.json"
+                    if not metrics_file.is_file():
+                        continue
+                    record = json.loads(metrics_file.read_text())
+                    diagnostics_file = folder / "diagnostics.json"
+                    if diagnostics_file.is_file():
+                        record["diagnostics"] = json.loads(diagnostics_file.read_text())
+                    table[(target, ratio, method, seed)] = record
+    return table
+
+
+def render(table: dict, seeds: list[int], command: str) -> str:
+    lines = ["## Fis-V (real Video-Swin features): test Spearman, final model, mean ± std over seeds", "",
+             f"Regenerate: `{command}`", "",
+             "| target | labels | " + " | ".join(METHODS) + " | trs − supervised (paired) | trs wins |",
+             "|---|---|" + "---|" * len(METHODS) + "---|---|"]
+    for target in TARGETS:
+        for ratio in RATIOS:
+            cells = []
+            for method in METHODS:
+                cells.append(_fmt(*_stats([table[(target, ratio, method, seed)]["spearman"] for seed in seeds
+                                           if (target, ratio, method, seed) in table])))
+            paired = [table[(target, ratio, "trs", seed)]["spearman"] - table[(target, ratio, "supervised", seed)]["spearman"]
+                      for seed in seeds if (target, ratio, "trs", seed) in table and (target, ratio, "supervised", seed) in table]
+            mean, std, count = _stats(paired)
+            wins = sum(value > 0 for value in paired)
+            lines.append(f"| {target} | {ratio:.0%} | " + " | ".join(cells) +
+                         f" | {'—' if not count else f'{mean:+.3f} ± {std:.3f}'} | {wins}/{count} |")
+    lines += ["", "### trs pseudo-label diagnostics (unlabelled training videos' true labels, never trained on)", "",
+              "Spearman of each pseudo-label source with the truth at the last refresh, the Spearman between "
+              "confidence and absolute error (negative = confidence ranks error), and the mean absolute error "
+              "of the most and least confident fifth (score units); mean over seeds.", "",
+              "| target | labels | teacher | reference | fused | graph-refined | student (unlabelled) | conf~err | MAE top 20 % conf | MAE bottom 20 % |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for target in TARGETS:
+        for ratio in RATIOS:
+            last = [table[(target, ratio, "trs", seed)].get("diagnostics", {}) for seed in seeds
+                    if (target, ratio, "trs", seed) in table]
+            refreshes = [item.get("last_refresh") or {} for item in last]
+
+            def mean_of(name):
+                value, _, count = _stats([refresh.get(name) for refresh in refreshes])
+                return "—" if not count else f"{value:.3f}"
+
+            student, _, count = _stats([item.get("student_unlabelled_spearman") for item in last])
+            top, _, top_count = _stats([(refresh.get("mae_by_confidence_quintile") or [None])[0] for refresh in refreshes])
+            bottom, _, _ = _stats([(refresh.get("mae_by_confidence_quintile") or [None])[-1] for refresh in refreshes])
+            lines.append(f"| {target} | {ratio:.0%} | {mean_of('teacher_spearman')} | {mean_of('reference_spearman')} | "
+                         f"{mean_of('fused_spearman')} | {mean_of('refined_spearman')} | "
+                         f"{'—' if not count else f'{student:.3f}'} | {mean_of('confidence_error_spearman')} | "
+                         f"{'—' if not top_count else f'{top:.2f}'} | {'—' if not top_count else f'{bottom:.2f}'} |")
+    seconds = {method: _stats([record["wall_seconds"] for key, record in table.items() if key[2] == method])
+               for method in METHODS}
+    lines += ["", "Mean wall time per run (s, one torch thread per run, two runs in parallel on this machine): " +
+              ", ".join(f"{method} {value[0]:.1f}" for method, value in seconds.items() if value[2])]
+    return "\n".join(lines) + "\n"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fisv-dir", type=Path, default=DEFAULT_FISV_DIR)
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--runs", type=Path, default=REPO_ROOT / "bench" / "results" / "fisv")
+    parser.add_argument("--seeds", default="0-4")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "fisv_table.md")
+    parser.add_argument("--table-only", action="store_true", help="Tabulate the finished runs; train nothing.")
+    args = parser.parse_args()
+
+    from train.sweep import parse_seeds
+
+    seeds = parse_seeds(args.seeds)
+    cache = ensure_fisv_cache(args.fisv_dir, args.cache)
+    sweep = [sys.executable, "pipeline.py", "sweep", "--features", str(cache), "--dataset", "fis-v", "--data-root",
+             str(args.fisv_dir), "--targets", ",".join(TARGETS), "--ratios", ",".join(f"{r:g}" for r in RATIOS),
+             "--seeds", args.seeds, "--methods", ",".join(METHODS), "--out", str(args.runs), "--jobs", str(args.jobs),
+             "--threads", "1", "--no-progress"]
+    if not args.table_only:
+        subprocess.run(sweep, cwd=REPO_ROOT, check=False)
+    text = render(collect(args.runs, seeds), seeds, "make bench-fisv  (= python bench/bench_fisv.py)")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(text)
+    print(text)
+    print(f"written to {args.out}")
+
+
+if __name__ == "__main__":
+    main()
