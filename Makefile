@@ -12,7 +12,7 @@ WEIGHTS    ?= weights/i3d_kinetics400_rgb.pt
 
 # Stage defaults (override on the command line: make train RATIO=0.4 SEED=1)
 DATA_ROOT  ?= data/synth-dive
-CACHE      ?= features/synth-dive.h5
+CACHE      ?= features/$(notdir $(DATA_ROOT)).h5
 RATIO      ?= 0.2
 SEED       ?= 0
 METHOD     ?= trs
@@ -57,17 +57,43 @@ synth: $(STAMP)
 	$(PY) pipeline.py synth --out $(DATA_ROOT) --dives $(SYNTH_DIVES) --width $(SYNTH_SIZE) --height $(SYNTH_SIZE) \
 		--seed $(SYNTH_SEED) $(SYNTH_FLAGS)
 
-# Stage 1. DATA_ROOT in the MTL-AQA layout (info/ + frames/) when it exists; otherwise the real
-# clips in VIDEOS_DIR (every video file there) into features/videos.h5. EXTRACT_FLAGS passes more
-# options, e.g. EXTRACT_FLAGS="--resize 128 --crop 112 --views flip" for a quick CPU run.
-VIDEOS_DIR ?= ../shared/data/videos
+# Stage 1 on DATA_ROOT (MTL-AQA layout: info/ + frames/) into CACHE. With no arguments: the
+# embedded default, the synthetic dives (rendered first when missing), at their own frame size and
+# with one flip view. EXTRACT_FLAGS passes more options (e.g. "--views none", "--device cuda
+# --precision bf16"); for another DATA_ROOT they default to the full protocol (256/224, 6 views).
+# Any folder of videos: make extract VIDEOS_DIR=DIR (keys are file names, no labels needed).
+DEFAULT_DATA_ROOT := data/synth-dive
+ifeq ($(DATA_ROOT),$(DEFAULT_DATA_ROOT))
+DATASET_EXTRACT_FLAGS := --resize $(SYNTH_SIZE) --crop $(SYNTH_SIZE) --views flip
+endif
 extract: $(STAMP) weights
-	@if [ -d "$(DATA_ROOT)/info" ]; then \
-		$(PY) pipeline.py extract --dataset mtl-aqa --data-root $(DATA_ROOT) --out $(CACHE) $(EXTRACT_FLAGS); \
-	else \
-		echo "$(DATA_ROOT) not found (make synth creates it): extracting the clips in $(VIDEOS_DIR)"; \
-		$(PY) pipeline.py extract --videos-dir $(VIDEOS_DIR) --out features/videos.h5 $(EXTRACT_FLAGS); \
-	fi
+ifdef VIDEOS_DIR
+	$(PY) pipeline.py extract --videos-dir $(VIDEOS_DIR) $(EXTRACT_FLAGS)
+else
+	@if [ ! -d "$(DATA_ROOT)/info" ] && [ "$(DATA_ROOT)" = "$(DEFAULT_DATA_ROOT)" ]; then $(MAKE) --no-print-directory synth; fi
+	$(PY) pipeline.py extract --dataset mtl-aqa --data-root $(DATA_ROOT) --out $(CACHE) $(DATASET_EXTRACT_FLAGS) $(EXTRACT_FLAGS)
+endif
+
+# Stage 2 on CACHE with DATA_ROOT's MTL-AQA-layout labels: one run into
+# RUNS/mtl-aqa/<method>/r<RATIO>/s<SEED> (rerunning resumes an interrupted run, skips a finished
+# one). TRAIN_FLAGS passes more options, e.g. TRAIN_FLAGS="--preset paper" or "--set semi.use_graph=false".
+train: $(STAMP)
+	$(PY) pipeline.py train --features $(CACHE) --dataset mtl-aqa --data-root $(DATA_ROOT) --method $(METHOD) \
+		--ratio $(RATIO) --seed $(SEED) --run-dir $(RUNS)/mtl-aqa/$(METHOD)/r$(RATIO)/s$(SEED) --resume $(TRAIN_FLAGS)
+
+# A grid of runs on the same cache, in parallel (JOBS processes), skipping finished runs.
+RATIOS  ?= 0.1,0.2,0.3,0.4
+SEEDS   ?= 0-4
+METHODS ?= trs,supervised,mean-teacher,pseudo-label,ridge
+JOBS    ?= 2
+sweep: $(STAMP)
+	$(PY) pipeline.py sweep --features $(CACHE) --dataset mtl-aqa --data-root $(DATA_ROOT) --ratios $(RATIOS) \
+		--seeds $(SEEDS) --methods $(METHODS) --out $(RUNS) --jobs $(JOBS) $(SWEEP_FLAGS)
+
+# The Fis-V table (real Video-Swin features, TES and PCS, 10 % and 25 % labels, 5 seeds, all methods)
+# into bench/results/fisv/ and the table bench/results/fisv_table.md; finished runs are kept.
+bench-fisv: $(STAMP)
+	$(PY) bench/bench_fisv.py --fisv-dir $(FISV_DIR) --jobs $(JOBS) $(BENCH_FISV_FLAGS)
 
 # Extraction throughput vs a reference-style loop, into BENCHMARKS.md (BENCH_FLAGS e.g. "--device cuda --precision bf16").
 bench: $(STAMP) weights
@@ -76,6 +102,17 @@ bench: $(STAMP) weights
 # Every run under RUNS (or RUNS=runs/a runs/b); EVALUATE_FLAGS e.g. "--best-on-test --plots all".
 evaluate: $(STAMP)
 	$(PY) pipeline.py evaluate $(RUNS) $(EVALUATE_FLAGS)
+
+# The main job on the embedded default, from a clean clone: environment, weights, synthetic dives,
+# I3D features, trs and supervised at 20 % labels over DEMO_SEEDS, and the evaluation (table on
+# the terminal; summary.* and plots/ in DEMO_RUNS). Every step resumes or skips finished work.
+DEMO_RUNS  ?= runs/demo
+DEMO_SEEDS ?= 0-2
+demo: $(STAMP) weights
+	$(MAKE) --no-print-directory extract
+	$(PY) pipeline.py sweep --features $(CACHE) --dataset mtl-aqa --data-root $(DATA_ROOT) --ratios $(RATIO) \
+		--seeds $(DEMO_SEEDS) --methods trs,supervised --out $(DEMO_RUNS) --jobs 2
+	$(PY) pipeline.py evaluate $(DEMO_RUNS) --out $(DEMO_RUNS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache */__pycache__ *.egg-info
