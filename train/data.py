@@ -320,8 +320,12 @@ def prepare_data(config: TrainConfig, progress=None) -> TrainingData:
     view_names = cache.view_names
     if len(view_names) != tokens.shape[1]:
         view_names = [f"view{index}" for index in range(tokens.shape[1])]
+    # The name the features were recorded under (e.g. "synth-dive" for the synthetic dives in the
+    # MTL-AQA layout) says which data this is better than the annotation format does.
+    recorded = cache.config.get("dataset")
+    dataset_name = recorded.get("name") if isinstance(recorded, dict) and recorded.get("name") else dataset.name
     return TrainingData(
-        dataset_name=dataset.name,
+        dataset_name=dataset_name,
         target=target,
         difficulty_aware=difficulty_aware,
         keys=keys,

@@ -246,3 +246,17 @@ def test_sweep_runs_the_grid_in_parallel_and_skips_finished_runs(tiny_dataset, t
     changed = [*args[:-2], *set_flags(["optim.epochs=4"]), "--methods", "supervised", "--seeds", "0", "--ratios", "0.3"]
     assert main(changed) == 1
     assert "run folder exists" in capsys.readouterr().err
+
+
+def test_runs_are_named_after_the_dataset_the_cache_recorded(tiny_dataset, tmp_path):
+    """Synthetic dives in the MTL-AQA layout must not be reported (and plotted) as MTL-AQA."""
+    from aqa.cache import VideoEntry, open_cache, write_cache
+
+    source = open_cache(tiny_dataset["cache"])
+    renamed = tmp_path / "named.h5"
+    config = {**source.config, "dataset": {"name": "synth-dive", "kind": "mtl-aqa"}}
+    entries = [VideoEntry(key, features) for key, features in source.load_all().items()]
+    write_cache(renamed, config, {}, entries)
+    run_dir = tmp_path / "run"
+    assert main(train_args({**tiny_dataset, "cache": renamed}, run_dir, method="ridge")) == 0
+    assert json.loads((run_dir / "metrics.json").read_text())["dataset"] == "synth-dive"
