@@ -29,9 +29,10 @@ from bench.fisv_common import (  # noqa: E402
 
 VALIDATION_FRACTION = 0.25
 # Part of every result's id: bump a method's number when the training code changes what its
-# configurations compute (trs 2: the graph compares time-aligned tokens by default;
+# configurations compute (trs 2: the graph compares time-aligned tokens by default; trs 3:
+# graph k = 3, strength 3 by default;
 # ridge 2: fixed alpha 100 by default instead of leave-one-out).
-CODE_VERSIONS = {"trs": 2, "ridge": 2}
+CODE_VERSIONS = {"trs": 3, "ridge": 2}
 
 
 def code_version(method: str) -> int:
@@ -60,6 +61,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "sup-weak-noise0.2": ("supervised", ["views.weak_noise=0.2"]),
     "sup-input-dropout0.2": ("supervised", ["head.input_dropout=0.2"]),
     # trs semi-supervised phase
+    "trs-graph10": ("trs", ["semi.graph_strength=10"]),
     "trs-graph0.3": ("trs", ["semi.graph_strength=0.3"]),
     "trs-graph3": ("trs", ["semi.graph_strength=3"]),
     "trs-knn10": ("trs", ["semi.graph_neighbours=10"]),
