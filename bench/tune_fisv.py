@@ -31,8 +31,10 @@ VALIDATION_FRACTION = 0.25
 # Part of every result's id: bump a method's number when the training code changes what its
 # configurations compute (trs 2: the graph compares time-aligned tokens by default; trs 3:
 # graph k = 3, strength 3 by default;
-# ridge 2: fixed alpha 100 by default instead of leave-one-out).
-CODE_VERSIONS = {"trs": 3, "ridge": 2}
+# ridge 2: fixed alpha 100 by default instead of leave-one-out; mean-teacher 2: 5 unlabelled
+# epochs and EMA 0.999 by default, the best of the mt-* variants at version 1; pseudo-label 2:
+# unlabelled weight 0.1 by default, the best of the pl-* variants at version 1).
+CODE_VERSIONS = {"trs": 3, "ridge": 2, "mean-teacher": 2, "pseudo-label": 2}
 
 
 def code_version(method: str) -> int:
@@ -75,14 +77,21 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "trs-weight2": ("trs", ["semi.unlabelled_weight=2"]),
     "trs-decay1": ("trs", ["semi.memory_decay=1.0"]),
     "trs-decay0.5": ("trs", ["semi.memory_decay=0.5"]),
-    # mean-teacher and pseudo-label (their burn-in is the supervised model)
+    # mean-teacher and pseudo-label (their burn-in is the supervised model); measured at code
+    # version 1, i.e. as overrides of semi_epochs 15, EMA 0.99, unlabelled weight 1
     "mt-weight0.3": ("mean-teacher", ["semi.unlabelled_weight=0.3"]),
     "mt-weight3": ("mean-teacher", ["semi.unlabelled_weight=3"]),
     "mt-ema0.999": ("mean-teacher", ["semi.ema_decay=0.999"]),
     "mt-semi30": ("mean-teacher", ["semi.semi_epochs=30"]),
+    "mt-semi5": ("mean-teacher", ["semi.semi_epochs=5"]),
+    "mt-semi5-ema0.999": ("mean-teacher", ["semi.semi_epochs=5", "semi.ema_decay=0.999"]),
     "pl-weight0.3": ("pseudo-label", ["semi.unlabelled_weight=0.3"]),
     "pl-weight3": ("pseudo-label", ["semi.unlabelled_weight=3"]),
     "pl-semi30": ("pseudo-label", ["semi.semi_epochs=30"]),
+    "pl-semi5": ("pseudo-label", ["semi.semi_epochs=5"]),
+    "pl-weight0.1": ("pseudo-label", ["semi.unlabelled_weight=0.1"]),
+    "pl-semi5-weight0.3": ("pseudo-label", ["semi.semi_epochs=5", "semi.unlabelled_weight=0.3"]),
+    "pl-semi5-weight0.1": ("pseudo-label", ["semi.semi_epochs=5", "semi.unlabelled_weight=0.1"]),
     # ridge
     "ridge-raw": ("ridge", ["ridge.standardise=false"]),
     "ridge-raw-a1": ("ridge", ["ridge.standardise=false", "ridge.alpha=1"]),
