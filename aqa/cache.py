@@ -38,6 +38,7 @@ from typing import Iterable, Mapping
 import numpy as np
 
 from aqa.errors import UserError
+from aqa.files import atomic_write_bytes
 
 SCHEMA_VERSION = 1
 _VIDEOS = "videos"
@@ -309,7 +310,7 @@ class CacheWriter:
         self.journal.mkdir(parents=True, exist_ok=True)
         config_file = self.journal / _JOURNAL_CONFIG
         if not config_file.exists():
-            _atomic_write_bytes(config_file, json.dumps(self.config, sort_keys=True).encode())
+            atomic_write_bytes(config_file, json.dumps(self.config, sort_keys=True).encode())
 
     def _entry_path(self, key: str) -> Path:
         return self.journal / (urllib.parse.quote(key, safe="") + ".npz")
@@ -388,11 +389,3 @@ class CacheWriter:
             (self.journal / name).unlink(missing_ok=True)
         self.journal.rmdir()
 
-
-def _atomic_write_bytes(path: Path, data: bytes):
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)

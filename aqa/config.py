@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from aqa.errors import UserError
+from aqa.files import atomic_write_bytes
 
 ConfigT = TypeVar("ConfigT")
 
@@ -53,10 +54,7 @@ def write_json(path: str | os.PathLike, data: Any) -> Path:
     """Write JSON atomically (temporary file, then rename): readers never see half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(temporary, path)
-    return path
+    return atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def read_json(path: str | os.PathLike) -> Any:

@@ -7,13 +7,15 @@ degenerate), keyed and labelled by the real MTL-AQA annotations (1059 train / 35
 times ``pipeline.py train`` end to end (process start to exit) for each requested
 method/preset at ``--ratio``.
 
-The ``paper`` preset (mixer depth 8 over 1024-d tokens, 150 epochs) takes about an hour on
-two cores; ``--paper-scale K`` runs it with every epoch count divided by K and reports the
+The ``paper`` preset (mixer depth 8 over 1024-d tokens, 150 + 50 epochs) takes hours on two
+cores (a ``trs`` unlabelled epoch alone costs minutes: four MC-dropout teacher passes and the
+reference network against 32 exemplars for every unlabelled video, then the student's steps);
+``--paper-scale K`` runs it with every epoch count divided by K and reports the
 measured time next to the time scaled back to the full schedule (per-epoch cost × epochs:
 epochs of one phase cost the same).
 
     python bench/bench_train_time.py                       # default preset, trs and supervised
-    python bench/bench_train_time.py --runs trs:paper --paper-scale 10
+    python bench/bench_train_time.py --runs trs:paper,supervised:paper --paper-scale 50
 """
 
 from __future__ import annotations

@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from aqa.errors import UserError
+from aqa.files import atomic_write_bytes
 from aqa.safe_pickle import loads_restricted
 
 # torch is imported where it is needed: `pipeline.py weights` (run by every `make test`) then
@@ -137,15 +138,6 @@ def state_dict_digest(state_dict: Mapping[str, torch.Tensor]) -> str:
     return digest.hexdigest()
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-
-
 def save_weights(state_dict: Mapping[str, torch.Tensor], out: str | os.PathLike) -> str:
     """Save a state_dict atomically with its sha256 beside it; returns the sha256."""
     import torch
@@ -159,8 +151,8 @@ def save_weights(state_dict: Mapping[str, torch.Tensor], out: str | os.PathLike)
         sha256 = hashlib.sha256(data).hexdigest()
         # Weights first, checksum second: a crash in between leaves a mismatch, which the next
         # fetch treats as "not done" and load_i3d refuses, never a half file that reads as valid.
-        _atomic_write_bytes(out, data)
-        _atomic_write_bytes(sha256_sidecar(out), f"{sha256}  {out.name}\n".encode())
+        atomic_write_bytes(out, data)
+        atomic_write_bytes(sha256_sidecar(out), f"{sha256}  {out.name}\n".encode())
     except OSError as error:
         raise UserError(f"cannot write the weights ({error.strerror or error})", out) from None
     return sha256

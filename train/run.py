@@ -38,6 +38,7 @@ import torch
 from aqa import __version__
 from aqa.config import read_json, to_dict, write_json
 from aqa.errors import UserError
+from aqa.files import atomic_write_bytes
 from evaluate.metrics import mse, rl2, spearman
 from train.config import TrainConfig, config_from_json
 from train.data import TrainingData, check_config, prepare_data
@@ -70,19 +71,10 @@ def finished_config_matches(run_dir: Path, config: TrainConfig) -> bool:
     return stored.identity() == config.identity()
 
 
-def _write_bytes(path: Path, data: bytes):
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-
-
 def _save_checkpoint(path: Path, state: dict):
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    _write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -253,9 +245,9 @@ def train_run(
     if known.sum() >= 2:
         metrics["unlabelled_spearman"] = spearman(unlabelled_truth[known], predicted[data.unlabelled][known])
 
-    _write_bytes(work / "predictions.csv", _predictions_csv(data, predicted).encode())
+    atomic_write_bytes(work / "predictions.csv", _predictions_csv(data, predicted).encode())
     if config.keep_epoch_predictions:
-        _write_bytes(work / "epoch_predictions.csv", _epoch_predictions_csv(data, trainer.epoch_predictions).encode())
+        atomic_write_bytes(work / "epoch_predictions.csv", _epoch_predictions_csv(data, trainer.epoch_predictions).encode())
     if hasattr(trainer, "finish_diagnostics"):
         write_json(work / "diagnostics.json", trainer.finish_diagnostics())
     final_state = {
