@@ -66,11 +66,6 @@ def knn_laplacian_from_similarity(similarity: np.ndarray, neighbours: int) -> np
     return np.diag(adjacency.sum(axis=1)) - adjacency
 
 
-def knn_laplacian(embeddings: np.ndarray, neighbours: int) -> np.ndarray:
-    """Laplacian of the kNN graph of one embedding per video (cosine similarity of centred rows)."""
-    return knn_laplacian_from_similarity(pooled_similarity(embeddings), neighbours)
-
-
 def refine_on_graph(laplacian: np.ndarray, values: np.ndarray, confidence: np.ndarray, strength: float) -> np.ndarray:
     """Solve ``(diag(confidence) + strength * L) p = confidence * values``."""
     values = np.asarray(values, dtype=np.float64)

@@ -11,7 +11,7 @@ import torch
 from train.config import HeadConfig, ReferenceConfig, apply_overrides, preset_config
 from train.data import draw_split, prepare_data, resample_tokens
 from train.engine import make_trainer
-from train.graph import knn_laplacian, refine_on_graph, token_similarity
+from train.graph import knn_laplacian_from_similarity, pooled_similarity, refine_on_graph, token_similarity
 from train.models import MixerHead, ReferenceNetwork
 
 
@@ -87,7 +87,7 @@ def test_graph_refinement_pulls_pseudo_labels_towards_labelled_neighbours():
     points = np.concatenate([centres[0] + generator.normal(0, 0.1, (6, 2)), centres[1] + generator.normal(0, 0.1, (6, 2))])
     values = np.array([1.0] * 6 + [-1.0] * 6)
     values[3], values[9] = -1.0, 1.0
-    laplacian = knn_laplacian(points, neighbours=3)
+    laplacian = knn_laplacian_from_similarity(pooled_similarity(points), neighbours=3)
     assert np.allclose(laplacian.sum(axis=1), 0) and np.allclose(laplacian, laplacian.T)
     confidence = np.ones(12)
     refined = refine_on_graph(laplacian, values, confidence, strength=2.0)
