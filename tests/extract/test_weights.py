@@ -349,7 +349,10 @@ def test_other_layouts_prefixes_wrappers_and_classifier_sizes_load(tmp_path, sha
             features = feature_map.mean(dim=(2, 3, 4))
             assert model.logits_from_feature_map(feature_map).shape == (1, classes)
         if eps == 1e-3:
-            torch.testing.assert_close(features, real_features, rtol=0, atol=0, msg=name)
+            # Same weights, same eps: the same features up to kernel rounding. ``real_features`` is
+            # module-scoped and may have been computed under another thread count (oneDNN's
+            # AMX/AVX-512 kernels then differ in the last bits), so compare with a tolerance.
+            torch.testing.assert_close(features, real_features, rtol=1e-4, atol=1e-4, msg=name)
         else:
             # Same weights, BatchNorm eps 1e-5: close to, not equal to, the DeepMind-eps features.
             relative = (features - real_features).norm() / real_features.norm()

@@ -109,10 +109,15 @@ def _config(tiny_dataset, *overrides, method="trs"):
 
 
 def _train(config):
+    # One thread for speed on tiny tensors, restored afterwards so no later test inherits it.
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
-    trainer = make_trainer(config, prepare_data(config))
-    while not trainer.finished:
-        trainer.run_unit()
+    try:
+        trainer = make_trainer(config, prepare_data(config))
+        while not trainer.finished:
+            trainer.run_unit()
+    finally:
+        torch.set_num_threads(threads)
     return trainer
 
 
