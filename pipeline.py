@@ -418,13 +418,14 @@ def train_command(features, dataset, data_root, manifest, difficulty_aware, pres
     except StoppedEarly as stopped:
         click.echo(str(stopped), err=True)
         return 3
-    rho = metrics.get("spearman")
+    rho, rl2 = metrics.get("spearman"), metrics.get("rl2")
     shown = "undefined (constant predictions)" if rho is None else f"{rho:.4f}"
+    shown_rl2 = "undefined" if rl2 is None else f"{rl2:.4f}"
     extra = ""
     if metrics.get("validation_spearman") is not None:
         extra = f", validation spearman {metrics['validation_spearman']:.4f}"
     click.echo(f"{run_dir}: {metrics['method']} on {metrics['dataset']}/{metrics['target']}, ratio {metrics['ratio']:g}, "
-               f"seed {metrics['seed']}: test spearman {shown}, R-l2 {metrics['rl2']:.4f}{extra} "
+               f"seed {metrics['seed']}: test spearman {shown}, R-l2 {shown_rl2}{extra} "
                f"({metrics['wall_seconds']:.1f} s)")
     return 0
 
@@ -448,7 +449,7 @@ def sweep_command(features, dataset, data_root, manifest, difficulty_aware, pres
     interrupted one resumes. Exit status 1 when a run failed (each failure is listed).
     """
     from train import build_config, parse_seeds, plan_sweep, run_sweep
-    from train.sweep import parse_list
+    from train.sweep import parse_list, parse_ratios
 
     if jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
@@ -457,7 +458,7 @@ def sweep_command(features, dataset, data_root, manifest, difficulty_aware, pres
                                  validation_fraction=validation_fraction,
                                  keep_epoch_predictions=keep_epoch_predictions)
     target_list = parse_list(targets, "targets") if targets else [None]
-    plan = plan_sweep(base, out, target_list, parse_list(methods, "methods"), parse_list(ratios, "ratios", float),
+    plan = plan_sweep(base, out, target_list, parse_list(methods, "methods"), parse_ratios(ratios),
                       parse_seeds(seeds), list(overrides))
     summary = run_sweep(plan, n_jobs=jobs, threads=threads, log=click.echo, progress=progress)
     click.echo(f"sweep: {summary['ran']} ran, {summary['skipped']} skipped, {len(summary['failed'])} failed")

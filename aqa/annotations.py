@@ -22,8 +22,10 @@ from __future__ import annotations
 
 import csv
 import math
+import numbers
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -108,24 +110,101 @@ def _find_annotation_file(info_dir: Path) -> Path:
     )
 
 
-def _repair_judge_scores(key: tuple, judge_scores, path: Path):
-    """Judges score 0 to 10 in half points; MUSDL's pickle has 45.0 for 4.5 at dive (4, 49)."""
-    repaired = []
-    for score in judge_scores:
-        score = float(score)
-        if score > 10 and key == (4, 49) and score == 45.0:
-            score = 4.5
-        repaired.append(score)
-    return repaired
+def _shown(value, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for messages about what a pickle holds."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _as_integer(value) -> int | None:
+    """``value`` as an ``int`` when it is an integer (Python's or numpy's, not a bool), else None.
+
+    Floats and strings are refused rather than converted: ``int(1.7)`` and ``int("01")`` would
+    turn a damaged key into a duplicate of a real one.
+    """
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return int(value)
+    return None
+
+
+def _as_number(value) -> float | None:
+    """``value`` as a finite ``float`` when it is a real number (not a bool or a string), else None."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    return None
+
+
+def _dive_pair(item) -> tuple[int, int] | None:
+    """A ``(video, dive)`` pair of non-negative integers from a pickle's key or split entry, else None."""
+    if not isinstance(item, (tuple, list)) or len(item) != 2:
+        return None
+    video, dive = _as_integer(item[0]), _as_integer(item[1])
+    if video is None or dive is None or video < 0 or dive < 0:
+        return None
+    return video, dive
+
+
+def _judge_scores(key: str, judge_scores, path: Path) -> list[float]:
+    """The judges' scores of dive ``key`` as floats; anything but a non-empty list of numbers is refused.
+
+    Judges score 0 to 10 in half points; MUSDL's pickle has 45.0 for 4.5 at dive 04_49, repaired here.
+    """
+    # A 1-d array, list or tuple; a string or a dict would iterate into characters or keys.
+    shape = getattr(judge_scores, "shape", None)
+    sequence = isinstance(judge_scores, (list, tuple)) or (shape is not None and len(shape) == 1)
+    scores = [_as_number(score) for score in judge_scores] if sequence else []
+    if not scores or any(score is None for score in scores):
+        raise UserError(f"dive {key}: judge_scores must be a non-empty list of numbers, got {_shown(judge_scores)}",
+                        path)
+    return [4.5 if key == "04_49" and score == 45.0 else score for score in scores]
 
 
 def _split_keys(path: Path) -> list[tuple[int, int]]:
-    keys = load_restricted(path)
-    if not isinstance(keys, (list, tuple)) or not all(
-        isinstance(item, (list, tuple)) and len(item) == 2 for item in keys
-    ):
-        raise UserError("not an MTL-AQA split pickle (expected a list of (video, dive) pairs)", path)
-    return [(int(video), int(dive)) for video, dive in keys]
+    """The ``(video, dive)`` pairs a split pickle lists; a malformed or repeated entry is refused by name."""
+    items = load_restricted(path)
+    if not isinstance(items, (list, tuple)):
+        raise UserError(
+            f"not an MTL-AQA split pickle (expected a list of (video, dive) pairs, got {type(items).__name__})", path
+        )
+    pairs: list[tuple[int, int]] = []
+    seen: set[tuple[int, int]] = set()
+    for position, item in enumerate(items):
+        pair = _dive_pair(item)
+        if pair is None:
+            raise UserError(f"entry {position} ({_shown(item)}) is not a (video, dive) pair of integers", path)
+        if pair in seen:
+            raise UserError(f"entry {position}: dive {mtl_aqa_key(*pair)} is listed twice", path)
+        seen.add(pair)
+        pairs.append(pair)
+    return pairs
+
+
+def _annotation_entries(table: dict, path: Path) -> list[tuple[tuple[int, int], str, Mapping]]:
+    """``[((video, dive), key, entry)]`` in dive order, every key checked to be an integer pair.
+
+    A key such as ``(1.7, 2)``, ``("01a", 2)`` or ``(True, 2)`` is refused: converting it would
+    make it a second copy of a real dive, which would then be trained or tested twice. Distinct
+    integer pairs give distinct keys (``mtl_aqa_key`` is one-to-one on them), so what is left
+    cannot collide.
+    """
+    entries = []
+    for raw_key, entry in table.items():
+        pair = _dive_pair(raw_key)
+        if pair is None:
+            raise UserError(f"key {_shown(raw_key)} is not a (video, dive) pair of integers", path)
+        key = mtl_aqa_key(*pair)
+        if not isinstance(entry, Mapping):
+            raise UserError(f"dive {key}: expected a dict of labels, got {type(entry).__name__}", path)
+        entries.append((pair, key, entry))
+    return sorted(entries, key=lambda item: item[0])
+
+
+def _entry_number(key: str, entry: Mapping, name: str, path: Path) -> float:
+    value = _as_number(entry.get(name))
+    if value is None:
+        what = "is missing" if name not in entry else f"is not a finite number ({_shown(entry[name])})"
+        raise UserError(f"dive {key}: {name} {what}", path)
+    return value
 
 
 def _detect_layout(frames_dir: Path) -> str:
@@ -160,11 +239,17 @@ def load_mtl_aqa(
     if not isinstance(table, dict) or not table:
         raise UserError("not an MTL-AQA annotation pickle (expected a dict keyed by (video, dive))", annotation_path)
 
+    entries = _annotation_entries(table, annotation_path)
+
     splits: dict[tuple[int, int], str] = {}
     for split in ("train", "test"):
         split_path = info_dir / f"{split}_split_0.pkl"
         if split_path.is_file():
             for pair in _split_keys(split_path):
+                if pair in splits:
+                    # A dive in both splits would be trained on and tested on.
+                    raise UserError(f"dive {mtl_aqa_key(*pair)} is in both the {splits[pair]} and the {split} split",
+                                    split_path)
                 splits[pair] = split
 
     frames_dir = Path(frames_dir) if frames_dir else data_root / "frames"
@@ -174,18 +259,12 @@ def load_mtl_aqa(
         raise UserError(f"unknown MTL-AQA frame layout {layout!r} (musdl, core, none or auto)")
 
     records = []
-    for pair in sorted(table):
-        entry = table[pair]
-        try:
-            video, dive = int(pair[0]), int(pair[1])
-            final_score = float(entry["final_score"])
-            difficulty = float(entry["difficulty"])
-        except (TypeError, ValueError, KeyError, IndexError) as error:
-            raise UserError(f"entry {pair!r} lacks a numeric final_score/difficulty ({error})", annotation_path) from None
-        key = mtl_aqa_key(video, dive)
+    for (video, dive), key, entry in entries:
+        final_score = _entry_number(key, entry, "final_score", annotation_path)
+        difficulty = _entry_number(key, entry, "difficulty", annotation_path)
         targets = {"final_score": final_score}
         if "judge_scores" in entry:
-            judges = _repair_judge_scores((video, dive), entry["judge_scores"], annotation_path)
+            judges = _judge_scores(key, entry["judge_scores"], annotation_path)
             # The execution score: sum of the middle three of seven judges (final / difficulty).
             middle = sorted(judges)[2:5] if len(judges) == 7 else judges
             targets["execution"] = float(sum(middle))
@@ -193,7 +272,12 @@ def load_mtl_aqa(
         if layout == "musdl":
             source = FrameSource(str(frames_dir / key), "frames", 0, MTL_AQA_FRAMES_PER_DIVE)
         elif layout == "core":
-            end_frame = int(entry["end_frame"])
+            # The whole-video layout cuts each dive out by its end frame: without it there is no clip.
+            end_frame = _as_integer(entry.get("end_frame"))
+            if end_frame is None or end_frame < 0:
+                what = "has no end_frame" if "end_frame" not in entry else f"has end_frame {_shown(entry['end_frame'])}"
+                raise UserError(f"dive {key} {what}; the whole-video (core) frame layout needs a frame number",
+                                annotation_path)
             first = max(0, end_frame - MTL_AQA_FRAMES_PER_DIVE)
             source = FrameSource(str(frames_dir / f"{video:02d}"), "frames", first, MTL_AQA_FRAMES_PER_DIVE)
         records.append(
@@ -283,11 +367,18 @@ def load_manifest(path: str | os.PathLike, name: str | None = None) -> Dataset:
     reader.fieldnames = columns
     extra_targets = [column for column in columns if column not in _MANIFEST_KNOWN]
     records, seen = [], {}
-    for line_number, row in enumerate(reader, start=2):
+    for row in reader:
+        line_number = reader.line_num  # the file's line (blank lines and quoted newlines counted)
+        where = f"line {line_number}"
+        # Fields beyond the header land under the key None, as a list: empty ones (trailing
+        # commas, a row of only commas) are harmless; a value there belongs to no column.
+        overflow = [value for value in row.pop(None, None) or [] if value.strip()]
+        if overflow:
+            raise UserError(f"{where}: more fields than the header's {len(columns)} columns "
+                            f"(extra value {overflow[0].strip()!r})", path)
         if not any((value or "").strip() for value in row.values()):
             continue
         key = (row.get("key") or "").strip()
-        where = f"line {line_number}"
         check_key(key, f"{path}, {where}")
         if key in seen:
             raise UserError(f"{where}: duplicate key {key!r} (first on line {seen[key]})", path)

@@ -43,6 +43,7 @@ sys.path.insert(0, str(REPO_ROOT))
 
 from aqa.annotations import Dataset, FrameSource, VideoRecord  # noqa: E402
 from aqa.cache import open_cache  # noqa: E402
+from aqa.files import atomic_write_text  # noqa: E402
 from extract import ClipLayout, ExtractConfig, backbone_config, extract_dataset  # noqa: E402
 from extract.runner import autocast_context, resolve_device  # noqa: E402
 from extract.weights import load_i3d  # noqa: E402
@@ -199,9 +200,7 @@ def write_section(path: Path, subsection: str) -> None:
         first = re.search(r"^## ", text, re.M)
         position = first.start() if first else len(text)
         text = text[:position] + section + text[position:]
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    atomic_write_text(path, text)
 
 
 def main(argv=None) -> int:
@@ -306,8 +305,7 @@ def main(argv=None) -> int:
         print("GPU throughput and GPU bf16-vs-fp32 agreement need a CUDA machine: "
               "bench/bench_extract.py --device cuda --precision bf16 --copies 20 --write BENCHMARKS.md")
     json_path = Path(args.json)
-    json_path.parent.mkdir(parents=True, exist_ok=True)
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    atomic_write_text(json_path, json.dumps(results, indent=2) + "\n")
     if args.write:
         write_section(Path(args.write), table)
         print(f"wrote the {SECTION!r} section of {args.write}")

@@ -26,6 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from aqa.files import atomic_write_text  # noqa: E402
 from extract.i3d import InceptionI3d  # noqa: E402
 
 VARIANTS = {
@@ -111,10 +112,7 @@ def main() -> int:
                   f"x{row['wall_speedup']:.2f} wall, x{row['cpu_speedup']:.2f} cpu  "
                   f"({row['clips_per_s']:.2f} clips/s, features differ by {difference:.1e} relative)", flush=True)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    temporary.write_text(json.dumps({"torch": torch.__version__, "weights": source, "results": results}, indent=2) + "\n")
-    os.replace(temporary, out)
+    atomic_write_text(out, json.dumps({"torch": torch.__version__, "weights": source, "results": results}, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
 

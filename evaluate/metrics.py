@@ -10,6 +10,9 @@ Conventions (shared by training's own ``metrics.json`` and by ``pipeline.py eval
   taken over the labels it is given (the test labels, unless ``label_range`` says otherwise).
   Undefined (``None``) when the labels are all equal.
 - ``mse``: mean squared error in the score's own units.
+- ``rl2`` and ``mse`` are computed with scaling, so that tiny or huge (finite) scores neither
+  underflow nor overflow on the way; a result beyond the float range is ``None``, never ``inf``
+  (``metrics.json`` is JSON, which has no infinity).
 - ``fisher_z_average``: the AQA-7 convention for several action classes: average the classes'
   ρ through Fisher's z (``tanh(mean(arctanh ρ))``), unweighted, classes with undefined ρ left out.
   :func:`score_metrics` averages only classes with at least ``MIN_CLASS_SIZE`` (10) test samples:
@@ -52,7 +55,8 @@ def _paired_arrays(true: Iterable[float], pred: Iterable[float]) -> tuple[np.nda
 def spearman(true: Iterable[float], pred: Iterable[float]) -> float | None:
     """Spearman's ρ of predictions against true scores, or ``None`` where it is undefined."""
     true_scores, predicted = _paired_arrays(true, pred)
-    if true_scores.size < 2 or np.ptp(true_scores) == 0 or np.ptp(predicted) == 0:
+    # max == min rather than ptp == 0: max - min of huge finite scores overflows.
+    if true_scores.size < 2 or true_scores.max() == true_scores.min() or predicted.max() == predicted.min():
         return None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scipy warns on constant input; handled above
@@ -66,19 +70,37 @@ def rl2(true: Iterable[float], pred: Iterable[float], label_range: float | None 
     true_scores, predicted = _paired_arrays(true, pred)
     if true_scores.size == 0:
         return None
+    # Halves throughout: max - min of finite floats can overflow, max/2 - min/2 cannot.
     if label_range is None:
-        label_range = float(np.ptp(true_scores))
-    if not label_range > 0:
+        half_range = float(np.max(true_scores) / 2.0 - np.min(true_scores) / 2.0)
+    else:
+        half_range = float(label_range) / 2.0
+    if not half_range > 0:
         return None
-    return float(100.0 * np.mean(((true_scores - predicted) / label_range) ** 2))
+    return _scaled_mean_square(true_scores, predicted, 100.0, half_range)
 
 
 def mse(true: Iterable[float], pred: Iterable[float]) -> float | None:
-    """Mean squared error; ``None`` for no samples."""
+    """Mean squared error; ``None`` for no samples (or a value beyond the float range)."""
     true_scores, predicted = _paired_arrays(true, pred)
     if true_scores.size == 0:
         return None
-    return float(np.mean((true_scores - predicted) ** 2))
+    return _scaled_mean_square(true_scores, predicted, 1.0, 0.5)
+
+
+def _scaled_mean_square(true_scores: np.ndarray, predicted: np.ndarray, factor: float, half_unit: float) -> float | None:
+    """``factor * mean(((true - pred) / (2 * half_unit))²)`` without intermediate overflow or
+    underflow: the (halved) errors are divided by their largest magnitude, and the scale is
+    applied once at the end. ``None`` if the result itself is beyond the float range."""
+    half_errors = true_scores / 2.0 - predicted / 2.0  # cannot overflow, unlike true - pred
+    largest = float(np.max(np.abs(half_errors)))
+    if largest == 0.0:
+        return 0.0
+    mean_square = float(np.mean((half_errors / largest) ** 2))  # in [1/n, 1]
+    with np.errstate(over="ignore", under="ignore"):
+        scale = np.float64(largest) / np.float64(half_unit)
+        value = float(factor * mean_square * scale * scale)
+    return value if math.isfinite(value) else None
 
 
 def fisher_z_average(rhos: Iterable[float | None]) -> float | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import re
 from collections import defaultdict
 from pathlib import Path
@@ -15,6 +14,7 @@ matplotlib.use("Agg")  # files only, never a display
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from aqa.files import atomic_writer  # noqa: E402
 from evaluate.runs import RunEvaluation  # noqa: E402
 
 # Spearman's ρ on MTL-AQA (final score) from the TRS paper's table (ECCV 2024), at 10 % and 40 %
@@ -159,11 +159,10 @@ def plot_predictions(run: RunEvaluation, path: Path) -> Path:
 
 
 def _save(figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    """Write ``figure`` to ``path`` atomically, in the format its suffix names (png by default)."""
     try:
-        figure.savefig(temporary)
+        with atomic_writer(path) as handle:
+            figure.savefig(handle, format=path.suffix.lstrip(".").lower() or "png")
     finally:
         plt.close(figure)
-    os.replace(temporary, path)
     return path

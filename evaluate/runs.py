@@ -66,8 +66,11 @@ def find_run_dirs(paths: list[Path]) -> list[Path]:
 
     A folder is a run folder when it holds one of :data:`RUN_MARKERS`; incomplete ones are
     returned too, so that evaluation can say what is missing instead of passing over them.
+    Symbolic links to folders are followed, but every folder is visited once (by device and
+    inode), so a link back up the tree (a cycle) ends the walk instead of looping forever.
     """
     found: dict[Path, None] = {}
+    visited: set[tuple[int, int]] = set()
     for start in paths:
         start = Path(start)
         if not start.exists():
@@ -78,6 +81,13 @@ def find_run_dirs(paths: list[Path]) -> list[Path]:
         while pending:
             folder = pending.popleft()
             try:
+                status = folder.stat()
+            except OSError as error:  # e.g. a link whose target vanished, or a loop of links
+                raise UserError(f"cannot read folder ({error.strerror})", folder) from None
+            if (status.st_dev, status.st_ino) in visited:
+                continue
+            visited.add((status.st_dev, status.st_ino))
+            try:
                 children = sorted(os.scandir(folder), key=lambda entry: entry.name)
             except OSError as error:
                 raise UserError(f"cannot list folder ({error.strerror})", folder) from None
@@ -86,9 +96,17 @@ def find_run_dirs(paths: list[Path]) -> list[Path]:
                 found[folder] = None
                 continue
             for child in children:
-                if child.is_dir() and not child.name.startswith(".") and child.name not in OUTPUT_FOLDERS:
+                if _is_folder(child) and not child.name.startswith(".") and child.name not in OUTPUT_FOLDERS:
                     pending.append(Path(child.path))
     return sorted(found)
+
+
+def _is_folder(entry: os.DirEntry) -> bool:
+    """A folder, or a link to one; a link that loops onto itself or dangles is neither."""
+    try:
+        return entry.is_dir()
+    except OSError:  # ELOOP: a cycle of links with no folder at its end
+        return False
 
 
 def _find_field(data: Any, name: str) -> Any:
@@ -366,6 +384,17 @@ def evaluate_run(folder: Path, best_on_test: bool = False, write_back: bool = Tr
     return run
 
 
+def _finite_or_null(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (at any depth) replaced by ``None``."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_finite_or_null(item) for item in value]
+    return value
+
+
 def _write_metrics(path: Path, stored: dict | None, identity: dict[str, Any], run: RunEvaluation) -> None:
     updated = dict(stored or {})
     for name, value in identity.items():
@@ -379,6 +408,8 @@ def _write_metrics(path: Path, stored: dict | None, identity: dict[str, Any], ru
         updated["best_on_test"] = run.best_on_test
     if updated == stored:
         return  # nothing new: leave the file (and its time stamp) alone
+    # An older metrics.json may hold NaN/Infinity (not JSON); kept fields are written as null.
+    updated = _finite_or_null(updated)
     try:
         write_json(path, updated)
     except OSError as error:

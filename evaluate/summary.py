@@ -13,13 +13,13 @@ from __future__ import annotations
 import csv
 import io
 import math
-import os
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from aqa.files import atomic_write_text
 from evaluate.metrics import bootstrap_mean_ci, std_over_seeds
 from evaluate.runs import RunEvaluation
 
@@ -366,11 +366,7 @@ def _csv_value(value: Any) -> str:
 
 
 def _atomic_write_text(path: Path, text: str) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
-    return path
+    return atomic_write_text(path, text)
 
 
 def csv_text(rows: list[dict[str, Any]], columns: tuple[str, ...], best_on_test: bool) -> str:

@@ -21,6 +21,7 @@ problems are reported together, each with its file name. The cache file is writt
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -87,7 +88,21 @@ class ImportResult:
     up_to_date: bool  # the cache already held exactly this bank; nothing was written
 
 
+def check_pattern(pattern: str) -> str:
+    """``pattern`` if it is a relative glob that stays inside the bank folder, else a
+    :class:`UserError`: an empty pattern matches nothing useful, and an absolute one or one
+    with a ``..`` part would import files from outside ``--features-dir``."""
+    if not pattern.strip():
+        raise UserError("--glob is empty; give a pattern like '*.npy' or '**/*.npy'")
+    if os.path.isabs(pattern) or pattern.startswith(("/", "\\")):
+        raise UserError(f"--glob {pattern!r} is absolute; it must be relative to --features-dir (e.g. '*.npy')")
+    if ".." in pattern.replace("\\", "/").split("/"):
+        raise UserError(f"--glob {pattern!r} has a '..' part, which would leave --features-dir")
+    return pattern
+
+
 def list_bank_files(features_dir: Path, pattern: str) -> list[Path]:
+    check_pattern(pattern)
     if not features_dir.exists():
         raise UserError("feature bank folder not found", features_dir)
     if not features_dir.is_dir():
@@ -111,9 +126,40 @@ def read_bank_file(path: Path, view_names: tuple[str, ...] | None = None) -> np.
     return _read_bank_file(path, view_names)[0]
 
 
+def check_npy_header(path: Path) -> None:
+    """Refuse a ``.npy`` file whose header claims more data than the file holds, before any
+    array is allocated (a damaged or hostile header may claim terabytes). Files that are not
+    ``.npy`` at all, and object arrays (pickled, refused later), are left to ``np.load``."""
+    try:
+        with open(path, "rb") as handle:
+            try:
+                version = np.lib.format.read_magic(handle)
+            except ValueError:
+                return  # no .npy magic: np.load says what it is
+            try:
+                if version == (1, 0):
+                    shape, _fortran, dtype = np.lib.format.read_array_header_1_0(handle)
+                elif version == (2, 0):
+                    shape, _fortran, dtype = np.lib.format.read_array_header_2_0(handle)
+                else:
+                    return  # 3.0 (utf-8 field names) and unknown versions: np.load decides
+            except ValueError as error:
+                raise UserError(f"corrupt or not a .npy array (bad header: {error})", path) from None
+            data_bytes = os.fstat(handle.fileno()).st_size - handle.tell()
+    except OSError as error:
+        raise UserError(f"corrupt or not a .npy array ({error})", path) from None
+    if dtype.hasobject:
+        return
+    claimed = math.prod(int(size) for size in shape) * dtype.itemsize  # Python ints: no overflow
+    if claimed > data_bytes:
+        raise UserError(f"corrupt .npy file: its header claims shape {tuple(shape)} of {dtype} ({claimed:,} bytes), "
+                        f"but the file holds {data_bytes:,} bytes of data", path)
+
+
 def _read_bank_file(path: Path, view_names: tuple[str, ...] | None) -> tuple[np.ndarray, str]:
     if path.suffix.lower() != ".npy":
         raise UserError("not a .npy file (the bank must hold one <key>.npy array per video)", path)
+    check_npy_header(path)
     try:
         array = np.load(path, allow_pickle=False)
     except ValueError as error:

@@ -8,20 +8,16 @@ from pathlib import Path
 
 import numpy as np
 
-from aqa.cache import FeatureCache, journal_dir, open_cache
+from aqa.cache import FeatureCache, journal_entries, open_cache
 from aqa.errors import UserError
+from aqa.files import atomic_writer
 
 
 def cache_summary(cache: FeatureCache) -> dict:
     """A JSON-ready description of a cache (what ``inspect`` prints)."""
     counts = cache.clip_counts()
     values = np.array(list(counts.values()), dtype=np.int64)
-    journal = journal_dir(cache.path)
-    uncommitted = (
-        sum(1 for name in os.listdir(journal) if name.endswith(".npz") and not name.startswith("."))
-        if journal.is_dir()
-        else 0
-    )
+    uncommitted = len(journal_entries(cache.path))
     summary = {
         "path": str(cache.path),
         "videos": len(cache),
@@ -106,16 +102,6 @@ def export_features(cache_path: str | os.PathLike, key: str, out: str | os.PathL
     out = Path(out)
     if out.suffix != ".npy":
         raise UserError("the export file must end in .npy", out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
-        with open(temporary, "wb") as handle:
-            np.save(handle, np.ascontiguousarray(features[index], dtype=np.float32))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, out)
-    except OSError as error:
-        raise UserError(f"cannot write ({error.strerror or error})", out) from None
-    finally:
-        temporary.unlink(missing_ok=True)
+    with atomic_writer(out) as handle:
+        np.save(handle, np.ascontiguousarray(features[index], dtype=np.float32))
     return out

@@ -8,6 +8,7 @@ wrong flag at once; :func:`extract_dataset` validates the inputs and then hands 
 from __future__ import annotations
 
 import os
+import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +20,16 @@ from extract.clips import DEFAULT_VIEWS, ClipLayout, ViewSpec, parse_views, view
 from extract.video_io import Preprocessing
 
 PRECISIONS = ("fp32", "bf16", "fp16")
-DEVICES = ("auto", "cpu", "cuda")
+
+
+def check_device_name(name: str) -> str:
+    """``name`` if it is auto, cpu, cuda or cuda:N; else a one-line :class:`UserError`.
+
+    Checked as text, before torch parses it: torch accepts (and fails later on) many spellings.
+    """
+    if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
+        raise UserError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N (N a GPU number)")
+    return name
 
 
 @dataclass
@@ -45,8 +55,7 @@ class ExtractConfig:
     def __post_init__(self):
         if self.precision not in PRECISIONS:
             raise UserError(f"unknown precision {self.precision!r} (one of {', '.join(PRECISIONS)})")
-        if self.device not in DEVICES and not str(self.device).startswith("cuda:"):
-            raise UserError(f"unknown device {self.device!r} (auto, cpu, cuda or cuda:N)")
+        check_device_name(self.device)
         if self.batch_clips < 1:
             raise UserError(f"--batch-clips must be at least 1 (got {self.batch_clips})")
         if self.workers < 0:

@@ -42,7 +42,7 @@ from aqa.cache import CacheWriter, VideoEntry, journal_dir
 from aqa.config import to_dict
 from aqa.errors import UserError
 from extract.clips import ViewSpec
-from extract.plan import ExtractConfig, ExtractResult, backbone_config, cache_config
+from extract.plan import ExtractConfig, ExtractResult, backbone_config, cache_config, check_device_name
 from extract.video_io import Preprocessing, read_frames, to_model_input
 
 # --------------------------------------------------------------------------- device and precision
@@ -51,9 +51,12 @@ from extract.video_io import Preprocessing, read_frames, to_model_input
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    device = torch.device(check_device_name(name))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), "
+                        f"numbered from 0")
     return device
 
 
@@ -266,6 +269,7 @@ def run_extraction(
     skipped = dict(skipped)
 
     dist = _init_distributed()
+    writer: CacheWriter | None = None
     try:
         if dist.rank != 0:
             log = _quiet
@@ -293,7 +297,9 @@ def run_extraction(
             "extract_config": to_dict(config),  # the run's settings, speed-only ones included
             **info,
         }
-        writer = CacheWriter(cache_path, recorded, run_info)
+        # Rank 0 locks the cache for the whole run, before the work is dealt out: the other ranks'
+        # journal writes happen inside its lock (see CacheWriter).
+        writer = CacheWriter(cache_path, recorded, run_info, lock=dist.rank == 0)
 
         # Rank 0 decides what is left to do and deals it out: every rank gets the same list even
         # if another rank has already started journalling.
@@ -331,10 +337,16 @@ def run_extraction(
             # Every rank's videos must be in the journal rank 0 sees; on several machines that
             # needs the cache folder on a shared filesystem. Never commit a silently partial cache.
             missing = sorted(set(todo) - set(all_skipped) - writer.done_keys())
-            if missing:
+            if missing and dist.active:
                 raise UserError(
                     f"{len(missing)} videos extracted by other ranks are not in {journal_dir(cache_path)} "
-                    f"(first: {missing[0]}); with several machines, --out must be on a shared filesystem",
+                    f"(first: {missing[0]!r}); with several machines, --out must be on a shared filesystem",
+                    cache_path,
+                )
+            if missing:  # one process: its own journal entries vanished, so something else removed them
+                raise UserError(
+                    f"{len(missing)} videos this run journalled are no longer in {journal_dir(cache_path)} "
+                    f"(first: {missing[0]!r}); was it changed while the extraction ran? rerun to extract them again",
                     cache_path,
                 )
             if all_skipped:
@@ -355,6 +367,8 @@ def run_extraction(
         dist.barrier()
         return result
     finally:
+        if writer is not None:
+            writer.close()
         dist.close()
 
 

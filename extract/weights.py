@@ -395,12 +395,18 @@ def hassony2_to_piergiaj_key(key: str) -> str:
 
 
 def _torch_load_problem(error: Exception) -> str:
-    """One line about why ``torch.load(weights_only=True)`` failed."""
+    """One line about why ``torch.load(weights_only=True)`` failed.
+
+    The weights-only unpickler's refusals are recognised by their type (``UnpicklingError``),
+    not by torch's wording, which changes between releases and runs over many lines; the
+    message is ours, with the refused global's name when torch's text names one.
+    """
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
-    refused = re.search(r"Unsupported global: (?:GLOBAL )?(\S+)", text)
-    if isinstance(error, pickle.UnpicklingError) and refused:
-        return (f"not a plain state_dict: it holds Python objects ({refused.group(1)}) that "
-                f"torch.load(weights_only=True) refuses to unpickle; save model.state_dict() instead")
+    if isinstance(error, pickle.UnpicklingError):
+        named = re.search(r"GLOBAL\s+([A-Za-z_][\w.]*)", text)
+        what = f"Python objects ({named.group(1)})" if named else "Python objects"
+        return (f"not a plain state_dict: it holds {what} that a weights-only load refuses to unpickle, "
+                f"since unpickling them could run code; save model.state_dict() instead")
     lines = [line.strip() for line in text.splitlines() if line.strip()]
     detail = f"{type(error).__name__}: {lines[0][:160]}" if lines else type(error).__name__
     return f"not a PyTorch checkpoint that loads with weights_only=True ({detail})"
@@ -429,6 +435,17 @@ def _unwrap(checkpoint, path: Path) -> Mapping:
             f"found a dict without tensors (keys: {keys or 'none'})", path)
     raise UserError(
         f"expected an I3D state_dict in the piergiaj or hassony2 layout; found a {type(checkpoint).__name__}", path)
+
+
+def _refuse_non_finite(state: Mapping, path: Path) -> None:
+    """NaN or infinite weights give a cache of NaN features: refuse them when the file is loaded."""
+    import torch
+
+    bad = [str(key) for key, value in state.items()
+           if isinstance(value, torch.Tensor) and value.is_floating_point() and not torch.isfinite(value).all()]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        raise UserError(f"damaged weights: {len(bad)} tensor(s) hold NaN or infinite values ({shown})", path)
 
 
 def _detect_layout(keys: list[str]) -> str | None:
@@ -489,6 +506,7 @@ def load_i3d(path: str | os.PathLike | None = None, map_location="cpu") -> tuple
     except Exception as error:  # garbage bytes raise many different types (IndexError, EOFError, ...)
         raise UserError(_torch_load_problem(error), path) from None
     state = _unwrap(checkpoint, path)
+    _refuse_non_finite(state, path)
     keys = [str(key) for key in state]
     # DataParallel saves every key under "module.".
     state = OrderedDict((key[len("module."):] if key.startswith("module.") else key, value)

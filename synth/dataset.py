@@ -35,6 +35,7 @@ from PIL import Image
 from aqa.annotations import mtl_aqa_key
 from aqa.config import from_dict, read_json, to_dict, write_json
 from aqa.errors import UserError
+from aqa.files import atomic_writer, create_temporary_folder, write_failure
 from synth.dives import (
     NUM_JUDGES,
     POSITION_CODES,
@@ -189,25 +190,27 @@ def encode_jpeg(frame: np.ndarray, quality: int) -> bytes:
 def _write_dive(planned: PlannedDive, scene: Scene, config: SynthConfig, frames_dir: Path) -> str:
     """Render one dive into ``frames/<key>/`` atomically (temporary folder, then rename)."""
     final = frames_dir / planned.key
-    temporary = frames_dir / f".{planned.key}.{os.getpid()}.partial"
-    shutil.rmtree(temporary, ignore_errors=True)
-    temporary.mkdir(parents=True)
-    for index, frame in enumerate(render_planned(planned, scene, config)):
-        (temporary / f"{index:05d}.jpg").write_bytes(encode_jpeg(frame, config.jpeg_quality))
-    os.replace(temporary, final)
+    # A fresh folder of our own, never a predictable name that something planted in a shared
+    # folder could stand in for; the frames inside it need no renames of their own.
+    temporary = create_temporary_folder(final, suffix=".partial")
+    try:
+        for index, frame in enumerate(render_planned(planned, scene, config)):
+            (temporary / f"{index:05d}.jpg").write_bytes(encode_jpeg(frame, config.jpeg_quality))
+        os.replace(temporary, final)
+    except OSError as error:
+        raise write_failure(error, final) from None
+    finally:
+        shutil.rmtree(temporary, ignore_errors=True)
     return planned.key
 
 
 def _atomic_pickle(path: Path, data) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "wb") as handle:
+    with atomic_writer(path) as handle:
         pickle.dump(data, handle, protocol=4)
-    os.replace(temporary, path)
 
 
 def _write_factors_csv(path: Path, plan: DatasetPlan) -> None:
-    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temporary, "w", newline="") as handle:
+    with atomic_writer(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["key", "video", "dive", "dive_number", "difficulty", "line_error", "entry_angle", "splash",
                          "takeoff_height", "true_execution", "execution", "final_score", "split"])
@@ -219,7 +222,6 @@ def _write_factors_csv(path: Path, plan: DatasetPlan) -> None:
                 f"{factors.takeoff_height:.3f}", f"{planned.true_execution:.4f}",
                 middle_three_sum(planned.judges), planned.final_score, planned.split,
             ])
-    os.replace(temporary, path)
 
 
 def _check_out_dir(out: Path, config: SynthConfig) -> None:

@@ -18,22 +18,54 @@ Two presets:
 from __future__ import annotations
 
 import dataclasses
+import types
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
-from aqa.config import from_dict, to_dict
+from aqa.config import CheckedConfig, ConfigValueError, describe_type, from_dict, require, to_dict
 from aqa.errors import UserError
 
-METHODS = ("trs", "supervised", "mean-teacher", "pseudo-label", "ridge")
+# The choices are types, so that a saved config.json is checked against them like any other value.
+Method = Literal["trs", "supervised", "mean-teacher", "pseudo-label", "ridge"]
+Preset = Literal["default", "paper"]
+DatasetKind = Literal["mtl-aqa", "fis-v", "manifest"]
+DifficultyMode = Literal["auto", "on", "off"]
+GraphFeatures = Literal["tokens", "pooled"]
+METHODS = typing.get_args(Method)
 SEMI_SUPERVISED_METHODS = ("trs", "mean-teacher", "pseudo-label")
-PRESETS = ("default", "paper")
-DATASET_KINDS = ("mtl-aqa", "fis-v", "manifest")
-DIFFICULTY_MODES = ("auto", "on", "off")
+PRESETS = typing.get_args(Preset)
+DATASET_KINDS = typing.get_args(DatasetKind)
+DIFFICULTY_MODES = typing.get_args(DifficultyMode)
+# Real videos give tens of clips (Fis-V's Swin features: 34-36, MTL-AQA: 10); a token count in
+# the millions is a typo that would try to allocate tens of gigabytes of resampled features.
+MAX_TOKENS = 4096
+
+
+def _positive(config, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        require(value > 0, name, f"must be positive, got {value!r}")
+
+
+def _non_negative(config, *names: str) -> None:
+    for name in names:
+        value = getattr(config, name)
+        require(value >= 0, name, f"must not be negative, got {value!r}")
+
+
+def _share(config, *names: str, one_allowed: bool = False) -> None:
+    """Dropout-like shares: in [0, 1) (a dropout of 1 zeroes everything), or [0, 1] if allowed."""
+    for name in names:
+        value = getattr(config, name)
+        if one_allowed:
+            require(0 <= value <= 1, name, f"must be in [0, 1], got {value!r}")
+        else:
+            require(0 <= value < 1, name, f"must be in [0, 1), got {value!r}")
 
 
 @dataclass
-class HeadConfig:
+class HeadConfig(CheckedConfig):
     """The student/teacher head: an MLP-Mixer over a fixed number of clip tokens."""
 
     # Videos with other clip counts are resampled (average pooling / linear interpolation) to
@@ -48,9 +80,17 @@ class HeadConfig:
     input_dropout: float = 0.0  # dropout on the (standardised) input features
     input_norm: bool = True  # LayerNorm over each token's features before the projection
 
+    def check(self) -> None:
+        _non_negative(self, "num_tokens")
+        _positive(self, "max_tokens", "dim", "depth", "token_hidden", "channel_hidden")
+        for name in ("num_tokens", "max_tokens"):
+            value = getattr(self, name)
+            require(value <= MAX_TOKENS, name, f"must be at most {MAX_TOKENS} (videos have tens of clips), got {value!r}")
+        _share(self, "dropout", "input_dropout")
+
 
 @dataclass
-class ReferenceConfig:
+class ReferenceConfig(CheckedConfig):
     """The reference network: cross-attention from a video's tokens to an exemplar's tokens."""
 
     dim: int = 64
@@ -62,9 +102,16 @@ class ReferenceConfig:
     antisymmetric: bool = True
     exemplars: int = 32  # exemplars per unlabelled video at each refresh (all labelled if fewer)
 
+    def check(self) -> None:
+        _positive(self, "dim", "heads", "exemplars")
+        _non_negative(self, "epochs")
+        _share(self, "dropout")
+        require(self.dim % self.heads == 0, "dim",
+                f"must be a multiple of reference.heads ({self.heads}), got {self.dim}")
+
 
 @dataclass
-class ViewConfig:
+class ViewConfig(CheckedConfig):
     """Weak and strong views: cached views plus feature-space perturbations (in feature std units)."""
 
     use_cached_views: bool = True  # draw a random cached view (flip, shift, ...) for each sample
@@ -73,9 +120,13 @@ class ViewConfig:
     strong_noise: float = 0.3  # Gaussian noise added to standardised features
     strong_channel_dropout: float = 0.1  # share of feature channels zeroed (same for all tokens)
 
+    def check(self) -> None:
+        _non_negative(self, "weak_noise", "strong_noise")
+        _share(self, "strong_token_dropout", "strong_channel_dropout")
+
 
 @dataclass
-class OptimConfig:
+class OptimConfig(CheckedConfig):
     """Optimisation. An epoch is one pass over the labelled subset (supervised, burn-in) or
     over the unlabelled videos (semi-supervised phase)."""
 
@@ -90,9 +141,13 @@ class OptimConfig:
     # Epochs are short with few labels; this many optimiser steps at least per supervised epoch.
     min_steps_per_epoch: int = 3
 
+    def check(self) -> None:
+        _non_negative(self, "epochs", "weight_decay", "grad_clip", "min_steps_per_epoch")  # grad_clip 0: off
+        _positive(self, "batch_size", "unlabelled_batch_size", "lr")
+
 
 @dataclass
-class SemiConfig:
+class SemiConfig(CheckedConfig):
     """Semi-supervised phases (trs, mean-teacher, pseudo-label)."""
 
     semi_epochs: int = 15  # epochs over the unlabelled videos after the burn-in (optim.epochs)
@@ -116,34 +171,48 @@ class SemiConfig:
     graph_standardised: bool = True
     # "tokens": similarity = mean over token positions of the cosine similarity of time-aligned
     # tokens; "pooled": cosine similarity of mean-pooled features.
-    graph_features: str = "tokens"
+    graph_features: GraphFeatures = "tokens"
     max_confidence_weight: float = 3.0  # per-video loss weights are confidence / mean, clipped
+
+    def check(self) -> None:
+        _non_negative(self, "semi_epochs", "unlabelled_weight", "graph_strength")
+        _positive(self, "mc_samples", "graph_neighbours", "max_confidence_weight")
+        _share(self, "ema_decay", "memory_decay", one_allowed=True)
 
 
 @dataclass
-class RidgeConfig:
+class RidgeConfig(CheckedConfig):
     """Ridge regression on mean-pooled, standardised features (closed form)."""
 
     # Chosen on Fis-V validation splits (bench/tune_fisv.py): 100 beat 1, 10, 300, 1000 and the
-    # leave-one-out choice. 0: choose by leave-one-out error on the labelled subset.
-    alpha: float = 100.0
+    # leave-one-out choice. "auto": choose from `alphas` by leave-one-out error on the labelled subset.
+    alpha: float | Literal["auto"] = 100.0
     alphas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
     # Pool the per-channel standardised features (True) or the features as cached (False).
     standardise: bool = True
 
+    def check(self) -> None:
+        # A penalty of 0 (or less) is no ridge at all: the closed form divides by zero.
+        require(self.alpha == "auto" or self.alpha > 0, "alpha",
+                f"must be a positive penalty, or 'auto' to choose one from ridge.alphas by leave-one-out; "
+                f"got {self.alpha!r}")
+        require(len(self.alphas) > 0, "alphas", "is empty: give at least one candidate penalty (e.g. 1,10,100)")
+        bad = [alpha for alpha in self.alphas if not alpha > 0]
+        require(not bad, "alphas", f"candidate penalties must be positive, got {bad[0] if bad else None!r}")
+
 
 @dataclass
-class TrainConfig:
+class TrainConfig(CheckedConfig):
     """Everything that determines one run (saved as ``config.json``)."""
 
     features: str = ""
-    dataset: str = "mtl-aqa"  # mtl-aqa, fis-v or manifest
+    dataset: DatasetKind = "mtl-aqa"
     data_root: str | None = None
     manifest: str | None = None
     target: str | None = None  # None: the dataset's default target
-    difficulty_aware: str = "auto"  # auto: on where every video's difficulty is known
-    method: str = "trs"
-    preset: str = "default"
+    difficulty_aware: DifficultyMode = "auto"  # auto: on where every video's difficulty is known
+    method: Method = "trs"
+    preset: Preset = "default"
     ratio: float = 0.2
     seed: int = 0
     # Share of the train split held out as a validation set (true labels, never trained on):
@@ -158,6 +227,13 @@ class TrainConfig:
     ridge: RidgeConfig = field(default_factory=RidgeConfig)
     # Filled in by the run (never read back as input): what the options resolved to.
     resolved: dict = field(default_factory=dict)
+
+    def check(self) -> None:
+        # `not 0 < x` rather than `x <= 0`: NaN fails every comparison and must be refused too.
+        require(0 < self.ratio <= 1, "ratio", f"must be in (0, 1], got {self.ratio!r}")
+        require(self.seed >= 0, "seed", f"must not be negative, got {self.seed!r}")
+        require(0 <= self.validation_fraction < 1, "validation_fraction",
+                f"must be in [0, 1), got {self.validation_fraction!r}")
 
     def identity(self) -> dict[str, Any]:
         """What a run is, for finished-run checks: the config without what the run resolved."""
@@ -195,44 +271,60 @@ def _field_type(cls, name: str):
     return typing.get_type_hints(cls)[name]
 
 
-def _parse_value(text: str, hint, where: str):
-    origin = typing.get_origin(hint)
-    args = [arg for arg in typing.get_args(hint) if arg is not type(None)]
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)) and len(args) == 1:
-        if text.lower() in ("none", "null", ""):
+_BOOLEAN_WORDS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
+
+
+def _parse_value(text: str, hint):
+    """The value that ``--set FIELD=TEXT`` means for a field of type ``hint``; raises ValueError.
+
+    Only the spelling is handled here; the value then goes through the same type and range
+    checks as a saved config.json (:func:`aqa.config.from_dict`).
+    """
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        if type(None) in args and text.lower() in ("none", "null", ""):
             return None
-        hint = args[0]
-        origin = typing.get_origin(hint)
-    try:
-        if hint is bool:
-            lowered = text.lower()
-            if lowered in ("1", "true", "yes", "on"):
-                return True
-            if lowered in ("0", "false", "no", "off"):
-                return False
-            raise ValueError(f"{text!r} is not a boolean")
-        if hint is int:
-            return int(text)
-        if hint is float:
-            return float(text)
-        if hint is str:
-            return text
-        if origin is tuple:
-            (item_type, *_rest) = typing.get_args(hint)
-            return tuple(_parse_value(part.strip(), item_type, where) for part in text.split(",") if part.strip())
-    except ValueError as error:
-        raise UserError(f"--set {where}: {error}") from None
-    raise UserError(f"--set {where}: cannot set a field of type {hint}")
+        for alternative in args:
+            if alternative is type(None):
+                continue
+            try:
+                return _parse_value(text, alternative)
+            except ValueError:
+                continue
+        raise ValueError(text)
+    if origin is typing.Literal:
+        if text not in args:
+            raise ValueError(text)
+        return text
+    if hint is bool:
+        if text.lower() not in _BOOLEAN_WORDS:
+            raise ValueError(text)
+        return _BOOLEAN_WORDS[text.lower()]
+    if hint is int:
+        return int(text)
+    if hint is float:
+        return float(text)
+    if hint is str:
+        return text
+    if origin is tuple:
+        return tuple(_parse_value(part.strip(), args[0]) for part in text.split(",") if part.strip())
+    raise ValueError(text)
 
 
 def apply_overrides(config: TrainConfig, assignments: list[str] | tuple[str, ...]) -> TrainConfig:
-    """Apply ``section.field=value`` assignments (``--set optim.lr=3e-4``) to a copy of ``config``."""
+    """Apply ``section.field=value`` assignments (``--set optim.lr=3e-4``) to a copy of ``config``.
+
+    Each assignment is checked as it is applied, by the checks a saved config.json goes through,
+    so an error names the assignment: ``--set optim.epochs=-1: must not be negative, got -1``.
+    """
     data = to_dict(config)
+    checked = None
     for assignment in assignments:
         if "=" not in assignment:
             raise UserError(f"--set {assignment!r}: expected SECTION.FIELD=VALUE (e.g. optim.lr=3e-4)")
         path, text = assignment.split("=", 1)
-        names = path.strip().split(".")
+        path, text = path.strip(), text.strip()
+        names = path.split(".")
         cls, node = TrainConfig, data
         for depth, name in enumerate(names):
             known = {item.name for item in dataclasses.fields(cls)}
@@ -247,8 +339,16 @@ def apply_overrides(config: TrainConfig, assignments: list[str] | tuple[str, ...
             else:
                 if dataclasses.is_dataclass(hint):
                     raise UserError(f"--set {path}: {name!r} is a section; set one of its fields")
-                node[name] = _parse_value(text.strip(), hint, path)
-    return from_dict(TrainConfig, data)
+                try:
+                    node[name] = _parse_value(text, hint)
+                except ValueError:
+                    raise UserError(f"--set {path}={text}: expected {describe_type(hint)}, got {text!r}") from None
+        try:
+            checked = from_dict(TrainConfig, data)
+        except ConfigValueError as error:
+            detail = error.detail if error.field == path else error.problem
+            raise UserError(f"--set {path}={text}: {detail}") from None
+    return checked if checked is not None else from_dict(TrainConfig, data)
 
 
 def config_from_json(data: dict, source) -> TrainConfig:
@@ -282,5 +382,11 @@ def build_config(config_file=None, overrides=(), **options) -> TrainConfig:
     unknown = sorted(set(given) - {item.name for item in dataclasses.fields(TrainConfig)})
     if unknown:
         raise TypeError(f"unknown option(s) {unknown}")
-    config = dataclasses.replace(config, **given)
+    try:
+        config = dataclasses.replace(config, **given)
+    except ConfigValueError as error:
+        if error.field not in given:
+            raise
+        # A value given as an option: name the option the user typed.
+        raise UserError(f"--{error.field.replace('_', '-')} {error.detail}") from None
     return apply_overrides(config, list(overrides))

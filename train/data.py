@@ -17,6 +17,7 @@ same subset, so methods compare on identical splits.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from aqa.annotations import Dataset, load_fisv, load_manifest, load_mtl_aqa
 from aqa.cache import FeatureCache, open_cache
+from aqa.config import validate
 from aqa.errors import UserError
 from train.config import DATASET_KINDS, DIFFICULTY_MODES, METHODS, PRESETS, TrainConfig
 
@@ -111,11 +113,9 @@ def check_config(config: TrainConfig) -> None:
         raise UserError(f"unknown dataset {config.dataset!r} (choose from {', '.join(DATASET_KINDS)})")
     if config.difficulty_aware not in DIFFICULTY_MODES:
         raise UserError(f"difficulty_aware must be one of {', '.join(DIFFICULTY_MODES)}, got {config.difficulty_aware!r}")
-    ratio = config.ratio
-    if not isinstance(ratio, (int, float)) or isinstance(ratio, bool) or not math.isfinite(ratio) or not 0 < ratio <= 1:
-        raise UserError(f"--ratio must be in (0, 1], got {ratio!r}")
-    if not 0 <= config.validation_fraction < 1:
-        raise UserError(f"validation_fraction must be in [0, 1), got {config.validation_fraction!r}")
+    # Every field's type and range (the configs check themselves when built; again here in case a
+    # field was changed in place).
+    validate(config)
     if not config.features:
         raise UserError("no feature cache given (--features)")
     if config.dataset == "manifest":
@@ -123,36 +123,6 @@ def check_config(config: TrainConfig) -> None:
             raise UserError("--manifest CSV is required with --dataset manifest")
     elif not config.data_root:
         raise UserError(f"--data-root is required with --dataset {config.dataset}")
-    positive = {
-        "optim.batch_size": config.optim.batch_size, "optim.unlabelled_batch_size": config.optim.unlabelled_batch_size,
-        "head.dim": config.head.dim, "head.depth": config.head.depth, "head.token_hidden": config.head.token_hidden,
-        "head.channel_hidden": config.head.channel_hidden, "head.max_tokens": config.head.max_tokens,
-        "reference.dim": config.reference.dim, "reference.heads": config.reference.heads,
-        "reference.exemplars": config.reference.exemplars, "semi.mc_samples": config.semi.mc_samples,
-        "semi.graph_neighbours": config.semi.graph_neighbours, "optim.lr": config.optim.lr,
-    }
-    for name, value in positive.items():
-        if not value > 0:
-            raise UserError(f"{name} must be positive, got {value!r}")
-    non_negative = {
-        "optim.epochs": config.optim.epochs, "semi.semi_epochs": config.semi.semi_epochs,
-        "reference.epochs": config.reference.epochs, "head.num_tokens": config.head.num_tokens,
-        "optim.weight_decay": config.optim.weight_decay, "semi.unlabelled_weight": config.semi.unlabelled_weight,
-        "semi.graph_strength": config.semi.graph_strength,
-    }
-    for name, value in non_negative.items():
-        if not value >= 0:
-            raise UserError(f"{name} must not be negative, got {value!r}")
-    for name in ("head.dropout", "head.input_dropout", "reference.dropout", "views.strong_token_dropout",
-                 "views.strong_channel_dropout", "semi.ema_decay", "semi.memory_decay"):
-        section, attribute = name.split(".")
-        value = getattr(getattr(config, section), attribute)
-        if not 0 <= value <= 1:
-            raise UserError(f"{name} must be in [0, 1], got {value!r}")
-    if config.semi.graph_features not in ("tokens", "pooled"):
-        raise UserError(f"semi.graph_features must be 'tokens' or 'pooled', got {config.semi.graph_features!r}")
-    if config.reference.dim % config.reference.heads:
-        raise UserError(f"reference.dim ({config.reference.dim}) must be a multiple of reference.heads ({config.reference.heads})")
 
 
 def load_labels(config: TrainConfig) -> Dataset:
@@ -222,6 +192,47 @@ def draw_split(train_labelled_keys: list[str], ratio: float, seed: int, validati
     n_labelled = int(round(ratio * len(rest)))
     n_labelled = min(len(rest), max(2, n_labelled))
     return rest[:n_labelled], rest[n_labelled:], validation
+
+
+def _physical_memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):  # not POSIX
+        return None
+
+
+def check_token_memory(num_videos: int, num_views: int, num_tokens: int, dim: int, where) -> None:
+    """Refuse a token count whose resampled features (one float32 array) would not fit in half of
+    this machine's memory, before allocating it: a typo must not exhaust the machine."""
+    needed = num_videos * num_views * num_tokens * dim * 4
+    memory = _physical_memory_bytes()
+    if memory and needed > memory // 2:
+        raise UserError(
+            f"{num_tokens} tokens per video would need {needed / 2**30:.1f} GiB for the resampled features "
+            f"({num_videos} videos x {num_views} views x {num_tokens} tokens x {dim} channels, float32), more than "
+            f"half of this machine's {memory / 2**30:.1f} GiB; use fewer (--set head.num_tokens=N or head.max_tokens=N)",
+            where)
+
+
+# Training standardises its targets: their squares must stay well inside float64. Real scores are
+# between about 1e-3 and 1e4; beyond these bounds the arithmetic overflows or keeps no digits.
+_LARGEST_SCORE = 1e100
+_SMALLEST_SCORE_SPREAD = 1e-100
+
+
+def check_score_scale(targets: np.ndarray, num_labelled: int, target: str, origin) -> None:
+    """Refuse scores too large or too close together for training to compute with (``targets``:
+    what the heads regress, in ``keys`` order, the labelled videos first; NaN where unscored)."""
+    known = targets[np.isfinite(targets)]
+    largest = float(np.abs(known).max(initial=0.0))
+    if largest > _LARGEST_SCORE:
+        raise UserError(f"the {target} values reach {largest:.3g}, beyond what training can compute with "
+                        f"(|value| <= {_LARGEST_SCORE:g}); rescale the scores", origin)
+    labelled = targets[:num_labelled]
+    span = float(labelled.max() - labelled.min())  # no overflow: both are within the bound above
+    if span < _SMALLEST_SCORE_SPREAD:
+        raise UserError(f"the labelled {target} values span only {span:.3g} (max - min), too little for training "
+                        f"to compute with (at least {_SMALLEST_SCORE_SPREAD:g}); rescale the scores", origin)
 
 
 def resample_tokens(features: np.ndarray, num_tokens: int) -> np.ndarray:
@@ -294,12 +305,14 @@ def prepare_data(config: TrainConfig, progress=None) -> TrainingData:
         raise UserError("a video has no clips", features_path)
     num_tokens = config.head.num_tokens or int(min(config.head.max_tokens, max(1, round(float(np.median(clip_counts))))))
 
+    check_token_memory(len(keys), int(next(iter(shapes))), num_tokens, int(raw[keys[0]].shape[2]), features_path)
     tokens = np.stack([resample_tokens(raw[key], num_tokens) for key in keys]).astype(np.float32)
     del raw
     scores = np.array([by_key[key].targets.get(target, math.nan) for key in keys], dtype=np.float64)
     difficulty = None
     if difficulty_aware:
         difficulty = np.array([by_key[key].difficulty for key in keys], dtype=np.float64)
+    check_score_scale(scores / difficulty if difficulty_aware else scores, len(labelled_keys), target, dataset.origin)
 
     n_labelled, n_unlabelled, n_validation = len(labelled_keys), len(unlabelled_keys), len(validation_keys)
     labelled = np.arange(n_labelled)

@@ -12,7 +12,10 @@ Every method trains on the same :class:`~train.data.TrainingData` and the same l
 
 Work is cut into *units* (epochs of a phase). After each unit the whole state (models,
 optimisers, memories, generator and RNG states) can be saved; :meth:`Trainer.load_state`
-continues from there to bit-identical results on CPU.
+continues from there to bit-identical results on CPU. A saved state is checked against the run
+that loads it (:meth:`Trainer.check_state`) before any of it is used: a checkpoint is a file
+someone may have edited, and one of the wrong structure must fail with its fault named, never
+train on (or publish) a model it does not describe.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Callable
 
@@ -43,6 +47,123 @@ _STREAM_STUDENT, _STREAM_REFERENCE, _STREAM_SEMI = 1, 2, 3
 
 def _seed(seed: int, stream: int) -> int:
     return int(np.random.SeedSequence([int(seed), stream]).generate_state(1)[0])
+
+
+class CheckpointMismatch(ValueError):
+    """A saved training state that does not fit the run loading it; the message says what differs."""
+
+
+def _require(condition: bool, problem: str) -> None:
+    if not condition:
+        raise CheckpointMismatch(problem)
+
+
+def _shape(tensor: torch.Tensor) -> list[int]:
+    return list(tensor.shape)
+
+
+def _check_tensor(value, template: torch.Tensor, name: str) -> None:
+    """``value`` must be a tensor of ``template``'s shape and dtype."""
+    _require(isinstance(value, torch.Tensor), f"{name} is a {type(value).__name__}, expected a tensor")
+    _require(value.shape == template.shape and value.dtype == template.dtype,
+             f"{name} is a {value.dtype} tensor of shape {_shape(value)}, the run's is {template.dtype} "
+             f"{_shape(template)}")
+
+
+def _check_entry(state: Mapping, name: str, kind: type, owner: str = ""):
+    """``state[name]``, which must exist and be a ``kind`` (an ``int`` is never a ``bool`` here)."""
+    where = f"{owner} {name}".strip()
+    _require(name in state, f"{owner + ' ' if owner else ''}has no {name!r} entry")
+    value = state[name]
+    described = {int: "a whole number", bool: "true or false", list: "a list", dict: "a dict"}
+    _require(isinstance(value, kind) and not (isinstance(value, bool) and kind is not bool),
+             f"{where} is {_shown(value)}, expected {described.get(kind, kind.__name__)}")
+    return value
+
+
+def _shown(value, limit: int = 40) -> str:
+    """A short description of a checkpoint value: small plain values as written, others by type."""
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        text = repr(value)
+        if len(text) <= limit:
+            return text
+    return f"a {type(value).__name__}"
+
+
+def _check_identity(state, method: str) -> int:
+    """The checks every trainer makes first: a dict of this format and method; returns ``completed``."""
+    _require(isinstance(state, Mapping), f"holds a {type(state).__name__}, expected a training state dict")
+    state_format, state_method = state.get("format"), state.get("method")
+    _require(isinstance(state_format, int) and state_format == STATE_FORMAT,
+             f"has state format {_shown(state_format)}, this version reads {STATE_FORMAT}")
+    _require(isinstance(state_method, str) and state_method == method,
+             f"was saved by a {_shown(state_method)} run, this run trains {method!r}")
+    completed = _check_entry(state, "completed", int)
+    _require(completed >= 0, f"claims {completed} finished epochs; a count cannot be negative")
+    return completed
+
+
+def _check_module_state(value, model: torch.nn.Module, name: str) -> None:
+    """``value`` must be a state dict of ``model``: the same names, shapes and dtypes."""
+    _require(isinstance(value, Mapping), f"{name} is a {type(value).__name__}, expected a model state dict")
+    template = model.state_dict()
+    missing = [key for key in template if key not in value]
+    unexpected = [str(key) for key in value if key not in template]
+    _require(not missing, f"{name} lacks {len(missing)} of the model's tensors "
+                          f"(first: {missing[0] if missing else ''})")
+    _require(not unexpected, f"{name} has {len(unexpected)} tensors the model does not "
+                             f"(first: {unexpected[0] if unexpected else ''})")
+    for key, tensor in template.items():
+        _check_tensor(value[key], tensor, f"{name} {key}")
+
+
+# Optimiser hyper-parameters come from the run's configuration; a checkpoint must not change them.
+_OPTIMISER_SETTINGS = ("lr", "weight_decay", "betas", "eps", "amsgrad", "maximize")
+
+
+def _check_optimiser_state(value, optimiser: torch.optim.Optimizer, name: str) -> None:
+    """``value`` must be a state dict of ``optimiser``: its parameters, settings and moment shapes."""
+    _require(isinstance(value, Mapping), f"{name} is a {type(value).__name__}, expected an optimiser state dict")
+    template = optimiser.state_dict()
+    groups = _check_entry(value, "param_groups", list, owner=name)
+    _require(len(groups) == len(template["param_groups"]),
+             f"{name} has {len(groups)} parameter groups, the run's optimiser {len(template['param_groups'])}")
+    for stored, expected in zip(groups, template["param_groups"]):
+        _require(isinstance(stored, Mapping), f"{name} has a parameter group that is a {type(stored).__name__}")
+        params = stored.get("params")
+        _require(isinstance(params, list) and params == expected["params"],
+                 f"{name} is for {len(params) if isinstance(params, list) else _shown(params)} parameters, "
+                 f"the run's optimiser has {len(expected['params'])}")
+        for setting in _OPTIMISER_SETTINGS:
+            if setting in expected:
+                have, want = stored.get(setting), expected[setting]
+                if isinstance(have, (list, tuple)) and isinstance(want, (list, tuple)):
+                    have, want = list(have), list(want)
+                # A tensor never equals a setting: comparing one would give a tensor, not a bool.
+                _require(not isinstance(have, torch.Tensor) and have == want,
+                         f"{name} {setting} is {_shown(have)}, the run's is {want!r}")
+    parameters = [parameter for group in optimiser.param_groups for parameter in group["params"]]
+    moments = value.get("state")
+    _require(isinstance(moments, Mapping), f"{name} state is a {type(moments).__name__}, expected a dict")
+    for index, entries in moments.items():
+        _require(isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(parameters),
+                 f"{name} has state for parameter {_shown(index)}, the run's optimiser has {len(parameters)}")
+        _require(isinstance(entries, Mapping), f"{name} state of parameter {index} is a {type(entries).__name__}")
+        for key, tensor in entries.items():
+            where = f"{name} {key} of parameter {index}"
+            if key == "step":  # a scalar count (a tensor in current torch, a number in old ones)
+                _require(isinstance(tensor, (int, float, torch.Tensor)) and not isinstance(tensor, bool)
+                         and (not isinstance(tensor, torch.Tensor) or tensor.numel() == 1),
+                         f"{where} is not a count")
+                continue
+            _check_tensor(tensor, parameters[index].detach(), where)
+
+
+def _check_history(state: Mapping, completed: int) -> None:
+    history = _check_entry(state, "history", list)
+    _require(all(isinstance(record, Mapping) for record in history), "history holds something other than records")
+    _require(len(history) == completed,
+             f"history has {len(history)} epoch records but the checkpoint claims {completed} finished epochs")
 
 
 @dataclass
@@ -186,9 +307,41 @@ class Trainer:
     def _extra_state(self) -> dict:
         return {}
 
+    def check_state(self, state) -> None:
+        """Raise :class:`CheckpointMismatch` unless ``state`` is a training state of this very run:
+        its method, an epoch count within the run's plan, and tensors shaped like the models'."""
+        completed = _check_identity(state, self.method)
+        _require(completed <= len(self.units),
+                 f"claims {completed} finished epochs but the run has {len(self.units)}")
+        missing = [name for name in self.state() if name not in state]
+        _require(not missing, f"has no {missing[0] if missing else ''!r} entry"
+                              + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        _check_module_state(state.get("student"), self.student, "student")
+        _check_optimiser_state(state.get("optimiser"), self.optimiser, "optimiser")
+        _check_tensor(state.get("generator"), self.generator.get_state(), "generator")
+        _check_tensor(state.get("torch_rng"), torch.get_rng_state(), "torch_rng")
+        _check_history(state, completed)
+        predictions = _check_entry(state, "epoch_predictions", list)
+        done = self.units[:completed]
+        expected = sum(unit.phase != "reference" for unit in done) if self.config.keep_epoch_predictions else 0
+        _require(len(predictions) == expected,
+                 f"has test predictions of {len(predictions)} epochs, the run would have kept {expected}")
+        test_template = torch.zeros(len(self.data.test), dtype=torch.float64)
+        for entry in predictions:
+            _require(isinstance(entry, (list, tuple)) and len(entry) == 2, "epoch_predictions holds a non-pair")
+            epoch, predicted = entry
+            _require(isinstance(epoch, int) and not isinstance(epoch, bool) and 1 <= epoch <= completed,
+                     f"epoch_predictions names epoch {epoch!r} of {completed} finished")
+            _check_tensor(predicted, test_template, f"epoch_predictions of epoch {epoch}")
+        _check_entry(state, "diagnostics", dict)
+        self._check_extra_state(state, done)
+
+    def _check_extra_state(self, state: Mapping, done: list[Unit]) -> None:
+        pass
+
     def load_state(self, state: dict):
-        if state.get("format") != STATE_FORMAT or state.get("method") != self.method:
-            raise ValueError("checkpoint from another method or format")
+        """Continue from ``state`` (checked first: a mismatch changes nothing)."""
+        self.check_state(state)
         self.completed = int(state["completed"])
         self.student.load_state_dict(state["student"])
         self.optimiser.load_state_dict(state["optimiser"])
@@ -273,6 +426,23 @@ class SemiTrainer(Trainer):
             "views_on_semi": self.views.generator is self.semi_generator,
         }
 
+    def _expects_teacher(self, semi_started: bool) -> bool:
+        """Whether the state after ``semi_started`` holds an EMA teacher (made when the phase starts)."""
+        return semi_started
+
+    def _check_extra_state(self, state: Mapping, done: list[Unit]) -> None:
+        semi_started = any(unit.phase == "semi" for unit in done)
+        _check_tensor(state.get("semi_generator"), self.semi_generator.get_state(), "semi_generator")
+        views_on_semi = _check_entry(state, "views_on_semi", bool)
+        _require(views_on_semi == semi_started,
+                 f"views_on_semi is {views_on_semi} after {len(done)} finished epochs of the run's plan")
+        teacher = state.get("teacher")
+        if self._expects_teacher(semi_started):
+            _require(teacher is not None, f"has no teacher after {len(done)} finished epochs")
+            _check_module_state(teacher, self.student, "teacher")
+        else:
+            _require(teacher is None, f"has a teacher after {len(done)} finished epochs, before the run makes one")
+
     def _load_extra_state(self, state: dict):
         self.semi_generator.set_state(state["semi_generator"])
         if state["views_on_semi"]:
@@ -307,6 +477,9 @@ class PseudoLabelTrainer(SemiTrainer):
 
     def _start_semi(self):
         self.views.generator = self.semi_generator  # no teacher: the model labels for itself
+
+    def _expects_teacher(self, semi_started: bool) -> bool:
+        return False
 
     def _semi_epoch(self, unit: Unit) -> dict:
         value, _ = self._predict_standardised(self.student, self.unlabelled)
@@ -580,6 +753,35 @@ class TRSTrainer(SemiTrainer):
         })
         return state
 
+    def _check_extra_state(self, state: Mapping, done: list[Unit]) -> None:
+        super()._check_extra_state(state, done)
+        _check_tensor(state.get("reference_generator"), self.reference_generator.get_state(), "reference_generator")
+        reference, reference_optimiser = state.get("reference"), state.get("reference_optimiser")
+        if any(unit.phase == "reference" for unit in done):
+            _require(reference is not None and reference_optimiser is not None,
+                     f"has no reference network after {len(done)} finished epochs")
+            network, optimiser = self._reference_template()
+            _check_module_state(reference, network, "reference")
+            _check_optimiser_state(reference_optimiser, optimiser, "reference_optimiser")
+        else:
+            _require(reference is None and reference_optimiser is None,
+                     f"has a reference network after {len(done)} finished epochs, before the run trains one")
+        memory = _check_entry(state, "memory", dict)
+        _require(set(memory) == set(self.memory),
+                 f"memory holds {sorted(map(str, memory))}, the run's {sorted(self.memory)}")
+        for name, template in self.memory.items():
+            _check_tensor(memory[name], template, f"memory {name}")
+        _check_tensor(state.get("pseudo"), self.pseudo, "pseudo")
+        _check_tensor(state.get("weights"), self.weights, "weights")
+
+    def _reference_template(self) -> tuple[ReferenceNetwork, torch.optim.Optimizer]:
+        """A reference network and optimiser shaped like the run's, made without consuming its RNG."""
+        with torch.random.fork_rng(devices=[]):
+            network = ReferenceNetwork(self.data.feature_dim, self.config.reference)
+        optimiser = torch.optim.AdamW(network.parameters(), lr=self.config.optim.lr,
+                                      weight_decay=self.config.optim.weight_decay)
+        return network, optimiser
+
     def _load_extra_state(self, state: dict):
         super()._load_extra_state(state)
         self.reference_generator.set_state(state["reference_generator"])
@@ -635,8 +837,8 @@ TRAINERS = {
 class RidgeTrainer:
     """Ridge regression on mean-pooled canonical features, in closed form (no epochs).
 
-    The penalty ``alpha`` is fixed (``ridge.alpha > 0``) or chosen from ``ridge.alphas`` by the
-    exact leave-one-out error on the labelled subset (``ridge.alpha = 0``).
+    The penalty ``alpha`` is fixed (``ridge.alpha``, a positive number) or chosen from
+    ``ridge.alphas`` by the exact leave-one-out error on the labelled subset (``ridge.alpha = "auto"``).
     """
 
     method = "ridge"
@@ -668,7 +870,7 @@ class RidgeTrainer:
         projected = eigenvectors.T @ centred_targets
         count = len(targets)
         loo_errors = {}
-        if self.config.ridge.alpha > 0:
+        if self.config.ridge.alpha != "auto":
             alpha = float(self.config.ridge.alpha)
         else:
             for candidate in self.config.ridge.alphas:
@@ -702,8 +904,13 @@ class RidgeTrainer:
             "diagnostics": {},
         }
 
+    def check_state(self, state) -> None:
+        """Only the identity matters: the fit is recomputed, never loaded."""
+        completed = _check_identity(state, self.method)
+        _require(completed == 0, f"claims {completed} finished epochs but ridge regression has none")
+
     def load_state(self, state: dict):
-        pass  # deterministic and instantaneous: refitting gives the same weights
+        self.check_state(state)  # then nothing: deterministic and instantaneous, refitting gives the same weights
 
     def model_summary(self) -> dict:
         return {"ridge_alpha": self.alpha, "ridge_loo_mse": self.loo_errors or None}

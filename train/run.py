@@ -4,7 +4,9 @@ The run is built in ``.<name>.partial/`` beside the run folder and renamed into 
 everything is written. While training, that folder holds ``config.json``, ``split.json`` and a
 ``checkpoint.pt`` with the whole training state (models, optimisers, memories, generator and RNG
 states), saved after an epoch at most every ``checkpoint_seconds``; ``--resume`` continues from
-it and reaches the same final numbers as an uninterrupted run (CPU, same thread count).
+it and reaches the same final numbers as an uninterrupted run (CPU, same thread count). The
+process training a run holds its lock (``.<name>.lock`` beside it, :class:`aqa.files.FileLock`):
+a second process training the same folder is refused with the holder named.
 
 A finished run folder holds:
 
@@ -38,11 +40,11 @@ import torch
 from aqa import __version__
 from aqa.config import read_json, to_dict, write_json
 from aqa.errors import UserError
-from aqa.files import atomic_write_bytes
+from aqa.files import FileLock, atomic_write_bytes, atomic_writer, create_temporary_folder, write_failure
 from evaluate.metrics import mse, rl2, spearman
 from train.config import TrainConfig, config_from_json
 from train.data import TrainingData, check_config, prepare_data
-from train.engine import make_trainer
+from train.engine import CheckpointMismatch, make_trainer
 
 CHECKPOINT = "checkpoint.pt"
 RUN_FILES = ("config.json", "split.json", "predictions.csv", "metrics.json", CHECKPOINT)
@@ -72,19 +74,54 @@ def finished_config_matches(run_dir: Path, config: TrainConfig) -> bool:
 
 
 def _save_checkpoint(path: Path, state: dict):
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    atomic_write_bytes(path, buffer.getvalue())
+    with atomic_writer(path) as handle:
+        torch.save(state, handle)
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
-    """A run's checkpoint (tensors and plain data only)."""
+    """A run's checkpoint (tensors and plain data only): a dict, else a :class:`UserError`."""
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise UserError("checkpoint not found", path) from None
     except Exception as error:  # truncated files raise many types
         raise UserError(f"unreadable checkpoint ({type(error).__name__}: {error})", path) from None
+    if not isinstance(state, dict):
+        raise UserError(f"not a run checkpoint (holds a {type(state).__name__}, expected a dict of training state)",
+                        path)
+    return state
+
+
+def _check_run_fields(state: dict, config: TrainConfig, data: TrainingData) -> None:
+    """What the run (not the trainer) adds to a checkpoint: elapsed time, and in the final one the
+    configuration and the videos it was trained on; each must fit the run resuming from it."""
+    seconds = state.get("wall_seconds", 0.0)
+    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < math.inf:
+        raise CheckpointMismatch(f"has wall_seconds {seconds!r:.40}, expected a number of seconds")
+    if "config" in state:
+        try:
+            stored = config_from_json(state["config"], "the checkpoint's config")
+        except UserError as error:
+            raise CheckpointMismatch(f"has a config that is not a run configuration ({error.problem})") from None
+        if stored.identity() != config.identity():
+            raise CheckpointMismatch("was saved by a run of another configuration than this run's config.json")
+    if "keys" in state and (not isinstance(state["keys"], list) or state["keys"] != list(data.keys)):
+        raise CheckpointMismatch("was saved by a run on other videos than this run's features and labels")
+
+
+def _restore_checkpoint(trainer, state: dict, config: TrainConfig, data: TrainingData, path: Path) -> float:
+    """Check ``state`` against the run it claims to continue, then load it into ``trainer``;
+    returns the seconds of training it already holds. Any mismatch is one :class:`UserError`
+    naming the checkpoint, raised before the state is used (so nothing is trained or published)."""
+    try:
+        _check_run_fields(state, config, data)
+        trainer.load_state(state)  # checks the training state first (Trainer.check_state)
+    except CheckpointMismatch as error:
+        raise UserError(f"cannot resume: the checkpoint {error}; run without --resume to start over", path) from None
+    except (ValueError, KeyError, RuntimeError, TypeError) as error:  # what the checks did not foresee
+        raise UserError(f"cannot resume from this checkpoint ({error}); run without --resume to start over",
+                        path) from None
+    return float(state.get("wall_seconds", 0.0))
 
 
 def _format_number(value: float) -> str:
@@ -161,8 +198,24 @@ def train_run(
         return read_json(run_dir / "metrics.json")
     data = prepare_data(config)
     config.resolved = {**data.summary(), "software_version": __version__}
+    # Inputs are checked; from here on the run folder is written, by this process only.
+    with FileLock(run_dir, "the run folder"):
+        return _train_in_locked_run_folder(
+            config, run_dir, data, resume=resume, overwrite=overwrite, progress=progress,
+            stop_after_epoch=stop_after_epoch, checkpoint_seconds=checkpoint_seconds, log=log)
 
+
+def _train_in_locked_run_folder(config: TrainConfig, run_dir: Path, data: TrainingData, *, resume: bool,
+                                overwrite: bool, progress: bool | None, stop_after_epoch: int | None,
+                                checkpoint_seconds: float, log) -> dict:
+    """The part of :func:`train_run` that writes, under the run folder's lock (``.<name>.lock``)."""
+    # Checked again under the lock: another process may have finished this run meanwhile.
+    if _check_run_dir(run_dir, config, resume, overwrite) == "done":
+        log(f"{run_dir}: already finished with this configuration")
+        return read_json(run_dir / "metrics.json")
     work = partial_dir(run_dir)
+    if work.is_symlink() or (work.exists() and not work.is_dir()):
+        raise UserError("the run's work folder is a symbolic link or a file; remove it", work)
     trainer = make_trainer(config, data)
     elapsed_before = 0.0
     resumed = False
@@ -170,19 +223,18 @@ def train_run(
         stored = config_from_json(read_json(work / "config.json"), work / "config.json")
         if stored.identity() == config.identity():
             state = load_checkpoint(work / CHECKPOINT)
-            try:
-                trainer.load_state(state)
-            except (ValueError, KeyError, RuntimeError) as error:
-                raise UserError(f"cannot resume from this checkpoint ({error}); run without --resume", work) from None
-            elapsed_before = float(state.get("wall_seconds", 0.0))
+            elapsed_before = _restore_checkpoint(trainer, state, config, data, work / CHECKPOINT)
             resumed = True
             log(f"resuming {run_dir} after epoch {trainer.completed} of {len(trainer.units)}")
         else:
             log(f"{work}: interrupted run of another configuration; starting over")
     if not resumed:
-        if work.exists():
-            shutil.rmtree(work)
-        work.mkdir(parents=True)
+        try:
+            if work.exists():
+                shutil.rmtree(work)
+            work.mkdir(parents=True)
+        except OSError as error:
+            raise write_failure(error, work) from None
         write_json(work / "config.json", to_dict(config))
         write_json(work / "split.json", data.split_lists())
 
@@ -265,12 +317,21 @@ def train_run(
     _save_checkpoint(work / CHECKPOINT, final_state)
     write_json(work / "metrics.json", metrics)  # last: its presence marks the run finished
 
-    if run_dir.exists():
-        # --overwrite: move the old folder aside first so that the new one appears in one rename.
-        old = run_dir.parent / f".{run_dir.name}.old.{os.getpid()}"
-        os.replace(run_dir, old)
-        os.replace(work, run_dir)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(work, run_dir)
+    _publish_run_folder(work, run_dir)
     return metrics
+
+
+def _publish_run_folder(work: Path, run_dir: Path) -> None:
+    """Rename the finished work folder to ``run_dir`` (replacing an old run with --overwrite)."""
+    try:
+        if run_dir.exists():
+            # --overwrite: move the old folder aside first so that the new one appears in one
+            # rename. The aside name is a fresh empty folder of our own, which rename replaces.
+            old = create_temporary_folder(run_dir, suffix=".old")
+            os.replace(run_dir, old)
+            os.replace(work, run_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(work, run_dir)
+    except OSError as error:
+        raise write_failure(error, run_dir) from None

@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,32 +30,69 @@ class SweepJob:
     run_dir: Path
 
 
+# A grid is counted before anything of it is built: a typo like 0-100000000 must be refused at
+# once, not eat the machine's memory. A hundred thousand runs is years of CPU time already.
+MAX_SWEEP_RUNS = 100_000
+MAX_SEED_RANGE = 100_000
+
+
 def parse_list(text: str, what: str, convert=str) -> list:
+    """``"a, b,a"`` -> ``["a", "b"]``: comma-separated, in order, repeats dropped (a repeated
+    item would name the same run folder twice)."""
     items = [part.strip() for part in str(text).split(",") if part.strip()]
     if not items:
         raise UserError(f"--{what}: empty list")
     try:
-        return [convert(item) for item in items]
+        return list(dict.fromkeys(convert(item) for item in items))
     except ValueError:
         raise UserError(f"--{what}: {text!r} is not a comma-separated list of numbers") from None
 
 
+def parse_ratios(text: str) -> list[float]:
+    """Labelled ratios, each in (0, 1] (checked by the run configuration's own rule)."""
+    ratios = parse_list(text, "ratios", float)
+    for ratio in ratios:
+        if not 0 < ratio <= 1:  # NaN fails this too
+            raise UserError(f"--ratios: each ratio must be in (0, 1], got {ratio:g}")
+    return ratios
+
+
 def parse_seeds(text: str) -> list[int]:
-    """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"0,3,7"``; ``"0-2,9"``."""
+    """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"0,3,7"``; ``"0-2,9"``. Seeds are non-negative; a range
+    is counted (and refused above :data:`MAX_SEED_RANGE`) before it is expanded."""
     seeds: list[int] = []
     for part in parse_list(text, "seeds"):
         match = re.fullmatch(r"(-?\d+)\s*-\s*(-?\d+)", part)
         if match:
             first, last = int(match.group(1)), int(match.group(2))
+            if first < 0 or last < 0:
+                raise UserError(f"--seeds: range {part!r}: seeds must not be negative")
             if last < first:
-                raise UserError(f"--seeds: range {part!r} runs backwards")
+                raise UserError(f"--seeds: range {part!r} runs backwards (write {last}-{first})")
+            if last - first + 1 > MAX_SEED_RANGE:
+                raise UserError(f"--seeds: range {part!r} has {last - first + 1:,} seeds; at most "
+                                f"{MAX_SEED_RANGE:,} in one range")
             seeds.extend(range(first, last + 1))
         else:
             try:
-                seeds.append(int(part))
+                seed = int(part)
             except ValueError:
                 raise UserError(f"--seeds: {part!r} is not an integer or a range like 0-4") from None
+            if seed < 0:
+                raise UserError(f"--seeds: {seed} is negative; seeds must not be negative")
+            seeds.append(seed)
+        if len(seeds) > MAX_SWEEP_RUNS:
+            raise UserError(f"--seeds {text!r}: more than {MAX_SWEEP_RUNS:,} seeds")
     return list(dict.fromkeys(seeds))
+
+
+def check_grid_size(targets: list, methods: list, ratios: list, seeds: list) -> int:
+    """The number of runs of the grid; refused above :data:`MAX_SWEEP_RUNS`, before any is planned."""
+    count = len(targets) * len(methods) * len(ratios) * len(seeds)
+    if count > MAX_SWEEP_RUNS:
+        raise UserError(f"the sweep has {count:,} runs ({len(targets)} target(s) x {len(methods)} method(s) x "
+                        f"{len(ratios)} ratio(s) x {len(seeds)} seed(s)); at most {MAX_SWEEP_RUNS:,} in one sweep")
+    return count
 
 
 def run_folder_name(dataset: str, target: str, method: str, ratio: float, seed: int) -> Path:
@@ -63,6 +102,7 @@ def run_folder_name(dataset: str, target: str, method: str, ratio: float, seed: 
 def plan_sweep(base: TrainConfig, out: str | os.PathLike, targets: list[str | None], methods: list[str],
                ratios: list[float], seeds: list[int], overrides: list[str] = ()) -> list[SweepJob]:
     """The runs of the grid, with each method's preset and the overrides applied."""
+    check_grid_size(targets, methods, ratios, seeds)
     jobs = []
     for method in methods:
         if method not in METHODS:
@@ -91,9 +131,39 @@ def plan_sweep(base: TrainConfig, out: str | os.PathLike, targets: list[str | No
     return jobs
 
 
-def _run_one(job: SweepJob, threads: int) -> tuple[str, str, float]:
+def _die_with_parent(parent_pid: int, period: float = 0.25) -> None:
+    """In a worker process: kill this process as soon as the sweep (``parent_pid``) is gone.
+
+    A worker is busy in a run for minutes and only notices a dead parent when it next asks for
+    work; after a ``kill -9`` of the sweep it would keep training and writing, racing a rerun. A
+    daemon thread watches the parent (a dead parent's children are re-parented, so ``getppid``
+    changes) and ends the worker at once; the run resumes from its last checkpoint. Started once
+    per worker process.
+    """
+    global _watching_parent
+    if _watching_parent or os.getpid() == parent_pid:  # already watching, or not in a worker
+        return
+    _watching_parent = True
+
+    def watch():
+        while os.getppid() == parent_pid:
+            time.sleep(period)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    if os.getppid() != parent_pid:  # the sweep died before this worker started
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=watch, name="die-with-sweep", daemon=True).start()
+
+
+_watching_parent = False
+
+
+def _run_one(job: SweepJob, threads: int, parent_pid: int | None = None) -> tuple[str, str, float]:
     """In a worker: ('done'|'failed', message, seconds)."""
     import torch
+
+    if parent_pid is not None:
+        _die_with_parent(parent_pid)
 
     torch.set_num_threads(max(1, threads))
     started = time.perf_counter()
@@ -125,7 +195,8 @@ def run_sweep(jobs: list[SweepJob], n_jobs: int = 1, threads: int | None = None,
         enabled = sys.stderr.isatty() if progress is None else progress
         bar = tqdm(total=len(pending), disable=not enabled, desc="sweep", unit="run")
         runner = Parallel(n_jobs=n_jobs, return_as="generator", backend="loky" if n_jobs > 1 else "sequential")
-        for job, result in zip(pending, runner(delayed(_run_one)(job, threads) for job in pending)):
+        sweep_pid = os.getpid()  # workers watch this process and die with it
+        for job, result in zip(pending, runner(delayed(_run_one)(job, threads, sweep_pid) for job in pending)):
             status, message, seconds = result
             results.append((job, status, message))
             bar.update(1)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from aqa.cache import journal_dir, open_cache
+from aqa.cache import journal_dir, journal_entries, open_cache
 
 pytestmark = pytest.mark.slow
 
@@ -133,7 +133,7 @@ def test_kill_9_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path, ti
     journal = journal_dir(out)
     deadline = time.monotonic() + 90
     try:
-        while not list(journal.glob("*.npz")):
+        while not journal_entries(out):
             assert process.poll() is None, "the extraction ended before it could be killed"
             assert time.monotonic() < deadline, "no journal entry appeared"
             time.sleep(0.01)
@@ -143,7 +143,7 @@ def test_kill_9_then_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path, ti
         if process.poll() is None:
             process.kill()
     assert process.returncode == -signal.SIGKILL
-    journalled = sorted(path.stem for path in journal.glob("*.npz"))
+    journalled = sorted(journal_entries(out))
     assert 1 <= len(journalled) < 5
     assert not out.exists()  # never committed, so never half-written
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from aqa.annotations import FrameSource, load_manifest
-from aqa.cache import journal_dir, open_cache
+from aqa.cache import journal_dir, journal_entries, journal_entry_name, open_cache
 from aqa.errors import UserError
 from extract import ExtractConfig, extract_dataset, load_extract_dataset, parse_views
 from extract.video_io import Preprocessing, read_frames, to_model_input
@@ -148,7 +148,7 @@ def test_a_crash_keeps_finished_videos_and_the_rerun_matches_an_uninterrupted_ru
     with pytest.raises(RuntimeError, match="simulated crash"):
         run(dataset, config, model=StandIn(fail_after=4))
     assert not (tmp_path / "cache.h5").exists()  # nothing committed: the file is never half-written
-    journalled = {path.stem for path in journal_dir(config.out).glob("*.npz")}
+    journalled = set(journal_entries(config.out))
     assert journalled and journalled < {"v0", "v1", "v2", "v3", "v9"}
     resumed = run(dataset, config)
     assert set(resumed.extracted) == {"v0", "v1", "v2", "v3", "v9"} - journalled
@@ -176,7 +176,7 @@ def test_a_bad_video_stops_the_run_after_journalling_the_finished_ones(tmp_path,
     assert "video v2: corrupt or unreadable image" in caught.value.problem
     assert "rerun to resume" in caught.value.problem
     assert not (tmp_path / "cache.h5").exists()
-    assert {path.stem for path in journal_dir(config.out).glob("*.npz")} == {"v0", "v1"}
+    assert set(journal_entries(config.out)) == {"v0", "v1"}
     bad_frame.write_bytes(good_bytes)  # the user fixes the file and reruns
     resumed = run(dataset, config)
     assert sorted(resumed.extracted) == ["v2", "v3", "v9"] and resumed.already_done == 2
@@ -301,7 +301,7 @@ def test_inspect_summary_counts_clips_and_uncommitted_journal_entries(tmp_path, 
         config.limit = None
         run(dataset, config, model=StandIn(fail_after=1))  # journals nothing new before the crash
     journal_dir(config.out).mkdir(exist_ok=True)
-    (journal_dir(config.out) / "v9.npz").write_bytes(b"")  # as a crashed run would leave one
+    (journal_dir(config.out) / journal_entry_name("v9")).write_bytes(b"")  # as a crashed run would leave one
     summary = cache_summary(open_cache(config.out))
     assert summary["videos"] == 3 and summary["views"] == ["original", "flip", "shift+3", "flip+shift-3"]
     assert summary["clips_per_video"] == {"min": 2, "median": 2.0, "max": 3, "total": 7}

@@ -116,8 +116,8 @@ def test_missing_files(tiny_dataset, tmp_path, capsys, what):
 
 @pytest.mark.parametrize("assignment, message", [
     ("optim.speed=3", "no field 'speed'"),
-    ("optim.lr=fast", "could not convert"),
-    ("semi.use_graph=maybe", "not a boolean"),
+    ("optim.lr=fast", "expected a number, got 'fast'"),
+    ("semi.use_graph=maybe", "expected true or false, got 'maybe'"),
     ("optim=3", "is a section"),
     ("optim.epochs=-1", "must not be negative"),
     ("reference.dim=10", "multiple of reference.heads"),

@@ -175,7 +175,7 @@ def test_memory_keeps_the_most_confident_output(tiny_dataset):
 
 
 def test_ridge_leave_one_out_chooses_from_the_grid(tiny_dataset):
-    trainer = _train(_config(tiny_dataset, "ridge.alpha=0", method="ridge"))
+    trainer = _train(_config(tiny_dataset, "ridge.alpha=auto", method="ridge"))
     assert trainer.alpha in trainer.config.ridge.alphas
     assert set(trainer.loo_errors) == set(trainer.config.ridge.alphas)
     assert trainer.loo_errors[trainer.alpha] == min(trainer.loo_errors.values())
