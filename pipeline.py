@@ -12,6 +12,7 @@ from pathlib import Path
 import click
 
 from aqa.errors import UserError
+from train.config import DATASET_KINDS, DIFFICULTY_MODES, METHODS, PRESETS  # torch-free
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -21,7 +22,7 @@ def cli():
 
     \b
     Stage 1  weights, classify, extract, inspect, import-features, synth
-    Stage 2  train, sweep
+    Stage 2  train, sweep, predict
     Results  evaluate
     """
 
@@ -70,7 +71,7 @@ def classify_command(video, labels, frames, weights_path, top, device):
     centre crop 224, pixels in [-1, 1].
     """
     from extract import class_probabilities, format_top_classes, frame_source_for, load_labels, top_classes
-    from extract.runner import resolve_device
+    from extract.device import resolve_device
     from extract.weights import load_i3d
 
     source = frame_source_for(video)
@@ -137,7 +138,7 @@ def extract_command(dataset, data_root, annotations, frames_dir, layout, manifes
     the run with one error naming the file (finished videos are kept); --skip-bad skips it.
     Several processes or machines: torchrun --nproc-per-node N pipeline.py extract ...
     """
-    from extract import DEFAULT_VIEWS, ExtractConfig, extract_dataset, load_extract_dataset
+    from extract import ExtractConfig, extract_dataset, load_extract_dataset
 
     loaded, description = load_extract_dataset(
         dataset=dataset, data_root=data_root, manifest=manifest, annotations=annotations,
@@ -145,7 +146,7 @@ def extract_command(dataset, data_root, annotations, frames_dir, layout, manifes
     )
     config = ExtractConfig(
         out=out or f"features/{loaded.name}.h5", weights=weights_path,
-        views=views if views is not None else DEFAULT_VIEWS, resize=resize, crop=crop,
+        views=views, resize=resize, crop=crop,
         batch_clips=batch_clips, workers=workers, device=device, precision=precision, limit=limit,
         skip_bad=skip_bad, progress=progress,
     )
@@ -332,7 +333,7 @@ def _data_options(function):
     options = [
         click.option("--features", type=click.Path(dir_okay=False), default=None,
                      help="Feature cache (HDF5) from `extract` or `import-features`."),
-        click.option("--dataset", type=click.Choice(["mtl-aqa", "fis-v", "manifest"]), default=None,
+        click.option("--dataset", type=click.Choice(DATASET_KINDS), default=None,
                      help="Where labels, difficulty and splits come from  [default: manifest with --manifest, "
                           "else mtl-aqa]"),
         click.option("--data-root", type=click.Path(file_okay=False), default=None,
@@ -340,10 +341,10 @@ def _data_options(function):
                           "(train.txt, test.txt)."),
         click.option("--manifest", type=click.Path(dir_okay=False), default=None,
                      help="CSV manifest key,path,score[,difficulty][,split][,group][,more targets]."),
-        click.option("--difficulty-aware", type=click.Choice(["auto", "on", "off"]), default=None,
+        click.option("--difficulty-aware", type=click.Choice(DIFFICULTY_MODES), default=None,
                      help="Regress score / difficulty (CoRe) and multiply back  [default: auto = on where every "
                           "video's difficulty is known and the target is the default one]"),
-        click.option("--preset", type=click.Choice(["default", "paper"]), default=None,
+        click.option("--preset", type=click.Choice(PRESETS), default=None,
                      help="default: small heads tuned on validation splits; paper: the TRS code's head "
                           "(mixer depth 8, token hidden 512, channel hidden 2048), 150 epochs  [default: default]"),
         click.option("--validation-fraction", type=float, default=None,
@@ -364,7 +365,7 @@ def _data_options(function):
 @cli.command("train")
 @_data_options
 @click.option("--target", default=None, help="Score column to regress  [default: the dataset's: final_score, TES, score]")
-@click.option("--method", type=click.Choice(["trs", "supervised", "mean-teacher", "pseudo-label", "ridge"]),
+@click.option("--method", type=click.Choice(METHODS),
               default=None, help="What to train  [default: trs]")
 @click.option("--ratio", type=float, default=None, help="Labelled share of the train split, in (0, 1]  [default: 0.2]")
 @click.option("--seed", type=int, default=None, help="Seeds the labelled draw and the training  [default: 0]")
@@ -428,6 +429,121 @@ def train_command(features, dataset, data_root, manifest, difficulty_aware, pres
                f"seed {metrics['seed']}: test spearman {shown}, R-l2 {shown_rl2}{extra} "
                f"({metrics['wall_seconds']:.1f} s)")
     return 0
+
+
+@cli.command("predict")
+@click.argument("videos", nargs=-1, type=click.Path())
+@click.option("--run", "run_dir", type=click.Path(), required=True, help="A finished run folder (`train --run-dir`).")
+@click.option("--features", type=click.Path(dir_okay=False), default=None,
+              help="Score videos already in this cache (made with the run's stage 1 settings).")
+@click.option("--keys", multiple=True, metavar="K1,K2,...",
+              help="Which videos of --features to score, comma-separated (repeatable)  [default: all]")
+@click.option("--out", type=click.Path(dir_okay=False), default=None, help="Also write the scores as CSV.")
+@click.option("--cache", "cache_path", type=click.Path(dir_okay=False), default=None,
+              help="Keep the VIDEOs' features in this cache (a video whose file name is already there is not "
+                   "extracted again)  [default: a temporary cache, removed afterwards]")
+@click.option("--difficulty", multiple=True, metavar="KEY=D",
+              help="A video's difficulty, for runs that regress score / difficulty (repeatable).")
+@click.option("--weights", "weights_path", type=click.Path(dir_okay=False), default=None,
+              help="I3D checkpoint with the sha256 the run's features record  [default: weights/i3d_kinetics400_rgb.pt]")
+@click.option("--device", default="auto", show_default=True, help="Extraction device: auto, cpu, cuda or cuda:N.")
+@click.option("--batch-clips", type=int, default=32, show_default=True, help="Clips per forward pass.")
+@click.option("--workers", type=int, default=0, show_default=True, help="DataLoader processes decoding videos.")
+@click.option("--threads", type=int, default=None, help="Torch CPU threads  [default: torch's choice]")
+@click.option("--progress/--no-progress", default=None, help="Progress bar  [default: when stderr is a terminal]")
+def predict_command(videos, run_dir, features, keys, out, cache_path, difficulty, weights_path, device, batch_clips,
+                    workers, threads, progress):
+    """Score new videos with a trained run: predicted score and its uncertainty.
+
+    \b
+    VIDEO files (keys: their names without suffix) are extracted with the stage 1 settings the
+    run's features were made with (backbone and weights sha256, precision, preprocessing, clip
+    layout, views); --features scores videos already cached, and a cache made otherwise is
+    refused. Prints key, pred (the score), std (the head's predicted standard deviation,
+    exp(log_var / 2), in score units) and log_var (the head's log-variance, standardised units);
+    ridge has no uncertainty. --out writes the same as CSV, every digit kept.
+    """
+    from aqa.cache import open_cache
+    from aqa.files import atomic_write_bytes
+    from train.predict import load_run, predict, predictions_csv, predictions_table
+
+    if not videos and not features:
+        raise UserError("nothing to score: give VIDEO files, or --features CACHE")
+    if keys and not features:
+        raise UserError("--keys selects videos of --features; give --features CACHE")
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(max(1, threads))
+    run = load_run(run_dir)
+    difficulties = _parse_difficulties(difficulty)
+    results = []
+    if features:
+        chosen = [key.strip() for part in keys for key in part.split(",") if key.strip()] or None
+        results += predict(run, open_cache(features), chosen, difficulties)
+    if videos:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="trs-aqa-predict-") as scratch:
+            target = Path(cache_path) if cache_path else Path(scratch) / "features.h5"
+            cache, video_keys = _extract_for_run(run, videos, target, weights_path, device, batch_clips, workers,
+                                                 progress)
+            results += predict(run, cache, video_keys, difficulties)
+    click.echo(predictions_table(results))
+    if out:
+        atomic_write_bytes(out, predictions_csv(results).encode())
+        click.echo(f"wrote {out}", err=True)
+    return 0
+
+
+def _parse_difficulties(assignments) -> dict[str, float]:
+    difficulties = {}
+    for assignment in assignments:
+        key, separator, value = assignment.partition("=")
+        try:
+            difficulties[key.strip()] = float(value)
+        except ValueError:
+            separator = ""
+        if not separator or not key.strip():
+            raise UserError(f"--difficulty {assignment!r}: expected KEY=NUMBER")
+    return difficulties
+
+
+def _extract_for_run(run, videos, cache_path: Path, weights_path, device, batch_clips, workers, progress):
+    """Stage 1 on ``videos`` with the settings of ``run``'s features, into ``cache_path``;
+    returns the cache and the videos' keys. Refuses weights other than the run's before any work."""
+    from aqa.annotations import Dataset, FrameSource, VideoRecord
+    from aqa.cache import check_key, open_cache
+    from extract import ExtractConfig, extract_dataset
+    from extract.weights import DEFAULT_WEIGHTS_PATH, file_sha256
+    from train.predict import extraction_settings
+
+    missing = [video for video in map(Path, videos) if not video.exists()]
+    if missing:
+        raise UserError("video not found" + (f" (nor {len(missing) - 1} more)" if len(missing) > 1 else ""),
+                        missing[0])
+    settings = extraction_settings(run)
+    records, seen = [], {}
+    for video in map(Path, videos):
+        key = check_key(video.stem if video.is_file() else video.name, video)
+        if key in seen:
+            raise UserError(f"{video} and {seen[key]} would both be video {key!r}; rename one", video)
+        seen[key] = video
+        records.append(VideoRecord(key=key, source=FrameSource(str(video), "video" if video.is_file() else "frames")))
+    weights = Path(weights_path) if weights_path else DEFAULT_WEIGHTS_PATH
+    if file_sha256(weights) != settings["weights_sha256"]:
+        raise UserError(f"not the weights run {run.run_dir}'s features were made with (its sha256 "
+                        f"{file_sha256(weights)[:12]}..., the run's {settings['weights_sha256'][:12]}...); "
+                        "give those with --weights", weights)
+    config = ExtractConfig(
+        out=str(cache_path), weights=str(weights), views=settings["views"], resize=settings["resize"],
+        crop=settings["crop"], clip_length=settings["clip_length"], clip_stride=settings["clip_stride"],
+        precision=settings["precision"], batch_clips=batch_clips, workers=workers, device=device, progress=progress,
+    )
+    dataset = Dataset("predict", records, "score", origin="pipeline.py predict")
+    extract_dataset(dataset, config, {"name": "predict", "kind": "video-files"},
+                    log=lambda message: click.echo(message, err=True))
+    return open_cache(cache_path), list(seen)
 
 
 @cli.command("sweep")

@@ -28,17 +28,22 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 from aqa.cache import check_key
 from aqa.errors import UserError
 from aqa.safe_pickle import load_restricted
 
 MTL_AQA_FRAMES_PER_DIVE = 103
+# The MTL-AQA on-disk layout, read here and written by synth/: DATA_ROOT/info/ holds the
+# annotation and split pickles, DATA_ROOT/frames/ the frame folders (named by mtl_aqa_key in
+# MUSDL's layout).
+MTL_AQA_INFO_DIR = "info"
+MTL_AQA_FRAMES_DIR = "frames"
+MUSDL_ANNOTATION_FILE = "augmented_final_annotations_dict.pkl"  # MUSDL's, with judge scores
 # Preferred first: CoRe's pickle has the judge typo fixed and dive numbers; MUSDL's has judges.
 MTL_AQA_ANNOTATION_FILES = (
     "final_annotations_dict_with_dive_number.pkl",
-    "augmented_final_annotations_dict.pkl",
+    MUSDL_ANNOTATION_FILE,
     "final_annotations_dict.pkl",
 )
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -98,6 +103,11 @@ class Dataset:
 
 def mtl_aqa_key(video: int, dive: int) -> str:
     return f"{int(video):02d}_{int(dive):02d}"
+
+
+def mtl_aqa_split_file(split: str) -> str:
+    """The file name of the standard split's pickle of ``split`` (``train`` or ``test``)."""
+    return f"{split}_split_0.pkl"
 
 
 def _find_annotation_file(info_dir: Path) -> Path:
@@ -233,7 +243,7 @@ def load_mtl_aqa(
     data_root = Path(data_root)
     if not data_root.is_dir():
         raise UserError("MTL-AQA data root not found", data_root)
-    info_dir = data_root / "info"
+    info_dir = data_root / MTL_AQA_INFO_DIR
     annotation_path = Path(annotations) if annotations else _find_annotation_file(info_dir)
     table = load_restricted(annotation_path)
     if not isinstance(table, dict) or not table:
@@ -243,7 +253,7 @@ def load_mtl_aqa(
 
     splits: dict[tuple[int, int], str] = {}
     for split in ("train", "test"):
-        split_path = info_dir / f"{split}_split_0.pkl"
+        split_path = info_dir / mtl_aqa_split_file(split)
         if split_path.is_file():
             for pair in _split_keys(split_path):
                 if pair in splits:
@@ -252,7 +262,7 @@ def load_mtl_aqa(
                                     split_path)
                 splits[pair] = split
 
-    frames_dir = Path(frames_dir) if frames_dir else data_root / "frames"
+    frames_dir = Path(frames_dir) if frames_dir else data_root / MTL_AQA_FRAMES_DIR
     if layout == "auto":
         layout = _detect_layout(frames_dir)
     if layout not in ("musdl", "core", "none"):
@@ -428,7 +438,3 @@ def list_frame_files(folder: str | os.PathLike) -> list[Path]:
         key=lambda item: item.name,
     )
 
-
-def keys_missing(wanted: Iterable[str], available: Iterable[str]) -> list[str]:
-    available = set(available)
-    return sorted(key for key in wanted if key not in available)

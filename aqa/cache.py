@@ -60,6 +60,8 @@ from aqa.files import (
 )
 
 SCHEMA_VERSION = 1
+# The name of view 0 of every cache: the unaugmented clips (the other views are named by stage 1).
+ORIGINAL_VIEW = "original"
 _VIDEOS = "videos"
 _JOURNAL_SUFFIX = ".parts"
 _JOURNAL_CONFIG = "config.json"
@@ -149,7 +151,7 @@ class FeatureCache:
 
     @property
     def view_names(self) -> list[str]:
-        return list(self.config.get("views", ["original"]))
+        return list(self.config.get("views", [ORIGINAL_VIEW]))
 
     def __contains__(self, key: str) -> bool:
         return key in self._key_set

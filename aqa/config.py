@@ -286,10 +286,3 @@ def read_json(path: str | os.PathLike) -> Any:
     except (OSError, json.JSONDecodeError) as error:
         raise UserError(f"not readable JSON ({error})", path) from None
 
-
-def save_config(config, path: str | os.PathLike) -> Path:
-    return write_json(path, to_dict(config))
-
-
-def load_config(cls: type[ConfigT], path: str | os.PathLike) -> ConfigT:
-    return from_dict(cls, read_json(path), path)

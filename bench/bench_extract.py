@@ -44,8 +44,8 @@ sys.path.insert(0, str(REPO_ROOT))
 from aqa.annotations import Dataset, FrameSource, VideoRecord  # noqa: E402
 from aqa.cache import open_cache  # noqa: E402
 from aqa.files import atomic_write_text  # noqa: E402
-from extract import ClipLayout, ExtractConfig, backbone_config, extract_dataset  # noqa: E402
-from extract.runner import autocast_context, resolve_device  # noqa: E402
+from extract import ClipLayout, ExtractConfig, I3DBackbone, extract_dataset  # noqa: E402
+from extract.device import autocast_context, resolve_device  # noqa: E402
 from extract.weights import load_i3d  # noqa: E402
 
 SECTION = "## Stage 1 extraction"
@@ -96,12 +96,12 @@ def reference_loop(model, records, device, resize, crop, layout) -> tuple[dict, 
 # --------------------------------------------------------------------------- ours
 
 
-def our_extractor(model, backbone, dataset, args, precision, workdir) -> tuple[dict, float, int]:
+def our_extractor(backbone, dataset, args, precision, workdir) -> tuple[dict, float, int]:
     out = Path(workdir) / f"ours-{precision}-{time.monotonic_ns()}.h5"
     config = ExtractConfig(out=str(out), views="none", resize=args.resize, crop=args.crop, precision=precision,
                            batch_clips=args.batch_clips, workers=args.workers, device=args.device, progress=False)
     started = time.perf_counter()
-    result = extract_dataset(dataset, config, model=model, backbone=backbone, log=lambda _: None)
+    result = extract_dataset(dataset, config, backbone=backbone, log=lambda _: None)
     if torch.cuda.is_available() and args.device != "cpu":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - started
@@ -239,7 +239,7 @@ def main(argv=None) -> int:
 
     model, info = load_i3d(args.weights)
     model = model.to(device).eval()
-    backbone = backbone_config(info)
+    backbone = I3DBackbone(model, info)
     # Warm-up: every batch shape each side will use, so neither pays for kernel selection.
     with torch.inference_mode():
         for batch in sorted({1, min(args.batch_clips, len(records) * 10), (len(records) * 10) % args.batch_clips} - {0}):
@@ -256,7 +256,7 @@ def main(argv=None) -> int:
             runs = {"reference": lambda: reference_loop(model, records, device, args.resize, args.crop, layout)}
             for precision in precisions:
                 runs[f"ours-{precision}"] = (
-                    lambda precision=precision: our_extractor(model, backbone, dataset, args, precision, workdir)
+                    lambda precision=precision: our_extractor(backbone, dataset, args, precision, workdir)
                 )
             names = list(runs) if round_index % 2 == 0 else list(reversed(runs))
             for name in names:

@@ -36,7 +36,7 @@ from scipy.stats import spearmanr
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from aqa.annotations import load_mtl_aqa  # noqa: E402
+from aqa.annotations import MTL_AQA_INFO_DIR, load_mtl_aqa  # noqa: E402
 from aqa.cache import open_cache  # noqa: E402
 from aqa.config import write_json  # noqa: E402
 from synth import FACTORS_FILE, SynthConfig, generate_dataset  # noqa: E402
@@ -140,7 +140,7 @@ def main(argv=None) -> int:
     print(f"extracted {len(extracted.extracted)} dives ({num_clips} clips) in {timings['extract_seconds']:.1f} s")
 
     labels = load_mtl_aqa(data_root)
-    with open(data_root / "info" / FACTORS_FILE) as handle:
+    with open(data_root / MTL_AQA_INFO_DIR / FACTORS_FILE) as handle:
         factors = {row["key"]: row for row in csv.DictReader(handle)}
     train = [record for record in labels.records if record.split == "train"]
     test = [record for record in labels.records if record.split == "test"]

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -35,34 +34,24 @@ def config_digest(data: dict) -> str:
 
 
 def run_in_process(config_dict: dict, threads: int = 1) -> dict:
-    """Train one configuration in this process; validation measures and trs diagnostics."""
-    import numpy as np
+    """Train one configuration in this process (:func:`train.fitting.fit`, no run folder); its
+    validation and unlabelled measures, trs diagnostics and the chosen ridge penalty."""
     import torch
 
-    from evaluate.metrics import spearman
     from train.config import config_from_json
-    from train.data import prepare_data
-    from train.engine import make_trainer
+    from train.fitting import fit
 
     torch.set_num_threads(threads)
     config = config_from_json(config_dict, "tuning")
-    started = time.perf_counter()
-    data = prepare_data(config)
-    trainer = make_trainer(config, data)
-    while not trainer.finished:
-        trainer.run_unit()
-    result = {"seconds": time.perf_counter() - started}
-    validation = data.validation
-    result["validation_spearman"] = spearman(data.scores[validation], trainer.predict_scores(validation))
-    known = np.isfinite(data.scores[data.unlabelled])
-    if known.sum() >= 2:
-        result["unlabelled_spearman"] = spearman(data.scores[data.unlabelled][known],
-                                                 trainer.predict_scores(data.unlabelled)[known])
-    if hasattr(trainer, "finish_diagnostics"):
-        last = trainer.finish_diagnostics().get("last_refresh") or {}
+    fitted = fit(config, progress=False)
+    result = {"seconds": fitted.seconds, "validation_spearman": (fitted.validation or {}).get("spearman")}
+    if fitted.unlabelled is not None:
+        result["unlabelled_spearman"] = fitted.unlabelled["spearman"]
+    if fitted.diagnostics is not None:
+        last = fitted.diagnostics.get("last_refresh") or {}
         result["diagnostics"] = {key: value for key, value in last.items() if key != "epoch"}
     if config.method == "ridge":
-        result["ridge_alpha"] = trainer.alpha
+        result["ridge_alpha"] = fitted.method.model_summary()["ridge_alpha"]
     return result
 
 

@@ -1,18 +1,18 @@
-"""Evaluation: Spearman correlation and the field's other measures, tables and plots.
+"""Evaluation: every run's measures recomputed from its ``predictions.csv``, tables and plots.
 
-The metric functions (also used by training for its own ``metrics.json``) live in
-:mod:`evaluate.metrics`; see there for the conventions (undefined ρ is ``None``).
+The measures shared with training (``spearman``, ``rl2``, ``mse``) are :mod:`aqa.metrics`; run
+folders are read through :mod:`aqa.run_folder`. This package adds the summaries over classes and
+seeds (:mod:`evaluate.metrics`), reading runs (:mod:`evaluate.runs`), the report and its files
+(:mod:`evaluate.report`, :mod:`evaluate.summary`) and plots (:mod:`evaluate.plots`, matplotlib
+imported only when drawing).
 """
 
 from evaluate.metrics import (
     MIN_CLASS_SIZE,
     bootstrap_mean_ci,
     fisher_z_average,
-    mse,
     per_class_spearman,
-    rl2,
     score_metrics,
-    spearman,
     std_over_seeds,
 )
 from evaluate.report import EvaluateConfig, EvaluationReport, evaluate_runs
@@ -23,15 +23,12 @@ __all__ = [
     "EvaluateConfig",
     "EvaluationReport",
     "RunEvaluation",
+    "bootstrap_mean_ci",
     "evaluate_run",
     "evaluate_runs",
     "find_run_dirs",
-    "bootstrap_mean_ci",
     "fisher_z_average",
-    "mse",
     "per_class_spearman",
-    "rl2",
     "score_metrics",
-    "spearman",
     "std_over_seeds",
 ]

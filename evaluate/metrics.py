@@ -1,24 +1,16 @@
-"""The field's measures of score prediction, computed one way for the whole project.
+"""Evaluation's measures over classes and seeds, on top of the shared ones in :mod:`aqa.metrics`.
 
-Conventions (shared by training's own ``metrics.json`` and by ``pipeline.py evaluate``):
+``spearman``, ``rl2`` and ``mse`` (and their conventions: undefined ρ is ``None``, never 0; no
+overflow into infinity) are :mod:`aqa.metrics`, shared with training. This module adds what only
+evaluation computes:
 
-- ``spearman``: Spearman's rank correlation (``scipy.stats.spearmanr``, average ranks for ties).
-  It is *undefined* when either side is constant or there are fewer than two samples; these
-  functions return ``None`` then (JSON ``null``), never 0, because a collapsed model is not a
-  model with no rank information, it is a model with no ranking at all.
-- ``rl2``: relative L2 distance × 100, ``100 * mean(((y - ŷ) / (max y - min y))²)`` with the range
-  taken over the labels it is given (the test labels, unless ``label_range`` says otherwise).
-  Undefined (``None``) when the labels are all equal.
-- ``mse``: mean squared error in the score's own units.
-- ``rl2`` and ``mse`` are computed with scaling, so that tiny or huge (finite) scores neither
-  underflow nor overflow on the way; a result beyond the float range is ``None``, never ``inf``
-  (``metrics.json`` is JSON, which has no infinity).
 - ``fisher_z_average``: the AQA-7 convention for several action classes: average the classes'
   ρ through Fisher's z (``tanh(mean(arctanh ρ))``), unweighted, classes with undefined ρ left out.
   :func:`score_metrics` averages only classes with at least ``MIN_CLASS_SIZE`` (10) test samples:
   the ρ of a tiny class is noise (two samples always give ±1), and a ``group`` column holding,
   say, MTL-AQA dive numbers would otherwise give a meaningless average near 1. Every class's ρ
   is still reported.
+- ``bootstrap_mean_ci`` and ``std_over_seeds``: the spread of one cell's results over seeds.
 
 Every function refuses NaN/inf and length mismatches with ``ValueError``: a number computed from
 broken predictions would look like a result.
@@ -27,12 +19,12 @@ broken predictions would look like a result.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import numpy as np
-from scipy import stats
+
+from aqa.metrics import mse, paired_arrays, rl2, spearman
 
 # |ρ| = 1 (always the case for a class with two samples) has an infinite Fisher z, which would
 # make the average exactly ±1 whatever the other classes say. It is clipped to this magnitude
@@ -40,67 +32,6 @@ from scipy import stats
 FISHER_Z_CLIP = 0.9999
 # Classes with fewer test samples than this are listed but left out of the Fisher-z average.
 MIN_CLASS_SIZE = 10
-
-
-def _paired_arrays(true: Iterable[float], pred: Iterable[float]) -> tuple[np.ndarray, np.ndarray]:
-    true_scores = np.asarray(true, dtype=np.float64).reshape(-1)
-    predicted = np.asarray(pred, dtype=np.float64).reshape(-1)
-    if true_scores.shape != predicted.shape:
-        raise ValueError(f"{true_scores.size} true scores but {predicted.size} predictions")
-    if not (np.isfinite(true_scores).all() and np.isfinite(predicted).all()):
-        raise ValueError("scores contain NaN or infinity")
-    return true_scores, predicted
-
-
-def spearman(true: Iterable[float], pred: Iterable[float]) -> float | None:
-    """Spearman's ρ of predictions against true scores, or ``None`` where it is undefined."""
-    true_scores, predicted = _paired_arrays(true, pred)
-    # max == min rather than ptp == 0: max - min of huge finite scores overflows.
-    if true_scores.size < 2 or true_scores.max() == true_scores.min() or predicted.max() == predicted.min():
-        return None
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # scipy warns on constant input; handled above
-        rho = stats.spearmanr(true_scores, predicted).statistic
-    rho = float(rho)
-    return None if math.isnan(rho) else rho
-
-
-def rl2(true: Iterable[float], pred: Iterable[float], label_range: float | None = None) -> float | None:
-    """Relative L2 × 100; the range is ``max - min`` of ``true`` unless ``label_range`` is given."""
-    true_scores, predicted = _paired_arrays(true, pred)
-    if true_scores.size == 0:
-        return None
-    # Halves throughout: max - min of finite floats can overflow, max/2 - min/2 cannot.
-    if label_range is None:
-        half_range = float(np.max(true_scores) / 2.0 - np.min(true_scores) / 2.0)
-    else:
-        half_range = float(label_range) / 2.0
-    if not half_range > 0:
-        return None
-    return _scaled_mean_square(true_scores, predicted, 100.0, half_range)
-
-
-def mse(true: Iterable[float], pred: Iterable[float]) -> float | None:
-    """Mean squared error; ``None`` for no samples (or a value beyond the float range)."""
-    true_scores, predicted = _paired_arrays(true, pred)
-    if true_scores.size == 0:
-        return None
-    return _scaled_mean_square(true_scores, predicted, 1.0, 0.5)
-
-
-def _scaled_mean_square(true_scores: np.ndarray, predicted: np.ndarray, factor: float, half_unit: float) -> float | None:
-    """``factor * mean(((true - pred) / (2 * half_unit))²)`` without intermediate overflow or
-    underflow: the (halved) errors are divided by their largest magnitude, and the scale is
-    applied once at the end. ``None`` if the result itself is beyond the float range."""
-    half_errors = true_scores / 2.0 - predicted / 2.0  # cannot overflow, unlike true - pred
-    largest = float(np.max(np.abs(half_errors)))
-    if largest == 0.0:
-        return 0.0
-    mean_square = float(np.mean((half_errors / largest) ** 2))  # in [1/n, 1]
-    with np.errstate(over="ignore", under="ignore"):
-        scale = np.float64(largest) / np.float64(half_unit)
-        value = float(factor * mean_square * scale * scale)
-    return value if math.isfinite(value) else None
 
 
 def fisher_z_average(rhos: Iterable[float | None]) -> float | None:
@@ -124,7 +55,7 @@ def per_class_spearman(
 
     Samples whose class is empty or ``None`` belong to no class and are left out.
     """
-    true_scores, predicted = _paired_arrays(true, pred)
+    true_scores, predicted = paired_arrays(true, pred)
     if len(groups) != true_scores.size:
         raise ValueError(f"{len(groups)} class labels for {true_scores.size} scores")
     members: dict[str, list[int]] = {}
@@ -152,7 +83,7 @@ def score_metrics(
     with at least ``min_class_size`` samples and a defined ρ) and ``fisher_z_classes`` (how many
     classes that average covers).
     """
-    true_scores, predicted = _paired_arrays(true, pred)
+    true_scores, predicted = paired_arrays(true, pred)
     result: dict[str, Any] = {
         "spearman": spearman(true_scores, predicted),
         "rl2": rl2(true_scores, predicted, label_range),

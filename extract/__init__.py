@@ -4,7 +4,11 @@ Public surface (imported on first use, so that ``import extract`` and the comman
 input checks do not pay for importing torch):
 
 * :func:`extract_dataset` / :class:`ExtractConfig` / :func:`load_extract_dataset`: the extraction
-  (``python pipeline.py extract``), resumable, batched across videos, ``torchrun``-aware.
+  (``python pipeline.py extract``), resumable, batched across videos, ``torchrun``-aware;
+  :func:`cache_config` / :func:`dataset_config`: the configuration a cache records.
+* :class:`Backbone` (the seam for feature networks), :class:`I3DBackbone` (the Kinetics I3D),
+  :class:`ModuleBackbone` (any module with ``features(clips)``).
+* :func:`resolve_device`, :func:`autocast_context`: which device and which arithmetic.
 * :class:`ClipLayout`, :func:`parse_views`, :data:`DEFAULT_VIEWS`: which clips and views.
 * :func:`read_frames`, :class:`Preprocessing`, :func:`to_model_input`: decoding and preprocessing.
 * :func:`class_probabilities`, :func:`top_classes`: Kinetics-400 classification (``classify``).
@@ -18,12 +22,13 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "extract.plan": (
-        "ExtractConfig", "ExtractResult", "backbone_config", "cache_config", "check_sources",
-        "dataset_config", "extract_dataset", "load_extract_dataset",
-    ),
+    "extract.config": ("ExtractConfig", "ExtractResult", "cache_config", "dataset_config"),
+    "extract.plan": ("check_sources", "extract_dataset", "load_extract_dataset"),
+    "extract.backbone": ("Backbone", "I3DBackbone", "ModuleBackbone"),
+    "extract.device": ("autocast_context", "resolve_device"),
     "extract.clips": (
-        "DEFAULT_VIEWS", "ORIGINAL_VIEW", "ClipLayout", "ViewSpec", "parse_view", "parse_views", "view_names",
+        "DEFAULT_VIEWS", "ORIGINAL_VIEW", "ClipLayout", "ViewSpec", "format_views", "parse_view", "parse_views",
+        "view_names",
     ),
     "extract.video_io": ("Preprocessing", "read_frames", "to_model_input"),
     "extract.classify": (

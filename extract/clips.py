@@ -17,9 +17,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from aqa.cache import ORIGINAL_VIEW
 from aqa.errors import UserError
 
-ORIGINAL_VIEW = "original"
 # Flip crossed with shifts of +-3 frames: six views, enough for stage 2 to draw a weak view
 # (original / flip) and a different strong view (shifted, flipped+shifted) of every video.
 DEFAULT_VIEWS = "flip,shift-3,shift+3,flip+shift-3,flip+shift+3"
@@ -109,13 +109,14 @@ def _tokens(text: str) -> list[str]:
 
 
 def parse_views(text: str | None) -> list[ViewSpec]:
-    """The views to extract, ``original`` first; ``"none"`` or ``""`` means only ``original``.
+    """The views to extract, ``original`` first; ``None`` means :data:`DEFAULT_VIEWS`, ``"none"``
+    or ``""`` only ``original``.
 
     Accepts a comma-separated list (``"flip,shift-3,shift+3"``); ``original`` may be listed or
     not, it is always view 0. Two names for the same view are an error.
     """
     views = [ViewSpec()]
-    if text is None:
+    if text is None:  # the one place the default views are applied
         text = DEFAULT_VIEWS
     text = text.strip()
     if text.lower() in ("", "none", ORIGINAL_VIEW):
@@ -136,5 +137,11 @@ def parse_views(text: str | None) -> list[ViewSpec]:
     return views
 
 
-def view_names(views: list[ViewSpec]) -> list[str]:
+def view_names(views) -> list[str]:
     return [view.name for view in views]
+
+
+def format_views(views) -> str:
+    """The canonical ``--views`` text of parsed views (``parse_views`` of it gives them back):
+    the names after ``original``, comma-separated, or ``"none"``."""
+    return ",".join(view_names(views[1:])) or "none"

@@ -30,10 +30,11 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from aqa.cache import VideoEntry, check_key, config_differences, open_cache, write_cache
+from aqa import __version__
+from aqa.cache import ORIGINAL_VIEW, VideoEntry, check_key, config_differences, open_cache, write_cache
 from aqa.errors import UserError
+from aqa.progress import progress_bar
 
-ORIGINAL_VIEW = "original"
 _FLOAT_KINDS = ("float16", "float32", "float64")
 _MAX_LISTED_PROBLEMS = 5
 _GENERIC_FOLDER_NAMES = ("features", "feats", "feature", "npy")
@@ -274,17 +275,14 @@ def _check_views(view_names: tuple[str, ...] | None) -> None:
 
 def import_feature_bank(config: ImportConfig, log: Callable[[str], None] | None = None) -> ImportResult:
     """Validate the whole bank, then write it as one cache file (atomically)."""
-    from tqdm import tqdm
-
     _check_views(config.view_names)
     root = Path(config.features_dir)
     out = Path(config.out)
     if out.is_dir():
         raise UserError("is a folder; --out must name the cache file to write (e.g. features/fisv.h5)", out)
-    show = config.progress if config.progress is not None else _stderr_is_terminal()
 
     def bar(items, desc):
-        return tqdm(items, desc=desc, unit="file", disable=not show)
+        return progress_bar(items=items, enabled=config.progress, desc=desc, unit="file")
 
     summary = scan_bank(config, progress=lambda files: bar(files, "checking features"))
     _raise_problems(summary, root)
@@ -314,7 +312,7 @@ def import_feature_bank(config: ImportConfig, log: Callable[[str], None] | None 
             "total_bytes": summary.total_bytes,
         },
         "imported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "software": _software_version(),
+        "software": f"trs-aqa {__version__}",
     }
 
     def entries() -> Iterator[VideoEntry]:
@@ -333,16 +331,3 @@ def _files_by_key(summary: BankSummary) -> list[Path]:
     return [by_stem[key] for key in summary.keys]
 
 
-def _software_version() -> str:
-    try:
-        from importlib.metadata import version
-
-        return f"trs-aqa {version('trs-aqa')}"
-    except Exception:  # not installed (running from a plain checkout)
-        return "trs-aqa (not installed)"
-
-
-def _stderr_is_terminal() -> bool:
-    import sys
-
-    return sys.stderr.isatty()

@@ -1,136 +1,23 @@
-"""What to extract and with which settings: configuration, dataset selection, input checks.
+"""What to extract: dataset selection, input checks, and the entry point of stage 1.
 
 Nothing here imports torch, so the command line reports a bad dataset, a missing folder or a
-wrong flag at once; :func:`extract_dataset` validates the inputs and then hands the work to
-:mod:`extract.runner`.
+wrong flag at once; :func:`extract_dataset` checks the inputs and then hands the work to
+:mod:`extract.runner` as one :class:`~extract.config.ExtractionJob`.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from aqa.annotations import Dataset, FrameSource, VideoRecord, list_frame_files
+from aqa.annotations import MTL_AQA_FRAMES_DIR, Dataset, FrameSource, VideoRecord, list_frame_files
 from aqa.errors import UserError
-from extract.clips import DEFAULT_VIEWS, ClipLayout, ViewSpec, parse_views, view_names
-from extract.video_io import Preprocessing
+from extract.config import ExtractConfig, ExtractionJob, ExtractResult, dataset_config
 
-PRECISIONS = ("fp32", "bf16", "fp16")
-
-
-def check_device_name(name: str) -> str:
-    """``name`` if it is auto, cpu, cuda or cuda:N; else a one-line :class:`UserError`.
-
-    Checked as text, before torch parses it: torch accepts (and fails later on) many spellings.
-    """
-    if not isinstance(name, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", name):
-        raise UserError(f"--device {name!r}: expected auto, cpu, cuda or cuda:N (N a GPU number)")
-    return name
-
-
-@dataclass
-class ExtractConfig:
-    """Settings of one extraction. The fields that change the numbers go into the cache's
-    recorded configuration (:func:`cache_config`); the rest only change how fast it runs."""
-
-    out: str = "features/features.h5"
-    weights: str | None = None  # None: the default converted Kinetics-400 weights
-    views: str = DEFAULT_VIEWS  # "none": the original view only
-    resize: int = 256
-    crop: int = 224
-    clip_length: int = 16
-    clip_stride: int = 10
-    precision: str = "fp32"
-    batch_clips: int = 32
-    workers: int = 2
-    device: str = "auto"
-    limit: int | None = None  # only the first N videos (by key): quick tries
-    skip_bad: bool = False
-    progress: bool | None = None  # None: a progress bar when stderr is a terminal
-
-    def __post_init__(self):
-        if self.precision not in PRECISIONS:
-            raise UserError(f"unknown precision {self.precision!r} (one of {', '.join(PRECISIONS)})")
-        check_device_name(self.device)
-        if self.batch_clips < 1:
-            raise UserError(f"--batch-clips must be at least 1 (got {self.batch_clips})")
-        if self.workers < 0:
-            raise UserError(f"--workers must be 0 or more (got {self.workers})")
-        if self.limit is not None and self.limit < 1:
-            raise UserError(f"--limit must be at least 1 (got {self.limit})")
-        # Bad sizes, clip layouts or view names fail here, before any work.
-        self.preprocessing, self.layout, self.view_specs
-
-    @property
-    def preprocessing(self) -> Preprocessing:
-        return Preprocessing(resize=self.resize, crop=self.crop)
-
-    @property
-    def layout(self) -> ClipLayout:
-        return ClipLayout(clip_length=self.clip_length, stride=self.clip_stride)
-
-    @property
-    def view_specs(self) -> list[ViewSpec]:
-        return parse_views(self.views)
-
-
-@dataclass
-class ExtractResult:
-    """What one extraction did on this rank (``skipped`` lists the bad videos of all ranks)."""
-
-    cache_path: Path
-    extracted: list[str] = field(default_factory=list)  # keys extracted by this run (this rank)
-    already_done: int = 0  # videos skipped because the cache or journal had them
-    skipped: dict[str, str] = field(default_factory=dict)  # bad videos left out (skip_bad)
-    clips: int = 0  # clip forwards by this rank (all views)
-    seconds: float = 0.0
-    rank: int = 0
-    world_size: int = 1
-
-    @property
-    def clips_per_second(self) -> float:
-        return self.clips / self.seconds if self.seconds > 0 else 0.0
-
-
-# --------------------------------------------------------------------------- recorded configuration
-
-
-def backbone_config(weights_info) -> dict:
-    """The recorded identity of the backbone: which network and exactly which weights."""
-    return {
-        "name": "i3d-inception-v1-rgb",
-        "weights_sha256": weights_info.sha256,
-        "weights_layout": weights_info.layout,
-        "num_classes": int(weights_info.num_classes),
-        "bn_eps": float(weights_info.bn_eps),
-        "feature": "Mixed_5c averaged over time, height and width",
-        "feature_dim": 1024,
-    }
-
-
-def cache_config(config: ExtractConfig, backbone: dict, dataset: dict) -> dict:
-    """Everything that changes the cached numbers: a resume or a reader compares all of it."""
-    return {
-        "backbone": dict(backbone),
-        "precision": config.precision,
-        "preprocessing": config.preprocessing.to_config(),
-        "clip_layout": config.layout.to_config(),
-        "views": view_names(config.view_specs),
-        "dataset": dict(dataset),
-    }
-
-
-def dataset_config(dataset: Dataset, kind: str, layout: str | None = None) -> dict:
-    """The dataset part of the cache configuration (paths go into ``info``: data may move)."""
-    described = {"name": dataset.name, "kind": kind}
-    if layout is not None:
-        described["layout"] = layout
-    return described
-
+if TYPE_CHECKING:
+    from extract.backbone import Backbone
 
 # --------------------------------------------------------------------------- checks before work
 
@@ -221,7 +108,7 @@ def load_extract_dataset(
     loaded = load_mtl_aqa(root, annotations, frames_dir, layout, name=name or root.resolve().name)
     sources = [record.source for record in loaded.records if record.source is not None]
     if not sources:
-        where = Path(frames_dir) if frames_dir else root / "frames"
+        where = Path(frames_dir) if frames_dir else root / MTL_AQA_FRAMES_DIR
         raise UserError("no frames to extract: expected per-dive folders NN_MM/ (MUSDL) or per-video folders NN/ (CoRe)", where)
     if layout == "auto":
         # MUSDL's folders are named by the dive's key; CoRe's by the video number.
@@ -242,20 +129,17 @@ def extract_dataset(
     config: ExtractConfig,
     dataset_description: dict | None = None,
     *,
-    model=None,
-    backbone: dict | None = None,
+    backbone: Backbone | None = None,
     info: dict | None = None,
     log: Callable[[str], None] = _log_to_stdout,
 ) -> ExtractResult:
     """Extract every video of ``dataset`` into ``config.out``; resumes what a previous run left.
 
-    ``model`` / ``backbone`` replace the Kinetics I3D (any module with ``.features(clips)`` and a
-    dict describing it), for tests and other backbones; by default the weights are loaded from
-    ``config.weights``. Under ``torchrun`` every rank calls this with the same arguments.
+    ``backbone`` replaces the Kinetics I3D loaded from ``config.weights`` (any
+    :class:`~extract.backbone.Backbone`: a stand-in in tests, an already loaded I3D, another
+    network). Under ``torchrun`` every rank calls this with the same arguments.
     """
     started = time.perf_counter()
-    if model is not None and backbone is None:
-        raise ValueError("a custom model needs its backbone description")
     records = sorted(dataset.records, key=lambda record: record.key)
     if config.limit is not None:
         records = records[: config.limit]
@@ -274,17 +158,17 @@ def extract_dataset(
         skipped = {key: str(error) for key, error in problems.items()}
         records = [record for record in records if record.key not in problems]
 
-    from extract.runner import run_extraction  # torch is imported only from here on
-
-    return run_extraction(
-        dataset,
-        records,
-        config,
-        dataset_description or dataset_config(dataset, "custom"),
-        skipped=skipped,
-        model=model,
-        backbone=backbone,
-        info=info or {},
+    job = ExtractionJob(
+        records=records,
+        config=config,
+        dataset=dataset_description or dataset_config(dataset, "custom"),
         log=log,
+        origin=dataset.origin,
+        skipped=skipped,
+        backbone=backbone,
+        info=dict(info or {}),
         started=started,
     )
+    from extract.runner import run_extraction  # torch is imported only from here on
+
+    return run_extraction(job)

@@ -37,41 +37,17 @@ from typing import Callable
 import numpy as np
 import torch
 
-from aqa.annotations import Dataset, VideoRecord
+from aqa import __version__
+from aqa.annotations import VideoRecord
 from aqa.cache import CacheWriter, VideoEntry, journal_dir
 from aqa.config import to_dict
 from aqa.errors import UserError
+from aqa.progress import progress_bar
+from extract.backbone import Backbone, I3DBackbone
 from extract.clips import ViewSpec
-from extract.plan import ExtractConfig, ExtractResult, backbone_config, cache_config, check_device_name
+from extract.config import ExtractConfig, ExtractionJob, ExtractResult, cache_config
+from extract.device import autocast_context, check_precision, resolve_device
 from extract.video_io import Preprocessing, read_frames, to_model_input
-
-# --------------------------------------------------------------------------- device and precision
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(check_device_name(name))
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: CUDA is not available on this machine (use --device cpu or auto)")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), "
-                        f"numbered from 0")
-    return device
-
-
-def autocast_context(device: torch.device, precision: str):
-    """Mixed precision for the forward pass; fp32 means true fp32 (TF32 switched off)."""
-    if precision == "fp32":
-        if device.type == "cuda":
-            torch.backends.cudnn.allow_tf32 = False
-            torch.backends.cuda.matmul.allow_tf32 = False
-        return torch.autocast(device_type=device.type, enabled=False)
-    if precision == "fp16" and device.type != "cuda":
-        raise UserError("--precision fp16 needs a CUDA device (bf16 works on CPU too)")
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
 
 # --------------------------------------------------------------------------- decoding in workers
 
@@ -170,7 +146,7 @@ def _init_distributed() -> _Distributed:
     return _Distributed(rank, world_size, local_rank, started_here=True)
 
 
-# --------------------------------------------------------------------------- the run
+# --------------------------------------------------------------------------- batching clips
 
 
 @dataclass
@@ -185,18 +161,18 @@ class _VideoInProgress:
 class _ClipBatcher:
     """Packs clips of several videos into batches and journals each video when it completes."""
 
-    def __init__(self, model, device, precision, batch_clips, clip_length, finish: Callable):
-        self.model = model
+    def __init__(self, backbone: Backbone, device: torch.device, config: ExtractConfig, finish: Callable):
+        self.backbone = backbone
         self.device = device
-        self.precision = precision
-        self.batch_clips = batch_clips
-        self.clip_length = clip_length
+        self.precision = config.precision
+        self.batch_clips = config.batch_clips
+        self.clip_length = config.clip_length
         self.finish = finish  # called with a finished _VideoInProgress
         self.queue: list[tuple[_VideoInProgress, int, int, int, bool]] = []
         self.in_flight = None  # (features on device, the clips they belong to)
         self.clips_done = 0
 
-    def add_video(self, video: _VideoInProgress, views: list[ViewSpec]):
+    def add_video(self, video: _VideoInProgress, views: tuple[ViewSpec, ...]):
         for view_index, view in enumerate(views):
             for clip_index, start in enumerate(video.clip_starts[view_index]):
                 self.queue.append((video, view_index, clip_index, int(start), view.flip))
@@ -220,7 +196,7 @@ class _ClipBatcher:
         # channels_last_3d is the faster layout for the I3D's convolutions on CPU (oneDNN) and GPU.
         batch = to_model_input(torch.stack(pieces)).contiguous(memory_format=torch.channels_last_3d)
         with torch.inference_mode(), autocast_context(self.device, self.precision):
-            features = self.model.features(batch)
+            features = self.backbone.features(batch)
         # Fetch the previous batch only now: its copy overlaps with this batch's compute.
         self._collect()
         self.in_flight = (features, clips)
@@ -241,65 +217,55 @@ class _ClipBatcher:
                 self.finish(video)
 
 
-def _load_backbone(config: ExtractConfig):
-    from extract.weights import load_i3d
-
-    model, weights_info = load_i3d(config.weights)
-    return model, backbone_config(weights_info), weights_info.path
+# --------------------------------------------------------------------------- the run
 
 
-def run_extraction(
-    dataset: Dataset,
-    records: list[VideoRecord],
-    config: ExtractConfig,
-    dataset_description: dict,
-    *,
-    skipped: dict[str, str],
-    model,
-    backbone: dict | None,
-    info: dict,
-    log: Callable[[str], None],
-    started: float,
-) -> ExtractResult:
-    """Run the checked extraction (called by :func:`extract.plan.extract_dataset`)."""
+def _load_backbone(config: ExtractConfig) -> Backbone:
+    return I3DBackbone.load(config.weights)
+
+
+def _place_device(name: str, dist: _Distributed) -> torch.device:
+    """The device this rank computes on: one GPU per local rank under torchrun."""
+    device = resolve_device(name)
+    if device.type == "cuda":
+        if dist.active:
+            device = torch.device("cuda", dist.local_rank % torch.cuda.device_count())
+        elif device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(device)
+    return device
+
+
+def _run_info(job: ExtractionJob, backbone: Backbone, device: torch.device, dist: _Distributed) -> dict:
+    """The cache's provenance: never compared, only shown (``inspect``)."""
+    return {
+        "software": {"trs_aqa": __version__, "torch": torch.__version__, "python": platform.python_version()},
+        "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "device": str(device) if not dist.active else f"{device.type} x {dist.world_size} ranks",
+        "weights_path": backbone.weights_path,
+        "dataset_origin": job.origin,
+        "command": " ".join(sys.argv),
+        "extract_config": to_dict(job.config),  # the run's settings, speed-only ones included
+        **job.info,
+    }
+
+
+def run_extraction(job: ExtractionJob) -> ExtractResult:
+    """Run a checked extraction (from :func:`extract.plan.extract_dataset`) on this rank."""
+    config = job.config
     cache_path = Path(config.out)
-    views = config.view_specs
-    layout = config.layout
-    preprocessing = config.preprocessing
-    skipped = dict(skipped)
-
+    records = job.records
     dist = _init_distributed()
     writer: CacheWriter | None = None
     try:
-        if dist.rank != 0:
-            log = _quiet
-        if model is None:
-            model, backbone, weights_path = _load_backbone(config)
-        else:
-            weights_path = config.weights
-        device = resolve_device(config.device)
-        if device.type == "cuda":
-            if dist.active:  # one GPU per local rank
-                device = torch.device("cuda", dist.local_rank % torch.cuda.device_count())
-            elif device.index is None:
-                device = torch.device("cuda", torch.cuda.current_device())
-            torch.cuda.set_device(device)
-        autocast_context(device, config.precision)  # validates precision against the device early
-
-        recorded = cache_config(config, backbone, dataset_description)
-        run_info = {
-            "software": {"trs_aqa": _version(), "torch": torch.__version__, "python": platform.python_version()},
-            "created_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "device": str(device) if not dist.active else f"{device.type} x {dist.world_size} ranks",
-            "weights_path": None if weights_path is None else os.fspath(weights_path),
-            "dataset_origin": dataset.origin,
-            "command": " ".join(sys.argv),
-            "extract_config": to_dict(config),  # the run's settings, speed-only ones included
-            **info,
-        }
+        log = job.log if dist.rank == 0 else _quiet
+        backbone = job.backbone if job.backbone is not None else _load_backbone(config)
+        device = _place_device(config.device, dist)
+        check_precision(device, config.precision)  # fp16 on a CPU fails before the cache is touched
+        recorded = cache_config(config, backbone.describe(), job.dataset)
         # Rank 0 locks the cache for the whole run, before the work is dealt out: the other ranks'
         # journal writes happen inside its lock (see CacheWriter).
-        writer = CacheWriter(cache_path, recorded, run_info, lock=dist.rank == 0)
+        writer = CacheWriter(cache_path, recorded, _run_info(job, backbone, device, dist), lock=dist.rank == 0)
 
         # Rank 0 decides what is left to do and deals it out: every rank gets the same list even
         # if another rank has already started journalling.
@@ -311,27 +277,119 @@ def run_extraction(
         if already_done:
             log(f"resuming: {already_done} of {len(records)} videos already extracted; {len(todo)} to do")
         log(
-            f"extracting {len(todo)} video(s) x {len(views)} view(s) into {cache_path}"
+            f"extracting {len(todo)} video(s) x {len(config.view_specs)} view(s) into {cache_path}"
             + (f" on {dist.world_size} ranks" if dist.active else "")
             + f" ({device}, {config.precision})"
         )
 
         result = ExtractResult(cache_path, already_done=already_done, rank=dist.rank, world_size=dist.world_size)
+        run = _RankRun(config, backbone, device, writer, result, dict(job.skipped), log)
         if mine:
-            model = model.to(device, memory_format=torch.channels_last_3d).eval()
             shard_started = time.perf_counter()
-            _run_shard(mine, model, device, config, views, layout, preprocessing, writer, result, skipped, log)
+            run.extract(mine)
             result.seconds = time.perf_counter() - shard_started
+        run.commit(dist, todo, job.started)
+        return result
+    finally:
+        if writer is not None:
+            writer.close()
+        dist.close()
 
-        # Everyone's journal entries are in place after the barrier; rank 0 commits them all.
+
+def _quiet(message: str):
+    pass
+
+
+@dataclass
+class _RankRun:
+    """One rank's share of a job: its backbone on its device, the open cache writer, what it did."""
+
+    config: ExtractConfig
+    backbone: Backbone
+    device: torch.device
+    writer: CacheWriter
+    result: ExtractResult
+    skipped: dict[str, str]  # {key: problem}: found before the run, and videos that failed to decode
+    log: Callable[[str], None]
+
+    def extract(self, records: list[VideoRecord]):
+        """Extract this rank's videos; journal each as it completes."""
+        config, layout, views = self.config, self.config.layout, self.config.view_specs
+        self.backbone = self.backbone.to(self.device)
+        pin = self.device.type == "cuda"
+        loader = torch.utils.data.DataLoader(
+            VideoFramesDataset(records, config.preprocessing, layout.clip_length),
+            batch_size=None,  # one video per item, no collation
+            shuffle=False,
+            num_workers=config.workers,
+            pin_memory=pin,
+            collate_fn=_identity,
+            prefetch_factor=2 if config.workers > 0 else None,
+            persistent_workers=False,
+        )
+        expected = _expected_clips(records, config)
+        bar = progress_bar(sum(expected.values()), enabled=config.progress if self.result.rank == 0 else False,
+                           desc="extract", unit="clip", dynamic_ncols=True, smoothing=0.1)
+        batcher = _ClipBatcher(self.backbone, self.device, config, self._finish)
+        pending_error: UserError | None = None
+        clips_reported = 0
+        try:
+            for decoded in loader:
+                if decoded.error is not None:
+                    error = UserError(f"video {decoded.key}: {decoded.error}", decoded.error_path)
+                    if not config.skip_bad:
+                        pending_error = error
+                        break
+                    self.skipped[decoded.key] = str(error)
+                    bar.total -= expected[decoded.key]
+                    bar.refresh()
+                    continue
+                frames = decoded.frames.to(self.device, non_blocking=pin)
+                num_frames = int(frames.shape[0])
+                base_starts = layout.starts(num_frames, records[decoded.index].source.path)
+                clip_starts = np.array(
+                    [view.starts(base_starts, num_frames, layout.clip_length) for view in views], dtype=np.int32
+                )
+                if clip_starts.size != expected[decoded.key]:
+                    bar.total += clip_starts.size - expected[decoded.key]
+                    bar.refresh()
+                batcher.add_video(_VideoInProgress(decoded.key, frames, clip_starts), views)
+                bar.update(batcher.clips_done - clips_reported)
+                clips_reported = batcher.clips_done
+            # Finish (and journal) every video already decoded, also when a bad one stopped the run.
+            batcher.flush()
+            bar.update(batcher.clips_done - clips_reported)
+        finally:
+            bar.close()
+        self.result.clips = batcher.clips_done
+        if pending_error is not None:
+            extracted = self.result.extracted
+            done_note = (f"; {len(extracted)} finished videos are kept in {journal_dir(self.writer.path).name}"
+                         if extracted else "")
+            raise UserError(
+                f"{pending_error.problem}{done_note}; fix or remove it (or use --skip-bad), then rerun to resume",
+                pending_error.path,
+            )
+
+    def _finish(self, video: _VideoInProgress):
+        self.writer.add(
+            VideoEntry(video.key, video.features, num_frames=int(video.frames.shape[0]), clip_starts=video.clip_starts)
+        )
+        self.result.extracted.append(video.key)
+        video.frames = None  # release the decoded frames now
+
+    def commit(self, dist: _Distributed, todo: list[str], started: float):
+        """Gather what every rank did; rank 0 commits everyone's journal entries into the cache."""
+        result, writer, log = self.result, self.writer, self.log
         all_skipped: dict[str, str] = {}
-        per_rank = dist.gather((skipped, len(result.extracted), result.clips, result.seconds))
+        per_rank = dist.gather((self.skipped, len(result.extracted), result.clips, result.seconds))
         for part_skipped, _, _, _ in per_rank:
             all_skipped.update(part_skipped)
         videos_done = sum(part[1] for part in per_rank)
         clips_done = sum(part[2] for part in per_rank)
         busiest = max(part[3] for part in per_rank)
         result.skipped = all_skipped
+        # Everyone's journal entries are in place after the barrier.
         dist.barrier()
         if dist.rank == 0:
             # Every rank's videos must be in the journal rank 0 sees; on several machines that
@@ -339,15 +397,15 @@ def run_extraction(
             missing = sorted(set(todo) - set(all_skipped) - writer.done_keys())
             if missing and dist.active:
                 raise UserError(
-                    f"{len(missing)} videos extracted by other ranks are not in {journal_dir(cache_path)} "
+                    f"{len(missing)} videos extracted by other ranks are not in {journal_dir(writer.path)} "
                     f"(first: {missing[0]!r}); with several machines, --out must be on a shared filesystem",
-                    cache_path,
+                    writer.path,
                 )
             if missing:  # one process: its own journal entries vanished, so something else removed them
                 raise UserError(
-                    f"{len(missing)} videos this run journalled are no longer in {journal_dir(cache_path)} "
+                    f"{len(missing)} videos this run journalled are no longer in {journal_dir(writer.path)} "
                     f"(first: {missing[0]!r}); was it changed while the extraction ran? rerun to extract them again",
-                    cache_path,
+                    writer.path,
                 )
             if all_skipped:
                 writer.info["skipped"] = dict(sorted(all_skipped.items()))
@@ -361,104 +419,19 @@ def run_extraction(
             log(
                 f"extracted {videos_done} new videos ({clips_done} clips) in {seconds:.1f} s{rate}"
                 + (f" (per rank: {shares})" if dist.active else "")
-                + f"; {cache_path} holds {len(writer.done_keys())} videos"
+                + f"; {writer.path} holds {len(writer.done_keys())} videos"
                 + (f", {len(all_skipped)} skipped" if all_skipped else "")
             )
         dist.barrier()
-        return result
-    finally:
-        if writer is not None:
-            writer.close()
-        dist.close()
 
 
-def _quiet(message: str):
-    pass
-
-
-def _version() -> str:
-    try:
-        from aqa import __version__
-
-        return __version__
-    except ImportError:  # pragma: no cover
-        return "unknown"
-
-
-def _progress_bar(total: int, config: ExtractConfig, enabled: bool):
-    from tqdm import tqdm
-
-    show = enabled and (config.progress if config.progress is not None else sys.stderr.isatty())
-    return tqdm(total=total, unit="clip", disable=not show, dynamic_ncols=True, smoothing=0.1, desc="extract")
-
-
-def _run_shard(records, model, device, config, views, layout, preprocessing, writer, result, skipped, log):
-    """Extract this rank's videos; journal each as it completes."""
-    pin = device.type == "cuda"
-    loader = torch.utils.data.DataLoader(
-        VideoFramesDataset(records, preprocessing, layout.clip_length),
-        batch_size=None,  # one video per item, no collation
-        shuffle=False,
-        num_workers=config.workers,
-        pin_memory=pin,
-        collate_fn=_identity,
-        prefetch_factor=2 if config.workers > 0 else None,
-        persistent_workers=False,
-    )
-    # The total is exact where the frame count is known (MTL-AQA: 103) and a guess elsewhere,
-    # corrected as each video is decoded.
-    guess_per_video = len(views) * len(layout.starts(max(layout.clip_length, 103)))
+def _expected_clips(records: list[VideoRecord], config: ExtractConfig) -> dict[str, int]:
+    """Clips per video for the progress bar: exact where the frame count is known (MTL-AQA: 103),
+    a guess elsewhere, corrected as each video is decoded."""
+    layout, views = config.layout, len(config.view_specs)
+    guess_per_video = views * len(layout.starts(max(layout.clip_length, 103)))
     expected = {}
     for record in records:
         count = record.source.num_frames if record.source is not None else None
-        expected[record.key] = (
-            len(views) * len(layout.starts(max(count, layout.clip_length))) if count else guess_per_video
-        )
-    bar = _progress_bar(sum(expected.values()), config, enabled=result.rank == 0)
-
-    def finish(video: _VideoInProgress):
-        writer.add(
-            VideoEntry(video.key, video.features, num_frames=int(video.frames.shape[0]), clip_starts=video.clip_starts)
-        )
-        result.extracted.append(video.key)
-        video.frames = None  # release the decoded frames now
-
-    batcher = _ClipBatcher(model, device, config.precision, config.batch_clips, layout.clip_length, finish)
-    pending_error: UserError | None = None
-    clips_reported = 0
-    try:
-        for decoded in loader:
-            if decoded.error is not None:
-                error = UserError(f"video {decoded.key}: {decoded.error}", decoded.error_path)
-                if not config.skip_bad:
-                    pending_error = error
-                    break
-                skipped[decoded.key] = str(error)
-                bar.total -= expected[decoded.key]
-                bar.refresh()
-                continue
-            frames = decoded.frames.to(device, non_blocking=pin)
-            num_frames = int(frames.shape[0])
-            base_starts = layout.starts(num_frames, records[decoded.index].source.path)
-            clip_starts = np.array(
-                [view.starts(base_starts, num_frames, layout.clip_length) for view in views], dtype=np.int32
-            )
-            if clip_starts.size != expected[decoded.key]:
-                bar.total += clip_starts.size - expected[decoded.key]
-                bar.refresh()
-            batcher.add_video(_VideoInProgress(decoded.key, frames, clip_starts), views)
-            bar.update(batcher.clips_done - clips_reported)
-            clips_reported = batcher.clips_done
-        # Finish (and journal) every video already decoded, also when a bad one stopped the run.
-        batcher.flush()
-        bar.update(batcher.clips_done - clips_reported)
-    finally:
-        bar.close()
-    result.clips = batcher.clips_done
-    if pending_error is not None:
-        done_note = f"; {len(result.extracted)} finished videos are kept in {journal_dir(writer.path).name}" if result.extracted else ""
-        raise UserError(
-            f"{pending_error.problem}{done_note}; fix or remove it (or use --skip-bad), then rerun to resume",
-            pending_error.path,
-        )
-
+        expected[record.key] = views * len(layout.starts(max(count, layout.clip_length))) if count else guess_per_video
+    return expected

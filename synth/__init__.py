@@ -5,7 +5,6 @@ scores and split without rendering; ``render_dive`` draws one dive's frames.
 """
 
 from synth.dataset import (
-    ANNOTATION_FILE,
     CONFIG_FILE,
     FACTORS_FILE,
     DatasetPlan,
@@ -22,7 +21,6 @@ from synth.dives import DIVE_CATALOGUE, DiveFactors, DiveType, final_score, midd
 from synth.render import render_dive
 
 __all__ = [
-    "ANNOTATION_FILE",
     "CONFIG_FILE",
     "DIVE_CATALOGUE",
     "FACTORS_FILE",

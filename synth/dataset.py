@@ -8,8 +8,9 @@ Layout written under ``out``::
     info/synth_factors.csv                     the hidden truth of every dive (for analysis only)
     frames/{video:02d}_{dive:02d}/{i:05d}.jpg  the rendered frames
 
-so ``aqa.annotations.load_mtl_aqa(out)`` and the MTL-AQA extraction path read it unchanged. The
-pickles hold plain data and numpy arrays only (they pass the restricted unpickler).
+so ``aqa.annotations.load_mtl_aqa(out)`` and the MTL-AQA extraction path read it unchanged (the
+folder and file names are :mod:`aqa.annotations`'s, MUSDL's annotation pickle among the three it
+reads). The pickles hold plain data and numpy arrays only (they pass the restricted unpickler).
 
 Generation is deterministic: every random draw comes from ``numpy.random.Generator``s seeded by
 ``config.seed`` (dive plans in one fixed sequence, each dive's drawing from its own seed), so the
@@ -32,10 +33,17 @@ from typing import Callable
 import numpy as np
 from PIL import Image
 
-from aqa.annotations import mtl_aqa_key
+from aqa.annotations import (
+    MTL_AQA_FRAMES_DIR,
+    MTL_AQA_INFO_DIR,
+    MUSDL_ANNOTATION_FILE,
+    mtl_aqa_key,
+    mtl_aqa_split_file,
+)
 from aqa.config import from_dict, read_json, to_dict, write_json
 from aqa.errors import UserError
 from aqa.files import atomic_writer, create_temporary_folder, write_failure
+from aqa.progress import progress_bar
 from synth.dives import (
     NUM_JUDGES,
     POSITION_CODES,
@@ -49,7 +57,6 @@ from synth.dives import (
 )
 from synth.render import Look, Scene, draw_world, render_dive, sample_look, sample_scene, Camera
 
-ANNOTATION_FILE = "augmented_final_annotations_dict.pkl"
 CONFIG_FILE = "synth_config.json"
 FACTORS_FILE = "synth_factors.csv"
 GENERATOR_VERSION = 1  # bump when the same config would draw different pictures or scores
@@ -269,13 +276,12 @@ def generate_dataset(
 ) -> SynthResult:
     """Write the dataset of ``config`` under ``out`` (resuming an interrupted run)."""
     from joblib import Parallel, delayed
-    from tqdm import tqdm
 
     out = Path(out)
     _check_out_dir(out, config)
     plan = plan_dataset(config)
-    frames_dir = out / "frames"
-    info_dir = out / "info"
+    frames_dir = out / MTL_AQA_FRAMES_DIR
+    info_dir = out / MTL_AQA_INFO_DIR
     frames_dir.mkdir(parents=True, exist_ok=True)
     info_dir.mkdir(parents=True, exist_ok=True)
     write_json(out / CONFIG_FILE, to_dict(config))
@@ -283,8 +289,7 @@ def generate_dataset(
     todo = [planned for planned in plan.dives if not (frames_dir / planned.key).is_dir()]
     if log and len(todo) < len(plan.dives):
         log(f"{len(plan.dives) - len(todo)} of {len(plan.dives)} dives already rendered; drawing the rest")
-    bar = tqdm(total=len(todo), desc="rendering dives", unit="dive", disable=not todo or progress is False
-               or (progress is None and not _stderr_is_terminal()))
+    bar = progress_bar(len(todo), enabled=progress if todo else False, desc="rendering dives", unit="dive")
     try:
         jobs = (delayed(_write_dive)(planned, plan.scenes[planned.video], config, frames_dir) for planned in todo)
         for _ in Parallel(n_jobs=max(1, workers), return_as="generator_unordered")(jobs):
@@ -299,13 +304,7 @@ def generate_dataset(
     train = [(planned.video, planned.dive) for planned in plan.dives if planned.split == "train"]
     test = [(planned.video, planned.dive) for planned in plan.dives if planned.split == "test"]
     _write_factors_csv(info_dir / FACTORS_FILE, plan)
-    _atomic_pickle(info_dir / "train_split_0.pkl", train)
-    _atomic_pickle(info_dir / "test_split_0.pkl", test)
-    _atomic_pickle(info_dir / ANNOTATION_FILE, annotations)  # last: its presence means "complete"
+    _atomic_pickle(info_dir / mtl_aqa_split_file("train"), train)
+    _atomic_pickle(info_dir / mtl_aqa_split_file("test"), test)
+    _atomic_pickle(info_dir / MUSDL_ANNOTATION_FILE, annotations)  # last: its presence means "complete"
     return SynthResult(out, len(plan.dives), len(todo), len(train), len(test))
-
-
-def _stderr_is_terminal() -> bool:
-    import sys
-
-    return sys.stderr.isatty()

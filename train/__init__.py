@@ -2,36 +2,40 @@
 
 Public surface::
 
-    TrainConfig, preset_config, apply_overrides, build_config, METHODS, PRESETS   (train.config)
+    TrainConfig, DataSpec, preset_config, apply_overrides, build_config, config_from_json,
+    METHODS, PRESETS                                               (train.config)
     prepare_data, TrainingData                                     (train.data)
-    train_run, load_checkpoint                                     (train.run)
+    fit, FitResult                                                 (train.fitting: in memory)
+    make_method, Method                                            (train.methods)
+    train_run, load_checkpoint                                     (train.run: a run folder)
     plan_sweep, run_sweep, parse_seeds                             (train.sweep)
 
-Modules import torch on first use of a trainer, not on ``import train``.
+Modules import torch on first use of a method, not on ``import train``.
 """
 
 from train.config import (
-    METHODS, PRESETS, TrainConfig, apply_overrides, build_config, config_from_json, preset_config,
+    METHODS, PRESETS, DataSpec, TrainConfig, apply_overrides, build_config, config_from_json, preset_config,
 )
 
 __all__ = [
-    "METHODS", "PRESETS", "TrainConfig", "apply_overrides", "build_config", "config_from_json", "preset_config",
-    "prepare_data", "TrainingData", "train_run", "load_checkpoint", "plan_sweep", "run_sweep", "parse_seeds",
+    "METHODS", "PRESETS", "DataSpec", "TrainConfig", "apply_overrides", "build_config", "config_from_json",
+    "preset_config", "prepare_data", "TrainingData", "fit", "FitResult", "make_method", "Method", "train_run",
+    "load_checkpoint", "plan_sweep", "run_sweep", "parse_seeds",
 ]
+
+# Lazy: `pipeline.py --help` and config handling stay quick without importing torch.
+_LAZY = {
+    "prepare_data": "train.data", "TrainingData": "train.data",
+    "fit": "train.fitting", "FitResult": "train.fitting",
+    "make_method": "train.methods", "Method": "train.methods",
+    "train_run": "train.run", "load_checkpoint": "train.run",
+    "plan_sweep": "train.sweep", "run_sweep": "train.sweep", "parse_seeds": "train.sweep",
+}
 
 
 def __getattr__(name):
-    # Lazy: `pipeline.py --help` and config handling stay quick without importing torch.
-    if name in ("prepare_data", "TrainingData"):
-        from train import data
+    if name in _LAZY:
+        import importlib
 
-        return getattr(data, name)
-    if name in ("train_run", "load_checkpoint"):
-        from train import run
-
-        return getattr(run, name)
-    if name in ("plan_sweep", "run_sweep", "parse_seeds"):
-        from train import sweep
-
-        return getattr(sweep, name)
+        return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(name)

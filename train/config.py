@@ -1,10 +1,12 @@
 """Typed configuration of one training run, its presets, and ``--set`` overrides.
 
-A :class:`TrainConfig` says everything that determines a run's numbers: where the features and
-labels are, the target, the method, the labelled ratio and seed, and every hyper-parameter. It is
+A :class:`TrainConfig` says everything that determines a run's numbers, in two parts: *which
+data* (:class:`DataSpec`: the features and labels, the target, the labelled ratio and seed, the
+validation share) and *how to train on it* (the method, its preset, every hyper-parameter). It is
 saved as the run folder's ``config.json`` (with a ``resolved`` section the run fills in: the
 target actually used, the token count, the cache's recorded configuration, subset sizes), and a
-run can be repeated from it (``pipeline.py train --config RUN/config.json``).
+run can be repeated from it (``pipeline.py train --config RUN/config.json``). ``config.json`` is flat: the data fields sit
+beside ``method`` and ``preset`` at its top level, as they always have.
 
 Two presets:
 
@@ -24,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from aqa.config import CheckedConfig, ConfigValueError, describe_type, from_dict, require, to_dict
+from aqa.config import validate as validate_sections
 from aqa.errors import UserError
 
 # The choices are types, so that a saved config.json is checked against them like any other value.
@@ -33,7 +36,6 @@ DatasetKind = Literal["mtl-aqa", "fis-v", "manifest"]
 DifficultyMode = Literal["auto", "on", "off"]
 GraphFeatures = Literal["tokens", "pooled"]
 METHODS = typing.get_args(Method)
-SEMI_SUPERVISED_METHODS = ("trs", "mean-teacher", "pseudo-label")
 PRESETS = typing.get_args(Preset)
 DATASET_KINDS = typing.get_args(DatasetKind)
 DIFFICULTY_MODES = typing.get_args(DifficultyMode)
@@ -202,22 +204,40 @@ class RidgeConfig(CheckedConfig):
 
 
 @dataclass
-class TrainConfig(CheckedConfig):
-    """Everything that determines one run (saved as ``config.json``)."""
+class DataSpec(CheckedConfig):
+    """Which data a run trains and is measured on: the same for every method compared on it."""
 
-    features: str = ""
-    dataset: DatasetKind = "mtl-aqa"
-    data_root: str | None = None
-    manifest: str | None = None
+    features: str = ""  # the feature cache (stage 1)
+    dataset: DatasetKind = "mtl-aqa"  # the annotation kind: how the labels are read
+    data_root: str | None = None  # mtl-aqa, fis-v: the annotation folder
+    manifest: str | None = None  # manifest: the CSV of labels and splits
     target: str | None = None  # None: the dataset's default target
     difficulty_aware: DifficultyMode = "auto"  # auto: on where every video's difficulty is known
-    method: Method = "trs"
-    preset: Preset = "default"
-    ratio: float = 0.2
-    seed: int = 0
+    ratio: float = 0.2  # share of the train split's scored videos that keep their labels
+    seed: int = 0  # the labelled subset's draw (and every random stream of training)
     # Share of the train split held out as a validation set (true labels, never trained on):
     # for choosing hyper-parameters without the test split.
     validation_fraction: float = 0.0
+
+    def check(self) -> None:
+        # `not 0 < x` rather than `x <= 0`: NaN fails every comparison and must be refused too.
+        require(0 < self.ratio <= 1, "ratio", f"must be in (0, 1], got {self.ratio!r}")
+        require(self.seed >= 0, "seed", f"must not be negative, got {self.seed!r}")
+        require(0 <= self.validation_fraction < 1, "validation_fraction",
+                f"must be in [0, 1), got {self.validation_fraction!r}")
+
+    def data_fields(self) -> dict[str, Any]:
+        """The :class:`DataSpec` fields and their values (e.g. to give another config the same data)."""
+        return {item.name: getattr(self, item.name) for item in dataclasses.fields(DataSpec)}
+
+
+@dataclass
+class TrainConfig(DataSpec):
+    """Everything that determines one run (saved as ``config.json``): its :class:`DataSpec` fields,
+    then the method, its preset and the hyper-parameters."""
+
+    method: Method = "trs"
+    preset: Preset = "default"
     keep_epoch_predictions: bool = False
     head: HeadConfig = field(default_factory=HeadConfig)
     reference: ReferenceConfig = field(default_factory=ReferenceConfig)
@@ -228,12 +248,25 @@ class TrainConfig(CheckedConfig):
     # Filled in by the run (never read back as input): what the options resolved to.
     resolved: dict = field(default_factory=dict)
 
-    def check(self) -> None:
-        # `not 0 < x` rather than `x <= 0`: NaN fails every comparison and must be refused too.
-        require(0 < self.ratio <= 1, "ratio", f"must be in (0, 1], got {self.ratio!r}")
-        require(self.seed >= 0, "seed", f"must not be negative, got {self.seed!r}")
-        require(0 <= self.validation_fraction < 1, "validation_fraction",
-                f"must be in [0, 1), got {self.validation_fraction!r}")
+    def validate(self) -> None:
+        """Refuse a configuration that cannot make a run, before any data is read: a choice out of
+        its list, any field out of range (again: a field may have been changed in place since the
+        config was built), or missing inputs. One :class:`UserError` naming the problem."""
+        for name, value, choices in (("method", self.method, METHODS), ("preset", self.preset, PRESETS),
+                                     ("dataset", self.dataset, DATASET_KINDS)):
+            if value not in choices:
+                raise UserError(f"unknown {name} {value!r} (choose from {', '.join(choices)})")
+        if self.difficulty_aware not in DIFFICULTY_MODES:
+            raise UserError(f"difficulty_aware must be one of {', '.join(DIFFICULTY_MODES)}, "
+                            f"got {self.difficulty_aware!r}")
+        validate_sections(self)
+        if not self.features:
+            raise UserError("no feature cache given (--features)")
+        if self.dataset == "manifest":
+            if not self.manifest:
+                raise UserError("--manifest CSV is required with --dataset manifest")
+        elif not self.data_root:
+            raise UserError(f"--data-root is required with --dataset {self.dataset}")
 
     def identity(self) -> dict[str, Any]:
         """What a run is, for finished-run checks: the config without what the run resolved."""

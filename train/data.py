@@ -25,9 +25,8 @@ import numpy as np
 
 from aqa.annotations import Dataset, load_fisv, load_manifest, load_mtl_aqa
 from aqa.cache import FeatureCache, open_cache
-from aqa.config import validate
 from aqa.errors import UserError
-from train.config import DATASET_KINDS, DIFFICULTY_MODES, METHODS, PRESETS, TrainConfig
+from train.config import DataSpec, TrainConfig
 
 MAX_LISTED_KEYS = 5
 # Keys of the split-draw generator besides the seed, so that other draws from the same seed differ.
@@ -103,29 +102,8 @@ class TrainingData:
         }
 
 
-def check_config(config: TrainConfig) -> None:
-    """Refuse options that cannot make a run, before reading any data."""
-    if config.method not in METHODS:
-        raise UserError(f"unknown method {config.method!r} (choose from {', '.join(METHODS)})")
-    if config.preset not in PRESETS:
-        raise UserError(f"unknown preset {config.preset!r} (choose from {', '.join(PRESETS)})")
-    if config.dataset not in DATASET_KINDS:
-        raise UserError(f"unknown dataset {config.dataset!r} (choose from {', '.join(DATASET_KINDS)})")
-    if config.difficulty_aware not in DIFFICULTY_MODES:
-        raise UserError(f"difficulty_aware must be one of {', '.join(DIFFICULTY_MODES)}, got {config.difficulty_aware!r}")
-    # Every field's type and range (the configs check themselves when built; again here in case a
-    # field was changed in place).
-    validate(config)
-    if not config.features:
-        raise UserError("no feature cache given (--features)")
-    if config.dataset == "manifest":
-        if not config.manifest:
-            raise UserError("--manifest CSV is required with --dataset manifest")
-    elif not config.data_root:
-        raise UserError(f"--data-root is required with --dataset {config.dataset}")
-
-
-def load_labels(config: TrainConfig) -> Dataset:
+def load_labels(config: DataSpec) -> Dataset:
+    """The labels ``config`` names (a :class:`~train.config.DataSpec`; a TrainConfig is one)."""
     if config.dataset == "mtl-aqa":
         return load_mtl_aqa(config.data_root, layout="none")
     if config.dataset == "fis-v":
@@ -152,7 +130,7 @@ def _check_agreement(dataset: Dataset, cache: FeatureCache, used_keys: list[str]
         raise UserError("cache and annotations disagree: " + "; ".join(parts), cache.path)
 
 
-def resolve_target(config: TrainConfig, dataset: Dataset) -> str:
+def resolve_target(config: DataSpec, dataset: Dataset) -> str:
     target = config.target or dataset.default_target
     names = dataset.target_names()
     if target not in names:
@@ -161,7 +139,7 @@ def resolve_target(config: TrainConfig, dataset: Dataset) -> str:
     return target
 
 
-def _resolve_difficulty(config: TrainConfig, dataset: Dataset, target: str, records) -> bool:
+def _resolve_difficulty(config: DataSpec, dataset: Dataset, target: str, records) -> bool:
     known = [record.difficulty for record in records]
     all_known = all(value is not None for value in known)
     if config.difficulty_aware == "off":
@@ -235,6 +213,14 @@ def check_score_scale(targets: np.ndarray, num_labelled: int, target: str, origi
                         f"to compute with (at least {_SMALLEST_SCORE_SPREAD:g}); rescale the scores", origin)
 
 
+def standardise_tokens(tokens: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``(tokens - mean) / std`` per channel, in place on float32 ``tokens`` (returned): the one
+    transform training applies, shared with :mod:`train.predict` so new videos get the same numbers."""
+    tokens -= mean.astype(np.float32)
+    tokens /= std.astype(np.float32)
+    return tokens
+
+
 def resample_tokens(features: np.ndarray, num_tokens: int) -> np.ndarray:
     """``[views, clips, dim]`` -> ``[views, num_tokens, dim]``: average pooling over equal
     time spans when there are more clips, linear interpolation when there are fewer."""
@@ -256,9 +242,11 @@ def resample_tokens(features: np.ndarray, num_tokens: int) -> np.ndarray:
     return (features[:, low] * (1 - weight) + features[:, high] * weight).astype(np.float32)
 
 
-def prepare_data(config: TrainConfig, progress=None) -> TrainingData:
-    """Read, check and align labels and features; draw the split. Writes nothing."""
-    check_config(config)
+def prepare_data(config: TrainConfig) -> TrainingData:
+    """Read, check and align labels and features; draw the split. Writes nothing.
+
+    ``config`` is a validated one (:meth:`TrainConfig.validate`, which the entry points run):
+    the data fields say which data, ``head.num_tokens`` / ``head.max_tokens`` how it is resampled."""
     dataset = load_labels(config)
     target = resolve_target(config, dataset)
     features_path = Path(config.features)
@@ -327,8 +315,7 @@ def prepare_data(config: TrainConfig, progress=None) -> TrainingData:
     mean = canonical.mean(axis=0)
     std = canonical.std(axis=0)
     std = np.where(std > 1e-6 * max(1.0, float(std.max(initial=0.0))), std, 1.0)
-    tokens -= mean.astype(np.float32)
-    tokens /= std.astype(np.float32)
+    standardise_tokens(tokens, mean, std)
 
     view_names = cache.view_names
     if len(view_names) != tokens.shape[1]:

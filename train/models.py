@@ -139,15 +139,12 @@ class ReferenceNetwork(nn.Module):
         return self.forward_embedded(self.embed(query_tokens), self.embed(exemplar_tokens))
 
 
-def regression_loss(value: torch.Tensor, log_variance: torch.Tensor, target: torch.Tensor,
-                    weight: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def regression_loss(value: torch.Tensor, log_variance: torch.Tensor,
+                    target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(squared-error loss of the value, Gaussian NLL of its detached residual for the log-variance)."""
     squared = (value - target) ** 2
     nll = 0.5 * (torch.exp(-log_variance) * squared.detach() + log_variance)
-    if weight is None:
-        return squared.mean(), nll.mean()
-    total = weight.sum().clamp_min(1e-8)
-    return (weight * squared).sum() / total, (weight * nll).sum() / total
+    return squared.mean(), nll.mean()
 
 
 def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:

@@ -8,46 +8,37 @@ it and reaches the same final numbers as an uninterrupted run (CPU, same thread 
 process training a run holds its lock (``.<name>.lock`` beside it, :class:`aqa.files.FileLock`):
 a second process training the same folder is refused with the holder named.
 
-A finished run folder holds:
-
-* ``config.json``: the :class:`~train.config.TrainConfig` (plus what it ``resolved`` to);
-* ``split.json``: ``{"labelled", "unlabelled", "test"[, "validation"]}`` key lists;
-* ``predictions.csv``: ``key,split,true,pred,labelled,group`` for train and test videos, in the
-  score's own units (``true`` empty for a train video without a score);
-* ``metrics.json``: test-split measures of the final model (``spearman``, ``rl2``, ``mse``; no
-  model selection on test), identity and sizes, validation measures when a validation set was
-  carved;
-* ``checkpoint.pt``: final state (tensors and plain data; ``torch.load(weights_only=True)``);
-* ``diagnostics.json`` (trs): pseudo-label quality against the unlabelled videos' true labels;
-* ``epoch_predictions.csv`` (only with ``keep_epoch_predictions``): ``epoch,key,true,pred`` of the
-  test videos after every epoch, for the evaluator's clearly labelled best-on-test mode.
+A finished run folder holds the files :mod:`aqa.run_folder` describes (the contract with
+evaluation and ``predict``): ``config.json``, ``split.json``, ``predictions.csv``, ``metrics.json``,
+``checkpoint.pt`` (final state, ``torch.load(weights_only=True)``), ``diagnostics.json`` (trs) and,
+with ``keep_epoch_predictions``, ``epoch_predictions.csv``; this module writes them through it.
+The final checkpoint is the method's state plus ``wall_seconds``, ``final``, ``config``, ``keys``,
+``feature_mean``, ``feature_std``, ``num_tokens`` and, for a neural head, ``target_mean`` and
+``target_std`` (what ``predict`` needs). The training itself is :func:`train.fitting.fit`, in memory.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from aqa import __version__
+from aqa import __version__, run_folder
 from aqa.config import read_json, to_dict, write_json
 from aqa.errors import UserError
-from aqa.files import FileLock, atomic_write_bytes, atomic_writer, create_temporary_folder, write_failure
-from evaluate.metrics import mse, rl2, spearman
+from aqa.files import FileLock, atomic_writer, create_temporary_folder, write_failure
+from aqa.run_folder import CONFIG_FILE, DIAGNOSTICS_FILE, METRICS_FILE, SPLIT_FILE, RunIdentity, is_finished
 from train.config import TrainConfig, config_from_json
-from train.data import TrainingData, check_config, prepare_data
-from train.engine import CheckpointMismatch, make_trainer
+from train.data import TrainingData, prepare_data
+from train.fitting import FitResult, TrainingDiverged, fit
+from train.methods import CheckpointMismatch, Method, make_method
 
-CHECKPOINT = "checkpoint.pt"
-RUN_FILES = ("config.json", "split.json", "predictions.csv", "metrics.json", CHECKPOINT)
+CHECKPOINT = run_folder.CHECKPOINT_FILE
 
 
 class StoppedEarly(Exception):
@@ -58,16 +49,12 @@ def partial_dir(run_dir: Path) -> Path:
     return run_dir.parent / f".{run_dir.name}.partial"
 
 
-def is_finished(run_dir: Path) -> bool:
-    return all((run_dir / name).is_file() for name in RUN_FILES)
-
-
 def finished_config_matches(run_dir: Path, config: TrainConfig) -> bool:
     """True when ``run_dir`` is a finished run of exactly ``config``."""
     if not is_finished(run_dir):
         return False
     try:
-        stored = config_from_json(read_json(run_dir / "config.json"), run_dir / "config.json")
+        stored = config_from_json(read_json(run_dir / CONFIG_FILE), run_dir / CONFIG_FILE)
     except UserError:
         return False
     return stored.identity() == config.identity()
@@ -93,7 +80,7 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 
 
 def _check_run_fields(state: dict, config: TrainConfig, data: TrainingData) -> None:
-    """What the run (not the trainer) adds to a checkpoint: elapsed time, and in the final one the
+    """What the run (not the method) adds to a checkpoint: elapsed time, and in the final one the
     configuration and the videos it was trained on; each must fit the run resuming from it."""
     seconds = state.get("wall_seconds", 0.0)
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not 0 <= seconds < math.inf:
@@ -109,13 +96,13 @@ def _check_run_fields(state: dict, config: TrainConfig, data: TrainingData) -> N
         raise CheckpointMismatch("was saved by a run on other videos than this run's features and labels")
 
 
-def _restore_checkpoint(trainer, state: dict, config: TrainConfig, data: TrainingData, path: Path) -> float:
-    """Check ``state`` against the run it claims to continue, then load it into ``trainer``;
+def _restore_checkpoint(method: Method, state: dict, config: TrainConfig, data: TrainingData, path: Path) -> float:
+    """Check ``state`` against the run it claims to continue, then load it into ``method``;
     returns the seconds of training it already holds. Any mismatch is one :class:`UserError`
     naming the checkpoint, raised before the state is used (so nothing is trained or published)."""
     try:
         _check_run_fields(state, config, data)
-        trainer.load_state(state)  # checks the training state first (Trainer.check_state)
+        method.load_state(state)  # checks the training state first (Method.check_state)
     except CheckpointMismatch as error:
         raise UserError(f"cannot resume: the checkpoint {error}; run without --resume to start over", path) from None
     except (ValueError, KeyError, RuntimeError, TypeError) as error:  # what the checks did not foresee
@@ -124,43 +111,20 @@ def _restore_checkpoint(trainer, state: dict, config: TrainConfig, data: Trainin
     return float(state.get("wall_seconds", 0.0))
 
 
-def _format_number(value: float) -> str:
-    return "" if not math.isfinite(value) else repr(float(value))
-
-
-def _predictions_csv(data: TrainingData, predicted: np.ndarray) -> str:
+def _prediction_rows(data: TrainingData, predicted: np.ndarray):
+    """``predictions.csv``'s rows (:func:`aqa.run_folder.predictions_csv`): train videos, then test."""
     labelled = set(data.labelled.tolist())
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["key", "split", "true", "pred", "labelled", "group"])
     train_rows = np.concatenate([data.labelled, data.unlabelled, data.validation])
     for split, rows in (("train", train_rows), ("test", data.test)):
         for index in rows:
-            writer.writerow([data.keys[index], split, _format_number(data.scores[index]),
-                             _format_number(predicted[index]), int(index in labelled), data.groups[index]])
-    return out.getvalue()
+            yield data.keys[index], split, data.scores[index], predicted[index], index in labelled, data.groups[index]
 
 
-def _epoch_predictions_csv(data: TrainingData, epoch_predictions) -> str:
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["epoch", "key", "true", "pred"])
+def _epoch_prediction_rows(data: TrainingData, epoch_predictions):
+    """``epoch_predictions.csv``'s rows: every test video after every epoch."""
     for epoch, predicted in epoch_predictions:
         for index, value in zip(data.test, predicted):
-            writer.writerow([epoch, data.keys[index], _format_number(data.scores[index]), _format_number(value)])
-    return out.getvalue()
-
-
-def _measures(true: np.ndarray, predicted: np.ndarray) -> dict:
-    return {"spearman": spearman(true, predicted), "rl2": rl2(true, predicted), "mse": mse(true, predicted)}
-
-
-def _progress_bar(total: int, enabled: bool | None, description: str):
-    from tqdm import tqdm
-
-    if enabled is None:
-        enabled = sys.stderr.isatty()
-    return tqdm(total=total, disable=not enabled, desc=description, unit="epoch", dynamic_ncols=True, leave=True)
+            yield epoch, data.keys[index], data.scores[index], value
 
 
 def _check_run_dir(run_dir: Path, config: TrainConfig, resume: bool, overwrite: bool) -> str:
@@ -192,10 +156,10 @@ def train_run(
     before anything is written."""
     run_dir = Path(run_dir)
     log = log or (lambda message: None)
-    check_config(config)
+    config.validate()
     if _check_run_dir(run_dir, config, resume, overwrite) == "done":
         log(f"{run_dir}: already finished with this configuration")
-        return read_json(run_dir / "metrics.json")
+        return read_json(run_dir / METRICS_FILE)
     data = prepare_data(config)
     config.resolved = {**data.summary(), "software_version": __version__}
     # Inputs are checked; from here on the run folder is written, by this process only.
@@ -212,20 +176,20 @@ def _train_in_locked_run_folder(config: TrainConfig, run_dir: Path, data: Traini
     # Checked again under the lock: another process may have finished this run meanwhile.
     if _check_run_dir(run_dir, config, resume, overwrite) == "done":
         log(f"{run_dir}: already finished with this configuration")
-        return read_json(run_dir / "metrics.json")
+        return read_json(run_dir / METRICS_FILE)
     work = partial_dir(run_dir)
     if work.is_symlink() or (work.exists() and not work.is_dir()):
         raise UserError("the run's work folder is a symbolic link or a file; remove it", work)
-    trainer = make_trainer(config, data)
+    method = make_method(config, data)
     elapsed_before = 0.0
     resumed = False
-    if resume and (work / CHECKPOINT).is_file() and (work / "config.json").is_file():
-        stored = config_from_json(read_json(work / "config.json"), work / "config.json")
+    if resume and (work / CHECKPOINT).is_file() and (work / CONFIG_FILE).is_file():
+        stored = config_from_json(read_json(work / CONFIG_FILE), work / CONFIG_FILE)
         if stored.identity() == config.identity():
             state = load_checkpoint(work / CHECKPOINT)
-            elapsed_before = _restore_checkpoint(trainer, state, config, data, work / CHECKPOINT)
+            elapsed_before = _restore_checkpoint(method, state, config, data, work / CHECKPOINT)
             resumed = True
-            log(f"resuming {run_dir} after epoch {trainer.completed} of {len(trainer.units)}")
+            log(f"resuming {run_dir} after epoch {method.completed} of {len(method.units)}")
         else:
             log(f"{work}: interrupted run of another configuration; starting over")
     if not resumed:
@@ -235,8 +199,8 @@ def _train_in_locked_run_folder(config: TrainConfig, run_dir: Path, data: Traini
             work.mkdir(parents=True)
         except OSError as error:
             raise write_failure(error, work) from None
-        write_json(work / "config.json", to_dict(config))
-        write_json(work / "split.json", data.split_lists())
+        write_json(work / CONFIG_FILE, to_dict(config))
+        write_json(work / SPLIT_FILE, data.split_lists())
 
     started = time.perf_counter()
     last_save = started
@@ -244,81 +208,73 @@ def _train_in_locked_run_folder(config: TrainConfig, run_dir: Path, data: Traini
     def wall() -> float:
         return elapsed_before + time.perf_counter() - started
 
-    def save():
-        _save_checkpoint(work / CHECKPOINT, {**trainer.state(), "wall_seconds": wall()})
+    def checkpoint_after(method: Method, record: dict) -> None:
+        """After each unit: save a checkpoint every ``checkpoint_seconds`` (and when stopping)."""
+        nonlocal last_save
+        stopping = stop_after_epoch is not None and method.completed >= stop_after_epoch
+        if stopping or time.perf_counter() - last_save >= checkpoint_seconds:
+            _save_checkpoint(work / CHECKPOINT, {**method.state(), "wall_seconds": wall()})
+            last_save = time.perf_counter()
+        if stopping and not method.finished:
+            raise StoppedEarly(f"stopped after epoch {method.completed} (resume with --resume)")
 
-    bar = _progress_bar(len(trainer.units), progress, f"{config.method} r={config.ratio:g} s={config.seed}")
-    bar.update(trainer.completed)
     try:
-        while not trainer.finished:
-            record = trainer.run_unit()
-            bar.update(1)
-            shown = {key: (f"{value:.4f}" if isinstance(value, float) else value) for key, value in record.items()
-                     if key not in ("seconds",) and value is not None}
-            bar.set_postfix(shown, refresh=False)
-            stopping = stop_after_epoch is not None and trainer.completed >= stop_after_epoch
-            if stopping or time.perf_counter() - last_save >= checkpoint_seconds:
-                save()
-                last_save = time.perf_counter()
-            if stopping and not trainer.finished:
-                raise StoppedEarly(f"stopped after epoch {trainer.completed} (resume with --resume)")
-    finally:
-        bar.close()
+        result = fit(config, data, progress=progress, method=method, after_unit=checkpoint_after)
+    except TrainingDiverged as error:
+        raise UserError(error.problem, work) from None
+    metrics = _metrics(result, wall())
+    _write_run_files(work, result, metrics, wall())
+    _publish_run_folder(work, run_dir)
+    return metrics
 
-    all_rows = np.arange(len(data.keys))
-    predicted = trainer.predict_scores(all_rows)
-    if not np.isfinite(predicted).all():
-        raise UserError("training diverged: the model predicts NaN or infinity (try a lower optim.lr)", work)
-    test_measures = _measures(data.scores[data.test], predicted[data.test])
+
+def _metrics(result: FitResult, wall_seconds: float) -> dict:
+    """metrics.json: the final model's test measures, the run's identity, sizes and cost."""
+    config, data, method = result.config, result.data, result.method
+    identity = RunIdentity(dataset=data.dataset_name, target=data.target, method=config.method,
+                           ratio=config.ratio, seed=config.seed, preset=config.preset)
     metrics = {
-        **test_measures,
-        "method": config.method,
-        "ratio": config.ratio,
-        "seed": config.seed,
-        "target": data.target,
-        "dataset": data.dataset_name,
-        "preset": config.preset,
+        **result.test,
+        **identity.as_dict(),
         "difficulty_aware": data.difficulty_aware,
         "n_test": int(len(data.test)),
         "n_labelled": int(len(data.labelled)),
         "n_unlabelled": int(len(data.unlabelled)),
         "n_validation": int(len(data.validation)),
-        "epochs": len(trainer.units),
-        "wall_seconds": round(wall(), 3),
+        "epochs": len(method.units),
+        "wall_seconds": round(wall_seconds, 3),
         "torch_threads": torch.get_num_threads(),
         "protocol": "final model, test split never used for any choice",
-        **trainer.model_summary(),
+        **method.model_summary(),
     }
-    if len(data.validation):
-        validation = _measures(data.scores[data.validation], predicted[data.validation])
-        metrics.update({f"validation_{name}": value for name, value in validation.items()})
-    unlabelled_truth = data.scores[data.unlabelled]
-    known = np.isfinite(unlabelled_truth)
-    if known.sum() >= 2:
-        metrics["unlabelled_spearman"] = spearman(unlabelled_truth[known], predicted[data.unlabelled][known])
+    if result.validation is not None:
+        metrics.update({f"validation_{name}": value for name, value in result.validation.items()})
+    if result.unlabelled is not None:
+        metrics["unlabelled_spearman"] = result.unlabelled["spearman"]
+    return metrics
 
-    atomic_write_bytes(work / "predictions.csv", _predictions_csv(data, predicted).encode())
+
+def _write_run_files(work: Path, result: FitResult, metrics: dict, wall_seconds: float) -> None:
+    """The finished run's files into the work folder, through the run-folder contract."""
+    config, data, method = result.config, result.data, result.method
+    run_folder.write_predictions(work, _prediction_rows(data, result.predictions))
     if config.keep_epoch_predictions:
-        atomic_write_bytes(work / "epoch_predictions.csv", _epoch_predictions_csv(data, trainer.epoch_predictions).encode())
-    if hasattr(trainer, "finish_diagnostics"):
-        write_json(work / "diagnostics.json", trainer.finish_diagnostics())
+        run_folder.write_epoch_predictions(work, _epoch_prediction_rows(data, method.epoch_predictions))
+    if result.diagnostics is not None:
+        write_json(work / DIAGNOSTICS_FILE, result.diagnostics)
     final_state = {
-        **trainer.state(),
-        "wall_seconds": wall(),
+        **method.state(),
+        "wall_seconds": wall_seconds,
         "final": True,
         "config": to_dict(config),
         "keys": list(data.keys),
         "feature_mean": torch.from_numpy(data.feature_mean),
         "feature_std": torch.from_numpy(data.feature_std),
         "num_tokens": data.num_tokens,
+        **method.prediction_fields(),
     }
-    if hasattr(trainer, "target_mean"):
-        final_state.update(target_mean=trainer.target_mean, target_std=trainer.target_std)
     _save_checkpoint(work / CHECKPOINT, final_state)
-    write_json(work / "metrics.json", metrics)  # last: its presence marks the run finished
-
-    _publish_run_folder(work, run_dir)
-    return metrics
+    run_folder.write_metrics(work, metrics)  # last: its presence marks the run finished
 
 
 def _publish_run_folder(work: Path, run_dir: Path) -> None:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Callable
 
 from aqa.errors import UserError
+from aqa.progress import progress_bar
 from train.config import METHODS, TrainConfig, apply_overrides, preset_config
-from train.data import check_config
 from train.run import finished_config_matches, train_run
 
 
@@ -117,14 +117,12 @@ def plan_sweep(base: TrainConfig, out: str | os.PathLike, targets: list[str | No
         for method in methods:
             for ratio in ratios:
                 for seed in seeds:
-                    config = preset_config(base.preset, method)
                     config = dataclasses.replace(
-                        config, features=base.features, dataset=base.dataset, data_root=base.data_root,
-                        manifest=base.manifest, target=target, difficulty_aware=base.difficulty_aware,
-                        ratio=ratio, seed=seed, validation_fraction=base.validation_fraction,
+                        preset_config(base.preset, method), **{**base.data_fields(), "target": target,
+                                                               "ratio": ratio, "seed": seed},
                         keep_epoch_predictions=base.keep_epoch_predictions)
                     config = apply_overrides(config, list(overrides))
-                    check_config(config)
+                    config.validate()  # the whole grid is refused before any run starts
                     name = base.dataset if base.dataset != "manifest" else Path(base.manifest).stem
                     folder = Path(out) / run_folder_name(name, target, method, ratio, seed)
                     jobs.append(SweepJob(config, folder))
@@ -189,11 +187,7 @@ def run_sweep(jobs: list[SweepJob], n_jobs: int = 1, threads: int | None = None,
     results = []
     if pending:
         from joblib import Parallel, delayed
-        from tqdm import tqdm
-        import sys
-
-        enabled = sys.stderr.isatty() if progress is None else progress
-        bar = tqdm(total=len(pending), disable=not enabled, desc="sweep", unit="run")
+        bar = progress_bar(len(pending), enabled=progress, desc="sweep", unit="run")
         runner = Parallel(n_jobs=n_jobs, return_as="generator", backend="loky" if n_jobs > 1 else "sequential")
         sweep_pid = os.getpid()  # workers watch this process and die with it
         for job, result in zip(pending, runner(delayed(_run_one)(job, threads, sweep_pid) for job in pending)):

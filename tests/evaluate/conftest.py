@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from evaluate.metrics import spearman
+from aqa.metrics import spearman
 
 
 def write_run(

@@ -10,7 +10,8 @@ import os
 import numpy as np
 import pytest
 
-from evaluate.metrics import mse, rl2, score_metrics
+from aqa.metrics import mse, rl2
+from evaluate.metrics import score_metrics
 from evaluate.runs import find_run_dirs
 from pipeline import main
 

@@ -33,8 +33,9 @@ class MeanColour(torch.nn.Module):
 @pytest.fixture(autouse=True)
 def stand_in_backbone(monkeypatch):
     import extract.runner
+    from extract.backbone import ModuleBackbone
 
-    monkeypatch.setattr(extract.runner, "_load_backbone", lambda config: (MeanColour(), STAND_IN, None))
+    monkeypatch.setattr(extract.runner, "_load_backbone", lambda config: ModuleBackbone(MeanColour(), STAND_IN))
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

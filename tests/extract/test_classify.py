@@ -12,7 +12,7 @@ from aqa.annotations import load_manifest
 from aqa.cache import open_cache
 from extract import (
     ExtractConfig,
-    backbone_config,
+    I3DBackbone,
     class_probabilities,
     extract_dataset,
     frame_source_for,
@@ -74,7 +74,7 @@ def test_bf16_autocast_features_agree_with_fp32(tmp_path, tiny_dataset, i3d_mode
     for precision in ("fp32", "bf16"):
         config = ExtractConfig(out=str(tmp_path / f"{precision}.h5"), views="none", resize=64, crop=56,
                                precision=precision, batch_clips=8, workers=0, device="cpu", limit=2, progress=False)
-        extract_dataset(dataset, config, model=model, backbone=backbone_config(info), log=lambda _: None)
+        extract_dataset(dataset, config, backbone=I3DBackbone(model, info), log=lambda _: None)
         caches[precision] = open_cache(config.out)
     assert caches["bf16"].config["precision"] == "bf16"
     full, half = caches["fp32"].load_all(), caches["bf16"].load_all()

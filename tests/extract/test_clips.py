@@ -79,3 +79,15 @@ def test_shifted_starts_stay_inside_the_video():
     assert ViewSpec(shift=-3).starts(starts, 103, 16) == [0, 7, 17, 27, 37, 47, 57, 67, 77, 84]
     # A shift longer than the video clamps every clip into it.
     assert ViewSpec(shift=50).starts([0, 4], 20, 16) == [4, 4]
+
+
+def test_a_config_parses_its_views_once_and_records_their_canonical_text():
+    from extract.config import ExtractConfig
+
+    default = ExtractConfig()
+    assert default.views == DEFAULT_VIEWS
+    assert view_names(default.view_specs) == view_names(parse_views(None))
+    assert ExtractConfig(views="Flip, shift3").views == "flip,shift+3"
+    assert ExtractConfig(views="original").views == "none" and view_names(ExtractConfig(views="none").view_specs) == ["original"]
+    with pytest.raises(UserError, match="unknown view"):
+        ExtractConfig(views="rotate")

@@ -12,7 +12,7 @@ import torch
 from aqa.annotations import FrameSource, load_manifest
 from aqa.cache import journal_dir, journal_entries, journal_entry_name, open_cache
 from aqa.errors import UserError
-from extract import ExtractConfig, extract_dataset, load_extract_dataset, parse_views
+from extract import ExtractConfig, ModuleBackbone, extract_dataset, load_extract_dataset, parse_views
 from extract.video_io import Preprocessing, read_frames, to_model_input
 
 STAND_IN = {"name": "stand-in", "feature_dim": 12}
@@ -51,7 +51,8 @@ def quick_config(out, **overrides) -> ExtractConfig:
 
 
 def run(dataset, config, model=None, **kwargs):
-    return extract_dataset(dataset, config, model=model or StandIn(), backbone=STAND_IN, log=lambda _: None, **kwargs)
+    backbone = ModuleBackbone(model or StandIn(), STAND_IN)
+    return extract_dataset(dataset, config, backbone=backbone, log=lambda _: None, **kwargs)
 
 
 def expected_features(source: FrameSource, config: ExtractConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -215,7 +216,8 @@ def test_a_cache_built_with_other_settings_is_refused_and_kept(tmp_path, dataset
             run(dataset, quick_config(tmp_path / "cache.h5", **change))
         assert (tmp_path / "cache.h5").read_bytes() == original
     with pytest.raises(UserError, match="other settings"):
-        extract_dataset(dataset, config, model=StandIn(), backbone={**STAND_IN, "name": "other"}, log=lambda _: None)
+        other = ModuleBackbone(StandIn(), {**STAND_IN, "name": "other"})
+        extract_dataset(dataset, config, backbone=other, log=lambda _: None)
 
 
 def test_precision_and_device_checks():
@@ -224,7 +226,7 @@ def test_precision_and_device_checks():
     with pytest.raises(UserError, match="--batch-clips"):
         ExtractConfig(batch_clips=0)
     if not torch.cuda.is_available():
-        from extract.runner import autocast_context, resolve_device
+        from extract.device import autocast_context, resolve_device
 
         with pytest.raises(UserError, match="CUDA is not available"):
             resolve_device("cuda")

@@ -11,12 +11,11 @@ import pytest
 from PIL import Image
 from scipy.stats import spearmanr
 
-from aqa.annotations import list_frame_files, load_mtl_aqa
+from aqa.annotations import MUSDL_ANNOTATION_FILE as ANNOTATION_FILE, list_frame_files, load_mtl_aqa
 from aqa.errors import UserError
 from aqa.safe_pickle import load_restricted
 from pipeline import main
 from synth import (
-    ANNOTATION_FILE,
     DIVE_CATALOGUE,
     DiveFactors,
     SynthConfig,

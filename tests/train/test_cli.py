@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluate.metrics import mse, rl2, spearman
+from aqa.metrics import mse, rl2, spearman
 from pipeline import main
 
 METHODS = ["trs", "supervised", "mean-teacher", "pseudo-label", "ridge"]

@@ -10,7 +10,8 @@ import torch
 
 from train.config import HeadConfig, ReferenceConfig, apply_overrides, preset_config
 from train.data import draw_split, prepare_data, resample_tokens
-from train.engine import make_trainer
+from train.methods import make_method
+from train.methods.pseudo_labels import confidence_of
 from train.graph import knn_laplacian_from_similarity, pooled_similarity, refine_on_graph, token_similarity
 from train.models import MixerHead, ReferenceNetwork
 
@@ -113,7 +114,7 @@ def _train(config):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        trainer = make_trainer(config, prepare_data(config))
+        trainer = make_method(config, prepare_data(config))
         while not trainer.finished:
             trainer.run_unit()
     finally:
@@ -132,13 +133,13 @@ def test_trs_burn_in_is_exactly_the_supervised_model(tiny_dataset):
 def test_each_trs_switch_changes_what_the_student_learns_from(tiny_dataset):
     full = _train(_config(tiny_dataset))
     unlabelled = full.unlabelled
-    last = full.diagnostics["refreshes"][-1]
+    last = full.pseudo_label_quality["refreshes"][-1]
     assert {"teacher_spearman", "reference_spearman", "fused_spearman", "refined_spearman", "pseudo_spearman",
             "confidence_error_spearman", "mae_by_confidence_quintile"} <= set(last)
     assert len(last["mae_by_confidence_quintile"]) == 5
     assert float(full.weights[unlabelled].std()) > 0  # confidence weighting is active
-    assert float(full.memory["teacher_confidence"][unlabelled].min()) > 0
-    assert float(full.memory["reference_confidence"][unlabelled].min()) > 0
+    assert float(full.memory.slots["teacher_confidence"][unlabelled].min()) > 0
+    assert float(full.memory.slots["reference_confidence"][unlabelled].min()) > 0
     rows = np.arange(len(full.data.keys))
     full_predictions = full.predict_scores(rows)
 
@@ -146,30 +147,30 @@ def test_each_trs_switch_changes_what_the_student_learns_from(tiny_dataset):
     assert torch.equal(no_confidence.weights[unlabelled], torch.ones(len(unlabelled)))
 
     no_graph = _train(_config(tiny_dataset, "semi.use_graph=false"))
-    assert "refined_spearman" not in no_graph.diagnostics["refreshes"][-1]
-    assert no_graph.laplacian is None
+    assert "refined_spearman" not in no_graph.pseudo_label_quality["refreshes"][-1]
+    assert no_graph.labelling.refiners == []
 
     no_reference = _train(_config(tiny_dataset, "semi.use_reference=false"))
     assert no_reference.reference is None
-    assert "reference_spearman" not in no_reference.diagnostics["refreshes"][-1]
+    assert "reference_spearman" not in no_reference.pseudo_label_quality["refreshes"][-1]
     assert all(unit.phase != "reference" for unit in no_reference.units)
 
     no_memory = _train(_config(tiny_dataset, "semi.use_memory=false"))
-    assert float(no_memory.memory["teacher_confidence"].abs().sum()) == 0
+    assert float(no_memory.memory.slots["teacher_confidence"].abs().sum()) == 0
 
     for ablated in (no_confidence, no_graph, no_reference, no_memory):
         assert not np.array_equal(ablated.predict_scores(rows), full_predictions)
 
 
 def test_memory_keeps_the_most_confident_output(tiny_dataset):
-    trainer = make_trainer(_config(tiny_dataset, "semi.memory_decay=1.0"), prepare_data(_config(tiny_dataset)))
+    trainer = make_method(_config(tiny_dataset, "semi.memory_decay=1.0"), prepare_data(_config(tiny_dataset)))
     rows = trainer.unlabelled
     count = len(rows)
     first_value, first_variance = torch.arange(count).double(), torch.full((count,), 1.0, dtype=torch.float64)
-    trainer._remember("teacher", first_value, first_variance)
+    trainer.memory.keep_best("teacher", rows, first_value, confidence_of(first_variance))
     second_variance = torch.full((count,), 2.0, dtype=torch.float64)
     second_variance[0] = 0.5  # only the first video's new output is more confident
-    value, confidence = trainer._remember("teacher", first_value + 100, second_variance)
+    value, confidence = trainer.memory.keep_best("teacher", rows, first_value + 100, confidence_of(second_variance))
     assert value[0] == 100 and torch.equal(value[1:], first_value[1:])
     assert confidence[0] == pytest.approx(1 / (0.5 + 1e-6)) and confidence[1] == pytest.approx(1 / (1 + 1e-6))
 

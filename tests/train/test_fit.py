@@ -1,0 +1,75 @@
+"""`fit` trains in memory what `train_run` publishes: the same predictions, measures and state."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+import torch
+
+from train import build_config, fit, train_run
+from train.config import TrainConfig
+from train.methods import make_method
+from train.methods.pseudo_labels import GraphRefiner, build_pseudo_labelling
+
+@pytest.fixture(scope="module")
+def fast(fast_flags) -> list[str]:
+    return fast_flags[1::2]  # the assignments of the --set flags
+
+
+RUN_FIELDS = {"wall_seconds", "final", "config", "keys", "feature_mean", "feature_std", "num_tokens",
+              "target_mean", "target_std"}
+
+
+def test_fit_in_memory_gives_what_the_run_folder_publishes(tiny_dataset, tmp_path, fast):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        options = dict(features=str(tiny_dataset["cache"]), manifest=str(tiny_dataset["manifest"]), method="trs",
+                       ratio=0.5, seed=0, validation_fraction=0.2)
+        result = fit(build_config(overrides=fast, **options), progress=False)
+        metrics = train_run(build_config(overrides=fast, **options), tmp_path / "run", progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    assert result.test == {name: metrics[name] for name in ("spearman", "rl2", "mse")}
+    assert result.validation == {name: metrics[f"validation_{name}"] for name in ("spearman", "rl2", "mse")}
+    assert result.unlabelled == {"spearman": metrics["unlabelled_spearman"]}
+    with open(tmp_path / "run" / "predictions.csv", newline="") as handle:
+        published = {row["key"]: float(row["pred"]) for row in csv.DictReader(handle)}
+    assert published == dict(zip(result.data.keys, result.predictions.tolist()))
+    assert result.diagnostics["last_refresh"]["epoch"] == 3
+    checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert set(checkpoint) == set(result.state) | RUN_FIELDS
+    assert all(torch.equal(checkpoint["student"][name], tensor) for name, tensor in result.state["student"].items())
+
+
+def test_fit_validates_the_configuration_it_reads_data_for():
+    with pytest.raises(Exception, match="no feature cache given"):
+        fit(TrainConfig())
+
+
+@pytest.mark.parametrize("switch, present", [("semi.use_graph=true", True), ("semi.use_graph=false", False),
+                                             ("semi.graph_strength=0", False)])
+def test_the_graph_switch_decides_whether_the_refiner_is_in_the_list(tiny_dataset, switch, present):
+    config = build_config(overrides=[switch], features=str(tiny_dataset["cache"]),
+                          manifest=str(tiny_dataset["manifest"]))
+    labelling = build_pseudo_labelling(config, 10)
+    assert any(isinstance(refiner, GraphRefiner) for refiner in labelling.refiners) == present
+    assert [source.name for source in labelling.sources] == ["teacher", "reference"]
+
+
+def test_every_method_declares_the_same_interface(tiny_dataset, fast):
+    from train.data import prepare_data
+
+    base = build_config(overrides=fast, features=str(tiny_dataset["cache"]), manifest=str(tiny_dataset["manifest"]))
+    data = prepare_data(base)
+    for name in ("supervised", "mean-teacher", "pseudo-label", "trs", "ridge"):
+        config = build_config(overrides=fast, method=name, features=base.features, manifest=base.manifest)
+        method = make_method(config, data)
+        assert method.name == name and method.completed == 0
+        assert method.finished == (name == "ridge")
+        method.check_state(method.state())  # a fresh state continues the very same run
+        assert np.isfinite(method.predict_scores(data.test)).all()
+        assert isinstance(method.model_summary(), dict) and isinstance(method.prediction_fields(), dict)
+        assert (method.diagnostics() is None) == (name != "trs")

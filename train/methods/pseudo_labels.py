@@ -1,0 +1,277 @@
+"""TRS's pseudo-labels as components: sources, confidence memories, fusion, refiners, weights.
+
+Each semi-supervised epoch of ``trs`` asks every *source* for a pseudo-label and a confidence per
+unlabelled video, fuses them, passes the fused labels through every *refiner*, and turns the
+confidences into per-video loss weights (:meth:`train.methods.trs.TRSMethod._semi_epoch`). All of
+it is in standardised target units, as torch (sources) or numpy (refiners) arrays:
+
+* a source maps the :class:`Context` (the unlabelled and labelled rows, the labelled targets,
+  views of the features, the teacher and reference networks) to ``(values, confidences)``, one
+  of each per unlabelled video; a confidence is ``1 / variance``;
+* :class:`Remembered` wraps a source in a confidence memory (per video the most confident output
+  so far);
+* a refiner maps ``(values, relative confidences)`` of the unlabelled videos to refined values.
+
+:func:`build_pseudo_labelling` makes the lists once from the configuration: adding a source or a
+refiner, or ablating one, is one line there. The ``semi.use_*`` switches are read there only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+import numpy as np
+import torch
+
+from train.config import TrainConfig
+from train.data import TrainingData
+from train.graph import (
+    LABELLED_ANCHOR, knn_laplacian_from_similarity, pooled_similarity, refine_on_graph, token_similarity,
+)
+from train.methods.supervised import INFERENCE_BATCH, predict_in_batches
+from train.models import MixerHead, ReferenceNetwork
+from train.views import ViewMaker
+
+Estimate = tuple[torch.Tensor, torch.Tensor]  # (values, confidences), float64, one per unlabelled video
+
+
+@dataclass
+class Context:
+    """What a source may look at when it labels the unlabelled videos (at one refresh)."""
+
+    data: TrainingData
+    unlabelled: torch.Tensor  # rows of data.keys to label
+    labelled: torch.Tensor  # rows with a training label
+    labelled_targets: torch.Tensor  # standardised targets, in `labelled` order
+    views: ViewMaker  # weak/strong/canonical views, drawing from the semi-supervised generator
+    generator: torch.Generator  # the semi-supervised phase's (for draws such as exemplars)
+    teacher: MixerHead  # the EMA of the student
+    reference: ReferenceNetwork | None  # trained in the reference phase (None if no source needs it)
+
+
+class Source(Protocol):
+    name: str  # in diagnostics (``<name>_spearman``) and the memory's slots
+    needs_reference_network: bool  # whether the run trains the reference network (a burn-in phase)
+
+    def estimate(self, context: Context) -> Estimate: ...
+
+
+class Refiner(Protocol):
+    name: str  # in diagnostics (``<name>_spearman``)
+
+    def refine(self, context: Context, values: np.ndarray, confidence: np.ndarray) -> np.ndarray: ...
+
+
+def confidence_of(variance: torch.Tensor) -> torch.Tensor:
+    return 1.0 / (variance + 1e-6)
+
+
+class TeacherSource:
+    """The EMA teacher on weak views with MC dropout: the mean of ``mc_samples`` passes; confidence
+    1 / (variance over the passes + the head's predicted variance)."""
+
+    name = "teacher"
+    needs_reference_network = False
+
+    def __init__(self, mc_samples: int):
+        self.mc_samples = mc_samples
+
+    @torch.no_grad()
+    def estimate(self, context: Context) -> Estimate:
+        passes = [predict_in_batches(context.teacher, context.unlabelled, context.views.weak,
+                                     dropout=self.mc_samples > 1) for _ in range(self.mc_samples)]
+        values = torch.stack([value for value, _ in passes]).double()
+        predicted_variance = torch.stack([torch.exp(log_variance) for _, log_variance in passes]).double().mean(0)
+        spread = values.var(0, unbiased=True) if len(passes) > 1 else torch.zeros(values.shape[1], dtype=torch.float64)
+        return values.mean(0), confidence_of(spread + predicted_variance)
+
+
+class ReferenceSource:
+    """The reference network: each unlabelled video against up to ``exemplars`` labelled exemplars
+    (of the same difficulty where known): pseudo-score = exemplar target + relative score, averaged;
+    confidence 1 / (spread over the exemplars + mean predicted variance)."""
+
+    name = "reference"
+    needs_reference_network = True
+
+    def __init__(self, exemplars: int):
+        self.exemplars = exemplars
+        self._pools: list[torch.Tensor] | None = None
+
+    def _exemplar_pools(self, context: Context) -> list[torch.Tensor]:
+        """For each unlabelled video, the labelled positions it may be compared with."""
+        if self._pools is None:
+            data = context.data
+            everyone = torch.arange(len(context.labelled))
+            pools = [everyone] * len(context.unlabelled)
+            if data.difficulty is not None:
+                labelled_difficulty = data.difficulty[data.labelled]
+                by_difficulty: dict[float, torch.Tensor] = {}
+                for value in np.unique(labelled_difficulty):
+                    by_difficulty[float(value)] = torch.from_numpy(np.flatnonzero(labelled_difficulty == value))
+                pools = [by_difficulty.get(float(data.difficulty[int(index)]), everyone)
+                         for index in context.unlabelled]
+            self._pools = pools
+        return self._pools
+
+    @torch.no_grad()
+    def estimate(self, context: Context) -> Estimate:
+        reference = context.reference
+        reference.eval()
+        # Embed each video once; pairs then only run the cross-attention and the MLP.
+        embedded_unlabelled = reference.embed(context.views.canonical(context.unlabelled))
+        embedded_labelled = reference.embed(context.views.canonical(context.labelled))
+        queries, exemplars = [], []
+        for row, pool in enumerate(self._exemplar_pools(context)):
+            if len(pool) > self.exemplars:
+                chosen = pool[torch.randperm(len(pool), generator=context.generator)[:self.exemplars]]
+            else:
+                chosen = pool
+            queries.append(torch.full((len(chosen),), row, dtype=torch.long))
+            exemplars.append(chosen)
+        query_rows, exemplar_positions = torch.cat(queries), torch.cat(exemplars)
+        deltas, log_variances = [], []
+        chunk = 4 * INFERENCE_BATCH
+        for start in range(0, len(query_rows), chunk):
+            rows = query_rows[start:start + chunk]
+            positions = exemplar_positions[start:start + chunk]
+            delta, log_variance = reference.forward_embedded(
+                reference.select(embedded_unlabelled, rows), reference.select(embedded_labelled, positions))
+            deltas.append(delta)
+            log_variances.append(log_variance)
+        estimates = (context.labelled_targets[exemplar_positions] + torch.cat(deltas)).double()
+        predicted_variance = torch.exp(torch.cat(log_variances)).double()
+        videos = len(context.unlabelled)
+        counts = torch.bincount(query_rows, minlength=videos).double()
+        mean = torch.zeros(videos, dtype=torch.float64).index_add_(0, query_rows, estimates) / counts
+        spread = torch.zeros(videos, dtype=torch.float64).index_add_(0, query_rows, (estimates - mean[query_rows]) ** 2)
+        spread = spread / counts.clamp_min(2) * (counts > 1)
+        aleatoric = torch.zeros(videos, dtype=torch.float64).index_add_(0, query_rows, predicted_variance) / counts
+        return mean, confidence_of(spread + aleatoric)
+
+
+class ConfidenceMemory:
+    """Per video and source, the most confident output so far (the paper's M^T, M^R).
+
+    Stored confidences decay by ``decay`` at every refresh, so that a better later output can
+    replace an early lucky one. ``slots`` (``<source>_value``, ``<source>_confidence``, float64 per
+    video; confidence 0 = empty) is part of the run's state.
+    """
+
+    def __init__(self, names, count: int, decay: float):
+        self.decay = decay
+        self.slots = {f"{name}_{part}": torch.zeros(count, dtype=torch.float64)
+                      for name in names for part in ("value", "confidence")}
+
+    def keep_best(self, name: str, rows: torch.Tensor, value: torch.Tensor, confidence: torch.Tensor) -> Estimate:
+        stored_value, stored_confidence = self.slots[f"{name}_value"], self.slots[f"{name}_confidence"]
+        stored_confidence[rows] *= self.decay
+        better = confidence > stored_confidence[rows]
+        stored_value[rows[better]] = value[better]
+        stored_confidence[rows[better]] = confidence[better]
+        return stored_value[rows].clone(), stored_confidence[rows].clone()
+
+
+class Remembered:
+    """``source`` through a :class:`ConfidenceMemory`: what it says now, or what it said more confidently before."""
+
+    def __init__(self, source: Source, memory: ConfidenceMemory):
+        self.source, self.memory = source, memory
+        self.name, self.needs_reference_network = source.name, source.needs_reference_network
+
+    def estimate(self, context: Context) -> Estimate:
+        return self.memory.keep_best(self.name, context.unlabelled, *self.source.estimate(context))
+
+
+def fuse_by_confidence(estimates: list[Estimate]) -> Estimate:
+    """The precision-weighted mean of the sources; its confidence is the sum of theirs."""
+    if len(estimates) == 1:
+        return estimates[0]
+    (value, confidence), rest = estimates[0], estimates[1:]
+    weighted, total = confidence * value, confidence
+    for value, confidence in rest:
+        weighted, total = weighted + confidence * value, total + confidence
+    return weighted / total, total
+
+
+def fuse_by_mean(estimates: list[Estimate]) -> Estimate:
+    """The plain mean of the sources, every video equally confident (the ``use_confidence`` ablation)."""
+    total = estimates[0][0]
+    for value, _ in estimates[1:]:
+        total = total + value
+    fused = total if len(estimates) == 1 else total / len(estimates)
+    return fused, torch.ones_like(fused)
+
+
+class GraphRefiner:
+    """Refinement on a k-nearest-neighbour graph of all training videos (label-free features;
+    labelled videos anchored at their labels): see :mod:`train.graph`. The graph is built once."""
+
+    name = "refined"
+
+    def __init__(self, neighbours: int, strength: float, standardised: bool, features: str):
+        self.neighbours, self.strength = neighbours, strength
+        self.standardised, self.features = standardised, features
+        self.laplacian: np.ndarray | None = None
+
+    def _graph(self, data: TrainingData) -> np.ndarray:
+        if self.laplacian is None:
+            nodes = np.concatenate([data.labelled, data.unlabelled])
+            tokens = data.tokens[nodes, 0].astype(np.float64)  # canonical view
+            if not self.standardised:
+                tokens = tokens * data.feature_std + data.feature_mean
+            if self.features == "tokens":
+                similarity = token_similarity(tokens)
+            else:
+                similarity = pooled_similarity(tokens.mean(axis=1))
+            self.laplacian = knn_laplacian_from_similarity(similarity, self.neighbours)
+        return self.laplacian
+
+    def refine(self, context: Context, values: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+        anchors = context.labelled_targets.double().numpy()
+        node_values = np.concatenate([anchors, values])
+        node_confidence = np.concatenate([np.full(len(anchors), LABELLED_ANCHOR), confidence])
+        return refine_on_graph(self._graph(context.data), node_values, node_confidence, self.strength)[len(anchors):]
+
+
+@dataclass
+class PseudoLabelling:
+    """The parts of a TRS refresh, in the order they apply."""
+
+    sources: list[Source]
+    fuse: Callable[[list[Estimate]], Estimate]
+    refiners: list[Refiner]
+    weigh: Callable[[np.ndarray], np.ndarray]  # relative confidences -> per-video loss weights
+    memory: ConfidenceMemory  # the sources' memories (part of the state even when unused)
+
+    @property
+    def needs_reference_network(self) -> bool:
+        return any(source.needs_reference_network for source in self.sources)
+
+
+# State format 1 holds the memories of these sources whether or not the configuration uses them.
+_MEMORY_SLOTS = ("teacher", "reference")
+
+
+def build_pseudo_labelling(config: TrainConfig, count: int) -> PseudoLabelling:
+    """TRS's sources, fusion, refiners and weighting from ``config.semi`` (``count``: videos)."""
+    semi = config.semi
+    sources: list[Source] = [TeacherSource(semi.mc_samples)]
+    if semi.use_reference:
+        sources.append(ReferenceSource(config.reference.exemplars))
+    memory = ConfidenceMemory(dict.fromkeys([*_MEMORY_SLOTS, *(source.name for source in sources)]), count,
+                              semi.memory_decay)
+    if semi.use_memory:
+        sources = [Remembered(source, memory) for source in sources]
+
+    refiners: list[Refiner] = []
+    if semi.use_graph and semi.graph_strength > 0:
+        refiners.append(GraphRefiner(semi.graph_neighbours, semi.graph_strength, semi.graph_standardised,
+                                     semi.graph_features))
+
+    def clipped(relative: np.ndarray) -> np.ndarray:  # per-video weights: confidence / mean, clipped
+        return np.clip(relative, 0.0, semi.max_confidence_weight)
+
+    fuse, weigh = (fuse_by_confidence, clipped) if semi.use_confidence else (fuse_by_mean, np.ones_like)
+    return PseudoLabelling(sources, fuse, refiners, weigh, memory)

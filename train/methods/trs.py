@@ -1,0 +1,241 @@
+"""``trs``: teacher-reference-student, as we read the paper (README, "TRS as we read it").
+
+* Burn-in on labelled data: the student (= the supervised model), then the reference network
+  trained pairwise on labelled pairs (relative scores), when a pseudo-label source uses it.
+* Each semi-supervised epoch (:meth:`TRSMethod._semi_epoch`, top-down) refreshes the
+  pseudo-labels: every source (:mod:`train.methods.pseudo_labels`: the EMA teacher with MC
+  dropout, the reference network against labelled exemplars) gives a value and a confidence per
+  unlabelled video, through its confidence memory; they are fused by confidence, refined on a
+  kNN graph of all training videos, and the confidences become per-video loss weights. Then the
+  student trains on labelled videos (weak views) and on the pseudo-labels of strong views; the
+  teacher follows by EMA.
+* The student predicts at test time.
+
+The ``semi.use_*`` switches ablate parts; they only change which parts
+:func:`~train.methods.pseudo_labels.build_pseudo_labelling` puts in its lists.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+import numpy as np
+import torch
+
+from aqa.metrics import known_pairs, spearman
+from train.config import TrainConfig
+from train.data import TrainingData
+from train.methods.baselines import SemiSupervisedMethod
+from train.methods.interface import Unit
+from train.methods.pseudo_labels import Context, build_pseudo_labelling
+from train.methods.state_checks import check_entry, check_module_state, check_optimiser_state, check_tensor, require
+from train.methods.supervised import REFERENCE_STREAM, SupervisedMethod, stream_seed
+from train.models import ReferenceNetwork, regression_loss
+from train.views import ViewMaker
+
+
+class TRSMethod(SemiSupervisedMethod):
+    """Teacher-reference-student (see the module docstring)."""
+
+    name = "trs"
+
+    def __init__(self, config: TrainConfig, data: TrainingData):
+        # Built first: which phases the run plans depends on which sources it has.
+        self.labelling = build_pseudo_labelling(config, len(data.keys))
+        self.memory = self.labelling.memory
+        super().__init__(config, data)
+
+    def _plan_units(self) -> list[Unit]:
+        units = SupervisedMethod._plan_units(self)
+        if len(self.unlabelled):
+            if self.labelling.needs_reference_network:
+                epochs = self.config.reference.epochs
+                units += [Unit("reference", epoch, epochs) for epoch in range(1, epochs + 1)]
+            semi = self.config.semi.semi_epochs
+            units += [Unit("semi", epoch, semi) for epoch in range(1, semi + 1)]
+        return units
+
+    def _build(self):
+        super()._build()
+        self.reference: ReferenceNetwork | None = None
+        self.reference_optimiser = None
+        self.reference_generator = torch.Generator().manual_seed(stream_seed(self.config.seed, REFERENCE_STREAM))
+        count = len(self.tokens)
+        # The student's targets on unlabelled videos and their loss weights, set at each refresh.
+        self.pseudo = torch.zeros(count)
+        self.weights = torch.ones(count)
+
+    def _epoch(self, unit: Unit) -> dict:
+        if unit.phase == "supervised":  # the student's burn-in: exactly `supervised`
+            return self._supervised_epoch()
+        if unit.phase == "reference":  # the reference network's burn-in
+            if self.reference is None:
+                self._build_reference()
+            return self._reference_epoch()
+        if unit.epoch == 1:
+            self._start_semi_phase()  # the EMA teacher starts as the student; views on the semi generator
+        return self._semi_epoch(unit)
+
+    # ------------------------------------------------------------ one semi-supervised epoch
+
+    def _semi_epoch(self, unit: Unit) -> dict:
+        """Refresh the pseudo-labels from every source, then train the student on them."""
+        labelling, rows = self.labelling, self.unlabelled
+        context = Context(data=self.data, unlabelled=rows, labelled=self.labelled,
+                          labelled_targets=self.labelled_targets, views=self.views, generator=self.semi_generator,
+                          teacher=self.teacher, reference=self.reference)
+        estimates = {source.name: source.estimate(context) for source in labelling.sources}
+        fused, confidence = labelling.fuse(list(estimates.values()))
+        relative = (confidence / confidence.mean()).numpy()  # mean 1 over the unlabelled videos
+        stages = {**{name: value for name, (value, _) in estimates.items()}, "fused": fused}
+        pseudo = fused.numpy()
+        for refiner in labelling.refiners:
+            pseudo = refiner.refine(context, pseudo, relative)
+            stages[refiner.name] = pseudo
+        self.pseudo[rows] = torch.from_numpy(pseudo).float()
+        self.weights[rows] = torch.from_numpy(labelling.weigh(relative)).float()
+        quality = self._record_quality(unit.epoch, stages, pseudo, relative)
+
+        losses = self._semi_steps(self._pseudo_label_loss)
+        return {**losses, **quality}
+
+    def _pseudo_label_loss(self, batch: torch.Tensor) -> torch.Tensor:
+        value, _ = self.student(self.views.strong(batch))
+        weights = self.weights[batch]
+        return (weights * (value - self.pseudo[batch]) ** 2).sum() / weights.sum().clamp_min(1e-8)
+
+    def _record_quality(self, epoch: int, stages: dict, pseudo: np.ndarray, confidence: np.ndarray) -> dict:
+        """How good the pseudo-labels are, against the unlabelled videos' true labels (never trained on)."""
+        truth_all = self.data.training_target(self.data.unlabelled)
+        known = np.isfinite(truth_all)
+        record: dict = {"epoch": epoch}
+        if known.sum() < 2:
+            self.pseudo_label_quality.setdefault("refreshes", []).append(record)
+            return {}
+        truth = (truth_all[known] - self.target_mean) / self.target_std
+        for name, value in stages.items():
+            record[f"{name}_spearman"] = spearman(truth, np.asarray(value)[known])
+        final = pseudo[known]
+        record["pseudo_spearman"] = spearman(truth, final)
+        error = np.abs(final - truth) * self.target_std  # in target units
+        record["pseudo_mae"] = float(error.mean())
+        conf = confidence[known]
+        record["confidence_error_spearman"] = spearman(conf, error)  # negative when confidence ranks error
+        if len(conf) >= 5:
+            order = np.argsort(-conf, kind="stable")
+            record["mae_by_confidence_quintile"] = [float(error[part].mean()) for part in np.array_split(order, 5)]
+        self.pseudo_label_quality.setdefault("refreshes", []).append(record)
+        return {"pseudo_rho": record["pseudo_spearman"] or 0.0}
+
+    # ------------------------------------------------------------ the reference network's burn-in
+
+    def _build_reference(self):
+        # Its own seed stream: the student's burn-in stays identical to `supervised`.
+        torch.manual_seed(stream_seed(self.config.seed, REFERENCE_STREAM))
+        self.reference = ReferenceNetwork(self.data.feature_dim, self.config.reference)
+        self.reference_optimiser = torch.optim.AdamW(self.reference.parameters(), lr=self.config.optim.lr,
+                                                     weight_decay=self.config.optim.weight_decay)
+
+    def _reference_epoch(self) -> dict:
+        """One epoch of relative-score training: each labelled video against random labelled exemplars."""
+        self.reference.train()
+        generator = self.reference_generator
+        views = ViewMaker(self.tokens, self.config.views, generator)
+        count = len(self.labelled)
+        batch_size = max(self.config.optim.batch_size, 32)
+        steps = max(self.config.optim.min_steps_per_epoch, math.ceil(count / batch_size))
+        total = 0.0
+        for _ in range(steps):
+            first = torch.randint(0, count, (batch_size,), generator=generator)
+            second = torch.randint(0, count, (batch_size,), generator=generator)
+            delta, log_variance = self.reference(views.weak(self.labelled[first]), views.weak(self.labelled[second]))
+            target = self.labelled_targets[first] - self.labelled_targets[second]
+            squared, nll = regression_loss(delta, log_variance, target)
+            self._step(squared + nll, self.reference, self.reference_optimiser)
+            total += squared.item() / steps
+        return {"reference_loss": total}
+
+    # ------------------------------------------------------------ state
+
+    def _extra_state(self) -> dict:
+        state = super()._extra_state()
+        state.update({
+            "reference": None if self.reference is None else self.reference.state_dict(),
+            "reference_optimiser": None if self.reference_optimiser is None else self.reference_optimiser.state_dict(),
+            "reference_generator": self.reference_generator.get_state(),
+            "memory": self.memory.slots,
+            "pseudo": self.pseudo,
+            "weights": self.weights,
+        })
+        return state
+
+    def _check_extra_state(self, state: Mapping, done: list[Unit]) -> None:
+        super()._check_extra_state(state, done)
+        check_tensor(state.get("reference_generator"), self.reference_generator.get_state(), "reference_generator")
+        reference, reference_optimiser = state.get("reference"), state.get("reference_optimiser")
+        if any(unit.phase == "reference" for unit in done):
+            require(reference is not None and reference_optimiser is not None,
+                    f"has no reference network after {len(done)} finished epochs")
+            network, optimiser = self._reference_template()
+            check_module_state(reference, network, "reference")
+            check_optimiser_state(reference_optimiser, optimiser, "reference_optimiser")
+        else:
+            require(reference is None and reference_optimiser is None,
+                    f"has a reference network after {len(done)} finished epochs, before the run trains one")
+        memory = check_entry(state, "memory", dict)
+        require(set(memory) == set(self.memory.slots),
+                f"memory holds {sorted(map(str, memory))}, the run's {sorted(self.memory.slots)}")
+        for name, template in self.memory.slots.items():
+            check_tensor(memory[name], template, f"memory {name}")
+        check_tensor(state.get("pseudo"), self.pseudo, "pseudo")
+        check_tensor(state.get("weights"), self.weights, "weights")
+
+    def _reference_template(self) -> tuple[ReferenceNetwork, torch.optim.Optimizer]:
+        """A reference network and optimiser shaped like the run's, made without consuming its RNG."""
+        with torch.random.fork_rng(devices=[]):
+            network = ReferenceNetwork(self.data.feature_dim, self.config.reference)
+        optimiser = torch.optim.AdamW(network.parameters(), lr=self.config.optim.lr,
+                                      weight_decay=self.config.optim.weight_decay)
+        return network, optimiser
+
+    def _load_extra_state(self, state: dict):
+        super()._load_extra_state(state)
+        self.reference_generator.set_state(state["reference_generator"])
+        if state["reference"] is not None:
+            saved = torch.get_rng_state()
+            self._build_reference()
+            torch.set_rng_state(saved)  # building consumed RNG the restored run already accounted for
+            self.reference.load_state_dict(state["reference"])
+            self.reference_optimiser.load_state_dict(state["reference_optimiser"])
+        self.memory.slots = {name: value.clone() for name, value in state["memory"].items()}
+        self.pseudo = state["pseudo"].clone()
+        self.weights = state["weights"].clone()
+
+    # ------------------------------------------------------------ reporting
+
+    def diagnostics(self) -> dict:
+        """diagnostics.json: the last refresh, every refresh's summary, and the student on unlabelled data."""
+        refreshes = self.pseudo_label_quality.get("refreshes", [])
+        result = {
+            "note": ("Pseudo-label quality against the true labels of the unlabelled training videos, which "
+                     "training never uses. Spearman per source (teacher, reference, fused by confidence, "
+                     "refined on the graph = what the student was trained on); confidence_error_spearman < 0 "
+                     "means confidence ranks pseudo-label error; mae_by_confidence_quintile goes from the most "
+                     "to the least confident fifth (target units)."),
+            "switches": {name: getattr(self.config.semi, name) for name in
+                         ("use_reference", "use_memory", "use_confidence", "use_graph")},
+            "last_refresh": refreshes[-1] if refreshes else None,
+            "refreshes": refreshes,
+        }
+        truth = self.data.scores[self.data.unlabelled]
+        if known_pairs(truth, truth) is not None:  # predict (a pass over the videos) only when measurable
+            predicted = self.predict_scores(self.data.unlabelled)
+            result["student_unlabelled_spearman"] = spearman(*known_pairs(truth, predicted))
+        return result
+
+    def model_summary(self) -> dict:
+        summary = super().model_summary()
+        if self.reference is not None:
+            summary["reference_parameters"] = sum(p.numel() for p in self.reference.parameters())
+        return summary
