@@ -42,8 +42,9 @@ class Backbone(ABC):
         and by readers): at least ``name`` and ``feature_dim``, plus whatever changes the
         numbers (weights sha256, layout, which activation)."""
 
-    def to(self, device: torch.device) -> Backbone:
-        """Ready for inference on ``device`` (called once per run, before the first batch)."""
+    def to(self, device: torch.device, precision: str = "fp32") -> Backbone:
+        """Ready for inference on ``device`` in ``precision`` (called once per run, before the
+        first batch; the forward pass still runs inside the precision's autocast context)."""
         return self
 
     @abstractmethod
@@ -67,7 +68,7 @@ class ModuleBackbone(Backbone):
     def describe(self) -> dict:
         return dict(self.description)
 
-    def to(self, device: torch.device) -> ModuleBackbone:
+    def to(self, device: torch.device, precision: str = "fp32") -> ModuleBackbone:
         import torch
 
         # channels_last_3d is the faster layout for 3D convolutions on CPU (oneDNN) and GPU.
@@ -84,6 +85,15 @@ class I3DBackbone(ModuleBackbone):
     def __init__(self, model, weights: WeightsInfo):
         super().__init__(model, i3d_description(weights), weights.path)
         self.weights = weights
+        self.model = model  # as loaded; self.module becomes its prepared copy
+
+    def to(self, device: torch.device, precision: str = "fp32") -> I3DBackbone:
+        """BatchNorm folded into the convolutions and the weights stored in ``precision``
+        (:func:`extract.inference.prepare_for_inference`), prepared anew from the loaded model."""
+        from extract.inference import prepare_for_inference
+
+        self.module = prepare_for_inference(self.model, precision, device)
+        return self
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> I3DBackbone:

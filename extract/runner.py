@@ -315,7 +315,7 @@ class _RankRun:
     def extract(self, records: list[VideoRecord]):
         """Extract this rank's videos; journal each as it completes."""
         config, layout, views = self.config, self.config.layout, self.config.view_specs
-        self.backbone = self.backbone.to(self.device)
+        self.backbone = self.backbone.to(self.device, config.precision)
         pin = self.device.type == "cuda"
         loader = torch.utils.data.DataLoader(
             VideoFramesDataset(records, config.preprocessing, layout.clip_length),
