@@ -48,9 +48,11 @@ test: $(STAMP) weights
 	$(PY) -m pytest -q
 
 # The synthetic diving dataset (MTL-AQA layout) into DATA_ROOT. Its defaults are the demo's size:
-# 200 dives of 103 frames at 64x64, extracted at its own size (--resize 64 --crop 64). Resumes an
-# interrupted run; refuses a DATA_ROOT made with other settings. SYNTH_FLAGS passes more options.
-SYNTH_DIVES ?= 200
+# 300 dives of 103 frames at 64x64, extracted at its own size (--resize 64 --crop 64), with the
+# generator's calibrated difficulty (README, "The embedded default"). Resumes an interrupted run;
+# refuses a DATA_ROOT made with other settings. SYNTH_FLAGS passes more options (e.g.
+# "--cue-strength 1 --venue-variety 0 --shot-variety 0 --unseen-weight 0" for the old, easy dives).
+SYNTH_DIVES ?= 300
 SYNTH_SIZE  ?= 64
 SYNTH_SEED  ?= 0
 synth: $(STAMP)

@@ -22,7 +22,7 @@ def cli():
 
     \b
     Stage 1  weights, classify, extract, inspect, import-features, synth
-    Stage 2  train, sweep, predict
+    Stage 2  train, sweep, tune, predict
     Results  evaluate
     """
 
@@ -235,7 +235,7 @@ def import_features_command(features_dir, out, name, pattern, views, progress):
 @cli.command("synth")
 @click.option("--out", type=click.Path(file_okay=False), required=True,
               help="Dataset folder to write (MTL-AQA layout: info/, frames/, synth_config.json).")
-@click.option("--dives", "num_dives", type=int, default=200, show_default=True, help="Number of dives.")
+@click.option("--dives", "num_dives", type=int, default=300, show_default=True, help="Number of dives.")
 @click.option("--frames", "frames_per_dive", type=int, default=103, show_default=True,
               help="Frames per dive. The dive always spans 3.6 s, so fewer frames = lower fps. The MTL-AQA "
                    "reader takes 103 frames per dive (MUSDL layout): keep 103 for `extract --data-root`.")
@@ -246,14 +246,27 @@ def import_features_command(features_dir, out, name, pattern, views, progress):
 @click.option("--test-fraction", type=float, default=0.25, show_default=True, help="Share of dives in the test split.")
 @click.option("--dives-per-video", type=int, default=20, show_default=True,
               help="Dives per broadcast (they share venue, camera and judging panel).")
-@click.option("--judge-noise", type=float, default=0.35, show_default=True,
-              help="Standard deviation of one judge's award around the true execution score.")
+@click.option("--judge-noise", type=float, default=None,
+              help="Standard deviation of one judge's award around the true execution score  [default: SynthConfig's]")
+@click.option("--panel-bias", type=float, default=None,
+              help="Standard deviation of each judge's leniency within a broadcast  [default: SynthConfig's]")
+@click.option("--unseen-weight", type=float, default=None,
+              help="Share of the execution penalty from a fault the renders never show (0-1)  [default: SynthConfig's]")
+@click.option("--cue-strength", type=float, default=None,
+              help="How far the drawn faults stray from typical relative to the judged ones (1: drawn as judged; "
+                   "smaller: subtler cues)  [default: SynthConfig's]")
+@click.option("--venue-variety", type=float, default=None,
+              help="0: broadcasts look alike; 1: zoom, framing, exposure and tint vary widely  [default: SynthConfig's]")
+@click.option("--shot-variety", type=float, default=None,
+              help="0: a broadcast's dives framed and timed alike; 1: zoom, pan and clip start vary per dive  "
+                   "[default: SynthConfig's]")
 @click.option("--jpeg-quality", type=int, default=90, show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True,
               help="Rendering processes (does not change the output).")
 @click.option("--progress/--no-progress", default=None, help="Progress bar  [default: when stderr is a terminal]")
 def synth_command(out, num_dives, frames_per_dive, width, height, seed, test_fraction, dives_per_video, judge_noise,
-                  jpeg_quality, workers, progress):
+                  panel_bias, unseen_weight, cue_strength, venue_variety, shot_variety, jpeg_quality, workers,
+                  progress):
     """Render a synthetic diving dataset in MTL-AQA's on-disk layout.
 
     \b
@@ -263,15 +276,19 @@ def synth_command(out, num_dives, frames_per_dive, width, height, seed, test_fra
     info/augmented_final_annotations_dict.pkl, info/{train,test}_split_0.pkl,
     info/synth_factors.csv (the hidden truth), frames/NN_MM/00000.jpg... and synth_config.json.
     Deterministic for a seed; an interrupted run resumes; another configuration in an existing
-    folder is refused. Defaults: the demo's size (200 dives of 64x64; 10-30 s to
-    render); extract it at its own size: pipeline.py extract --data-root OUT --resize 64 --crop 64.
+    folder is refused. Defaults: the demo's size (300 dives of 64x64; 20-70 s to
+    render) and its calibrated difficulty (README, "The embedded default"); extract it at its own
+    size: pipeline.py extract --data-root OUT --resize 64 --crop 64 --views flip.
     """
     from synth import SynthConfig, generate_dataset
 
+    difficulty = {name: value for name, value in (
+        ("judge_noise", judge_noise), ("panel_bias", panel_bias), ("unseen_weight", unseen_weight),
+        ("cue_strength", cue_strength), ("venue_variety", venue_variety), ("shot_variety", shot_variety),
+    ) if value is not None}
     config = SynthConfig(
         seed=seed, num_dives=num_dives, dives_per_video=dives_per_video, frames_per_dive=frames_per_dive,
-        width=width, height=height, test_fraction=test_fraction, judge_noise=judge_noise,
-        jpeg_quality=jpeg_quality,
+        width=width, height=height, test_fraction=test_fraction, jpeg_quality=jpeg_quality, **difficulty,
     )
     result = generate_dataset(out, config, workers=workers, progress=progress, log=click.echo)
     click.echo(f"{result.out}: {result.num_dives} dives ({result.num_train} train, {result.num_test} test), "
@@ -554,21 +571,52 @@ def _extract_for_run(run, videos, cache_path: Path, weights_path, device, batch_
 @click.option("--seeds", default="0-4", show_default=True, help="Seeds: ranges and lists, e.g. 0-4 or 0,2,5-7.")
 @click.option("--out", type=click.Path(file_okay=False), default="runs", show_default=True,
               help="Runs go to OUT/<dataset>/<target>/<method>/r<ratio>/s<seed>.")
-@click.option("--jobs", type=int, default=1, show_default=True, help="Runs in parallel (joblib processes).")
-@click.option("--threads", type=int, default=None, help="Torch threads per run  [default: CPUs / jobs]")
+@click.option("--jobs", type=int, default=None,
+              help="Runs in parallel: joblib processes, or the workers of --cluster local  [default: 1]")
+@click.option("--threads", type=int, default=None,
+              help="Torch threads per run  [default: CPUs / jobs; on Dask, the worker's threads / its runs at once]")
+@click.option("--scheduler", default=None, metavar="ADDRESS",
+              help="Send every run to this Dask scheduler, e.g. tcp://HOST:8786 (needs the dask extra).")
+@click.option("--cluster", type=click.Choice(["local", "slurm", "pbs"]), default=None,
+              help="Start a Dask cluster for the sweep: a LocalCluster of --jobs workers, or Slurm/PBS batch "
+                   "jobs of workers (dask-jobqueue, --cluster-options).")
+@click.option("--cluster-options", default=None, metavar="KEY=VALUE,...",
+              help="Batch jobs of --cluster slurm|pbs: cores, memory, processes, jobs, queue, account, walltime, "
+                   "interface, log_directory, job_extra, prologue (lists separated by ';'), or a JSON object.")
 @click.option("--progress/--no-progress", default=None, help="Progress bar  [default: when stderr is a terminal]")
+@click.option("--checkpoint-seconds", type=float, default=30.0, hidden=True,
+              help="Save each run's training state at most this often (seconds).")
 def sweep_command(features, dataset, data_root, manifest, difficulty_aware, preset, validation_fraction, overrides,
-                  keep_epoch_predictions, targets, methods, ratios, seeds, out, jobs, threads, progress):
+                  keep_epoch_predictions, targets, methods, ratios, seeds, out, jobs, threads, scheduler, cluster,
+                  cluster_options, progress, checkpoint_seconds):
     """Train a grid of methods × ratios × seeds (× targets), skipping finished runs.
 
     A run folder whose metrics.json exists and whose config.json matches is skipped; an
     interrupted one resumes. Exit status 1 when a run failed (each failure is listed).
+
+    \b
+    Where the runs execute:
+      (default)            --jobs joblib processes on this machine
+      --scheduler ADDRESS  an existing Dask cluster, one task per run
+      --cluster local      a Dask LocalCluster of --jobs workers
+      --cluster slurm|pbs  Dask workers in batch jobs (--cluster-options cores=8,memory=16GB,...)
+    With Dask, OUT and the data must be on a filesystem the workers share; each worker writes
+    its runs there, and a run whose worker dies resumes on another worker from its checkpoint.
     """
     from train import build_config, parse_seeds, plan_sweep, run_sweep
     from train.sweep import parse_list, parse_ratios
 
-    if jobs < 1:
+    if jobs is not None and jobs < 1:
         raise UserError(f"--jobs must be at least 1, got {jobs}")
+    backend = None
+    if scheduler is not None or cluster is not None or cluster_options is not None:
+        from train.sweep_backends import DaskBackend, DaskSettings, parse_cluster_options
+
+        if scheduler is not None and cluster is not None:
+            raise UserError("--scheduler and --cluster exclude each other: use an existing cluster, or start one")
+        settings = DaskSettings(scheduler=scheduler, cluster=cluster, workers=jobs, threads=threads,
+                                cluster_options=None if cluster_options is None else parse_cluster_options(cluster_options))
+        backend = DaskBackend(settings, out=out)
     base = build_config(None, (), features=features, dataset=dataset, data_root=data_root,
                                  manifest=manifest, difficulty_aware=difficulty_aware, preset=preset,
                                  validation_fraction=validation_fraction,
@@ -576,11 +624,82 @@ def sweep_command(features, dataset, data_root, manifest, difficulty_aware, pres
     target_list = parse_list(targets, "targets") if targets else [None]
     plan = plan_sweep(base, out, target_list, parse_list(methods, "methods"), parse_ratios(ratios),
                       parse_seeds(seeds), list(overrides))
-    summary = run_sweep(plan, n_jobs=jobs, threads=threads, log=click.echo, progress=progress)
+    summary = run_sweep(plan, n_jobs=jobs or 1, threads=threads, log=click.echo, progress=progress, backend=backend,
+                        checkpoint_seconds=checkpoint_seconds)
     click.echo(f"sweep: {summary['ran']} ran, {summary['skipped']} skipped, {len(summary['failed'])} failed")
     for folder, message in summary["failed"]:
         click.echo(f"failed: {folder}: {message}", err=True)
     return 1 if summary["failed"] else 0
+
+
+@cli.command("tune")
+@_data_options
+@click.option("--target", default=None, help="Score column to regress  [default: the dataset's: final_score, TES, score]")
+@click.option("--method", default="trs", show_default=True,
+              help=f"Whose hyper-parameters to search ({', '.join(METHODS)}).")
+@click.option("--ratio", type=float, default=None, help="Labelled share of the train split, in (0, 1]  [default: 0.2]")
+@click.option("--trials", type=int, default=20, show_default=True,
+              help="The study's total of finished trials (a rerun with more adds trials; the same only reports).")
+@click.option("--seeds", default="0-4", show_default=True,
+              help="Splits each trial trains on: ranges and lists, e.g. 0-4 or 0,2,5-7.")
+@click.option("--seed", "sampler_seed", type=int, default=0, show_default=True, help="Seeds the TPE sampler.")
+@click.option("--params", default=None,
+              help="Search only these fields of the method's space, comma-separated  [default: all of it]")
+@click.option("--study-db", type=click.Path(), default="tune.db", show_default=True,
+              help="SQLite file of the Optuna study (resumable; several processes may share it).")
+@click.option("--out", type=click.Path(), required=True,
+              help="Folder for best_config.json, top_trials.md/.csv, history.png, importance.png, study.json.")
+@click.option("--top", type=int, default=10, show_default=True, help="Rows of the top-trials table.")
+@click.option("--threads", type=int, default=None, help="Torch CPU threads  [default: torch's choice]")
+@click.option("--progress/--no-progress", default=None, help="Progress bar  [default: when stderr is a terminal]")
+def tune_command(features, dataset, data_root, manifest, difficulty_aware, preset, validation_fraction, overrides,
+                 keep_epoch_predictions, target, method, ratio, trials, seeds, sampler_seed, params, study_db, out,
+                 top, threads, progress):
+    """Choose a method's hyper-parameters on validation splits (an Optuna study).
+
+    \b
+    Each trial draws values from the method's search space (train/config.py, SEARCH_SPACES) and
+    trains the method for every seed on a validation split carved from the TRAIN split
+    (--validation-fraction, default 0.25; the labelled subset of RATIO from the rest). Its value:
+    the mean over seeds of validation Spearman minus that of `supervised` (default settings) on
+    the same splits. The test split is never read. --set gives the settings every trial starts
+    from. The study (TPE, seeded by --seed) is kept in --study-db: an interrupted tune resumes,
+    and several processes can share one study (then trials interleave and the sequence is no
+    longer exactly repeatable). OUT gets best_config.json (for `train --config`), the top trials
+    and Optuna's history and importance plots.
+    """
+    from train.sweep import parse_list, parse_seeds
+
+    if keep_epoch_predictions:
+        raise UserError("--keep-epoch-predictions: tune writes no run folders")
+    if method not in METHODS:
+        raise UserError(f"--method: unknown method {method!r} (choose from {', '.join(METHODS)})")
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be at least 1, got {threads}")
+    from train import build_config
+    from train.search_spaces import assignment
+    from train.tune import make_tune_config, run_tuning
+
+    base = build_config(None, overrides, features=features, dataset=dataset, data_root=data_root, manifest=manifest,
+                        target=target, difficulty_aware=difficulty_aware, method=method, preset=preset, ratio=ratio,
+                        validation_fraction=0.25 if validation_fraction is None else validation_fraction)
+    config = make_tune_config(base, trials=trials, seeds=parse_seeds(seeds), sampler_seed=sampler_seed,
+                              study_db=study_db, out=out, params=tuple(parse_list(params, "params")) if params else (),
+                              top=top)
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    result = run_tuning(config, progress=progress, log=lambda message: click.echo(message, err=True))
+    if result.best is None:
+        click.echo(f"{out}: study {result.study_name}: no complete trial ({result.failed} failed)")
+        return 1
+    best = result.best
+    shown = "; ".join(assignment(path, value) for path, value in best["params"].items())
+    click.echo(f"{out}: study {result.study_name} ({result.complete} complete, {result.failed} failed, "
+               f"{result.ran} run now, {result.seconds:.1f} s): best trial {best['number']}, paired Δρ "
+               f"{best['value']:+.4f} vs supervised, validation ρ {best['validation_spearman_mean']:.4f}; {shown}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

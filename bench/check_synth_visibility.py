@@ -13,10 +13,12 @@ ridge penalty is picked by 5-fold cross-validation on train.
   which says what the I3D actually sees.
 
 The acceptance bar (issue 5): supervised rho >= 0.7 with all labels. Also prints the time of each
-step (render, extract) so the demo can be sized. Usage::
+step (render, extract) so the demo can be sized. The dataset is the generator's default (the
+calibrated difficulty); for the whole learning curve (rho against the labelled share, supervised
+and ridge, several seeds) see ``bench/synth_learning_curve.py``. Usage::
 
     .venv/bin/python bench/check_synth_visibility.py                      # the demo's settings
-    .venv/bin/python bench/check_synth_visibility.py --dives 200 --size 128 --resize 128 --crop 112
+    .venv/bin/python bench/check_synth_visibility.py --dives 300 --size 128 --resize 128 --crop 112
 
 Results go to ``--work`` (default ``bench/results/synth-visibility``): the dataset, the cache,
 ``visibility.json`` and the stage-2 run.
@@ -100,9 +102,10 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=REPO / "bench" / "results" / "synth-visibility")
-    parser.add_argument("--dives", type=int, default=200)
-    parser.add_argument("--frames", type=int, default=103)
-    parser.add_argument("--size", type=int, default=64, help="frame width and height")
+    defaults = SynthConfig()
+    parser.add_argument("--dives", type=int, default=defaults.num_dives)
+    parser.add_argument("--frames", type=int, default=defaults.frames_per_dive)
+    parser.add_argument("--size", type=int, default=defaults.width, help="frame width and height")
     parser.add_argument("--resize", type=int, default=None, help="extractor short side [default: --size]")
     parser.add_argument("--crop", type=int, default=None, help="extractor centre crop [default: --resize]")
     parser.add_argument("--seed", type=int, default=0)

@@ -11,6 +11,13 @@ every seed, so variants compare by paired differences. Results go to a JSONL fil
     python bench/tune_fisv.py --report          # the table of everything measured so far
 
 The variants and what they showed are described in the report of stage 2 (README, "Tuning").
+They are fixed points (ablations and the hand-made grid the defaults came from). A *search* over
+a method's declared space is ``pipeline.py tune``; ``--search METHOD`` runs it on Fis-V for each
+target x ratio (the same validation protocol: 25 % of the train split held out, paired against
+``supervised``), one study per cell in bench/results/tune/studies.db, reports in
+bench/results/tune/<method>-<target>-r<ratio>/:
+
+    python bench/tune_fisv.py --search trs --targets TES --ratios 0.25 --trials 8 --seeds 0-2
 """
 
 from __future__ import annotations
@@ -180,6 +187,29 @@ def report(results: dict, baseline: str, variants: list[str] | None) -> str:
     return "\n".join(lines)
 
 
+def search(args) -> int:
+    """``pipeline.py tune`` of ``args.search`` on Fis-V for each target x ratio (one study each)."""
+    import subprocess
+
+    from train.sweep import parse_list
+
+    cache = ensure_fisv_cache(args.fisv_dir, args.cache)
+    folder = REPO_ROOT / "bench" / "results" / "tune"
+    status = 0
+    for target in parse_list(args.targets, "targets"):
+        for ratio in parse_list(args.ratios, "ratios", float):
+            command = [sys.executable, str(REPO_ROOT / "pipeline.py"), "tune", "--features", str(cache),
+                       "--dataset", "fis-v", "--data-root", str(args.fisv_dir), "--target", target,
+                       "--method", args.search, "--ratio", f"{ratio:g}", "--trials", str(args.trials),
+                       "--seeds", args.seeds, "--validation-fraction", str(VALIDATION_FRACTION),
+                       "--study-db", str(folder / "studies.db"),
+                       "--out", str(folder / f"{args.search}-{target}-r{ratio:g}")]
+            if args.params:
+                command += ["--params", args.params]
+            status = max(status, subprocess.run(command).returncode)
+    return status
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default="supervised,trs")
@@ -192,7 +222,13 @@ def main():
     parser.add_argument("--results", type=Path, default=REPO_ROOT / "bench" / "results" / "tune_fisv.jsonl")
     parser.add_argument("--baseline", default="supervised")
     parser.add_argument("--report", action="store_true", help="Only print the table of stored results.")
+    parser.add_argument("--search", metavar="METHOD", default=None,
+                        help="Instead of the variants: `pipeline.py tune` of METHOD for each target x ratio.")
+    parser.add_argument("--trials", type=int, default=20, help="--search: trials per study.")
+    parser.add_argument("--params", default=None, help="--search: only these fields of the method's space.")
     args = parser.parse_args()
+    if args.search:
+        sys.exit(search(args))
 
     from train.sweep import parse_list, parse_seeds
 

@@ -49,17 +49,18 @@ from synth.dives import (
     POSITION_CODES,
     ROTATION_TYPE_CODES,
     DiveFactors,
+    drawn_factors,
     final_score,
     judge_scores,
     middle_three_sum,
     sample_factors,
     true_execution,
 )
-from synth.render import Look, Scene, draw_world, render_dive, sample_look, sample_scene, Camera
+from synth.render import Camera, Look, Scene, draw_world, render_dive, sample_look, sample_scene, shot_scene
 
 CONFIG_FILE = "synth_config.json"
 FACTORS_FILE = "synth_factors.csv"
-GENERATOR_VERSION = 1  # bump when the same config would draw different pictures or scores
+GENERATOR_VERSION = 2  # bump when the same config would draw different pictures or scores
 
 
 @dataclass
@@ -69,7 +70,7 @@ class SynthConfig:
     seed: int = 0
     # The defaults are the demo's: small enough to render and extract in a few minutes on two CPU
     # cores (extract with --resize 64 --crop 64), large enough for a stable test-split rho.
-    num_dives: int = 200
+    num_dives: int = 300
     dives_per_video: int = 20  # dives per "broadcast": they share venue colours, camera and judges
     frames_per_dive: int = 103  # MTL-AQA's clip length
     width: int = 64
@@ -77,6 +78,12 @@ class SynthConfig:
     test_fraction: float = 0.25  # MTL-AQA: 353 of 1412
     judge_noise: float = 0.35  # standard deviation of one judge's award around the true execution
     panel_bias: float = 0.25  # standard deviation of each judge's leniency within a broadcast
+    # Difficulty of the task (calibrated so that frozen-I3D heads follow MTL-AQA's learning curve,
+    # see the README's "The embedded default"):
+    unseen_weight: float = 0.2  # share of the execution penalty from a fault the renders never show
+    cue_strength: float = 0.6  # how far the drawn faults stray from typical, relative to the judged ones
+    venue_variety: float = 0.85  # 0: broadcasts alike; 1: zoom 0.7-1.4, framing, exposure and tint vary
+    shot_variety: float = 0.85  # 0: a broadcast's dives framed and timed alike; 1: zoom, pan, clip start vary
     jpeg_quality: int = 90
     supersample: int = 2  # anti-aliasing: draw at this multiple of the size, then box-filter down
     generator_version: int = GENERATOR_VERSION
@@ -89,6 +96,10 @@ class SynthConfig:
             (self.width >= 32 and self.height >= 32, f"--width/--height must be at least 32 (got {self.width}x{self.height})"),
             (0.0 < self.test_fraction < 1.0, f"--test-fraction must be between 0 and 1 (got {self.test_fraction})"),
             (self.judge_noise >= 0 and self.panel_bias >= 0, "judge noise and panel bias must not be negative"),
+            (0.0 <= self.unseen_weight <= 1.0, f"--unseen-weight must be 0 to 1 (got {self.unseen_weight})"),
+            (0.0 <= self.cue_strength <= 1.0, f"--cue-strength must be 0 to 1 (got {self.cue_strength})"),
+            (0.0 <= self.venue_variety <= 1.0, f"--venue-variety must be 0 to 1 (got {self.venue_variety})"),
+            (0.0 <= self.shot_variety <= 1.0, f"--shot-variety must be 0 to 1 (got {self.shot_variety})"),
             (1 <= self.jpeg_quality <= 100, f"--jpeg-quality must be 1 to 100 (got {self.jpeg_quality})"),
             (1 <= self.supersample <= 4, f"supersample must be 1 to 4 (got {self.supersample})"),
         ]
@@ -113,6 +124,7 @@ class PlannedDive:
     judges: np.ndarray
     final_score: float
     split: str
+    unseen_weight: float = 0.0
 
     @property
     def key(self) -> str:
@@ -120,7 +132,8 @@ class PlannedDive:
 
     @property
     def true_execution(self) -> float:
-        return true_execution(self.factors.line_error, self.factors.entry_angle, self.factors.splash)
+        return true_execution(self.factors.line_error, self.factors.entry_angle, self.factors.splash,
+                              self.factors.unseen_fault, self.unseen_weight)
 
 
 @dataclass
@@ -136,14 +149,15 @@ def plan_dataset(config: SynthConfig) -> DatasetPlan:
     num_videos = -(-config.num_dives // config.dives_per_video)
     scenes, biases = {}, {}
     for video in range(1, num_videos + 1):
-        scenes[video] = sample_scene(rng)
+        scenes[video] = sample_scene(rng, config.venue_variety)
         biases[video] = rng.normal(0.0, config.panel_bias, NUM_JUDGES)
     drafts = []
     for index in range(config.num_dives):
         video, dive = index // config.dives_per_video + 1, index % config.dives_per_video + 1
         factors = sample_factors(rng)
-        look = sample_look(rng)
-        execution = true_execution(factors.line_error, factors.entry_angle, factors.splash)
+        look = sample_look(rng, config.shot_variety)
+        execution = true_execution(factors.line_error, factors.entry_angle, factors.splash, factors.unseen_fault,
+                                   config.unseen_weight)
         judges = judge_scores(execution, biases[video], rng, config.judge_noise)
         drafts.append((video, dive, factors, look, judges))
     num_test = min(max(1, int(round(config.test_fraction * config.num_dives))), config.num_dives - 1)
@@ -152,7 +166,7 @@ def plan_dataset(config: SynthConfig) -> DatasetPlan:
     for index, (video, dive, factors, look, judges) in enumerate(drafts):
         plan.dives.append(
             PlannedDive(video, dive, factors, look, judges, final_score(factors.dive.difficulty, judges),
-                        "test" if index in test_indices else "train")
+                        "test" if index in test_indices else "train", config.unseen_weight)
         )
     return plan
 
@@ -181,10 +195,11 @@ def annotation_entry(planned: PlannedDive, frames_per_dive: int) -> dict:
 def render_planned(planned: PlannedDive, scene: Scene, config: SynthConfig) -> list[np.ndarray]:
     """The frames of one planned dive (deterministic: its own seed, independent of the others)."""
     rng = np.random.default_rng([config.seed, 1, planned.video, planned.dive])
-    camera = Camera(scene, config.width, config.height, config.supersample)
+    camera = Camera(shot_scene(scene, planned.look), config.width, config.height, config.supersample)
     return render_dive(
-        planned.factors, scene, planned.look, config.frames_per_dive, config.width, config.height, rng,
-        supersample=config.supersample, world=draw_world(scene, camera),
+        drawn_factors(planned.factors, config.cue_strength), scene, planned.look, config.frames_per_dive,
+        config.width, config.height, rng, supersample=config.supersample,
+        world=draw_world(shot_scene(scene, planned.look), camera),
     )
 
 
@@ -220,13 +235,13 @@ def _write_factors_csv(path: Path, plan: DatasetPlan) -> None:
     with atomic_writer(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["key", "video", "dive", "dive_number", "difficulty", "line_error", "entry_angle", "splash",
-                         "takeoff_height", "true_execution", "execution", "final_score", "split"])
+                         "takeoff_height", "unseen_fault", "true_execution", "execution", "final_score", "split"])
         for planned in plan.dives:
             factors = planned.factors
             writer.writerow([
                 planned.key, planned.video, planned.dive, factors.dive.number, factors.dive.difficulty,
                 f"{factors.line_error:.4f}", f"{factors.entry_angle:.3f}", f"{factors.splash:.4f}",
-                f"{factors.takeoff_height:.3f}", f"{planned.true_execution:.4f}",
+                f"{factors.takeoff_height:.3f}", f"{factors.unseen_fault:.4f}", f"{planned.true_execution:.4f}",
                 middle_three_sum(planned.judges), planned.final_score, planned.split,
             ])
 

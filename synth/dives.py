@@ -10,10 +10,14 @@ the renderer makes visible:
   not locked over the head at entry;
 * ``entry_angle`` (degrees, signed): how far from vertical the body enters the water
   (positive: over-rotated, negative: short);
-* ``splash`` (0 to 1): the size and duration of the splash, mostly caused by the other two.
+* ``splash`` (0 to 1): the size and duration of the splash, mostly caused by the other two;
+* ``unseen_fault`` (0 to 1): what judges mark that the renders do not show (the take-off, the
+  height reached, the come-out of the position), independent of the rest.
 
-The true execution score is a monotone decreasing function of the three (``true_execution``);
-judges see it with a panel bias and their own noise.
+The true execution score is a monotone decreasing function of the faults (``true_execution``);
+the unseen fault enters with weight ``unseen_weight`` (a dataset option: 0 makes everything the
+judges score visible). Judges see the score with a panel bias and their own noise. The renderer
+can also draw the visible faults more subtly than they are judged (``drawn_factors``).
 """
 
 from __future__ import annotations
@@ -91,13 +95,40 @@ class DiveFactors:
     entry_angle: float
     splash: float
     takeoff_height: float  # metres of jump above the platform (nuisance: does not change scores)
+    unseen_fault: float = 0.0  # judged, never drawn
 
 
-def true_execution(line_error: float, entry_angle: float, splash: float) -> float:
-    """The execution score (0-10) an ideal judge would give; decreasing in every fault."""
+def true_execution(
+    line_error: float, entry_angle: float, splash: float, unseen_fault: float = 0.0, unseen_weight: float = 0.0
+) -> float:
+    """The execution score (0-10) an ideal judge would give; decreasing in every fault. With
+    ``unseen_weight`` w, a share w of the penalty comes from the fault the renders do not show."""
     entry_fault = min(abs(entry_angle) / MAX_ENTRY_ANGLE, 1.0)
-    penalty = 0.3 * float(line_error) + 0.3 * entry_fault + 0.4 * float(splash)
+    visible = 0.3 * float(line_error) + 0.3 * entry_fault + 0.4 * float(splash)
+    penalty = (1.0 - unseen_weight) * visible + unseen_weight * float(unseen_fault)
     return float(np.clip(10.0 - 8.0 * penalty, 0.0, 10.0))
+
+
+# Typical fault sizes: what ``drawn_factors`` shrinks the drawn faults towards.
+TYPICAL_LINE_ERROR = 0.45
+TYPICAL_SPLASH = 0.4
+TYPICAL_ENTRY_ANGLE = 18.0
+
+
+def drawn_factors(factors: DiveFactors, cue_strength: float) -> DiveFactors:
+    """The faults as the renderer draws them: each pulled towards a typical value, keeping
+    ``cue_strength`` (1: drawn as judged; 0.5: half as far from typical, so a sloppy dive and a
+    clean one look more alike than their scores are apart). The order of dives is kept."""
+    if cue_strength == 1.0:
+        return factors
+
+    def towards(value, typical):
+        return typical + cue_strength * (value - typical)
+
+    angle = towards(abs(factors.entry_angle), TYPICAL_ENTRY_ANGLE) * (1.0 if factors.entry_angle >= 0 else -1.0)
+    return DiveFactors(factors.dive, float(np.clip(towards(factors.line_error, TYPICAL_LINE_ERROR), 0.0, 1.0)),
+                       float(angle), float(np.clip(towards(factors.splash, TYPICAL_SPLASH), 0.0, 1.0)),
+                       factors.takeoff_height, factors.unseen_fault)
 
 
 def sample_factors(rng: np.random.Generator, dives: tuple[DiveType, ...] = DIVE_CATALOGUE) -> DiveFactors:
@@ -111,7 +142,8 @@ def sample_factors(rng: np.random.Generator, dives: tuple[DiveType, ...] = DIVE_
     entry_angle = float(entry_fault * MAX_ENTRY_ANGLE * (1.0 if rng.random() < 0.5 else -1.0))
     splash = float(np.clip(0.55 * entry_fault + 0.35 * line_error + 0.1 * quality + rng.normal(0.0, 0.04), 0.0, 1.0))
     takeoff_height = float(rng.uniform(0.6, 1.2))
-    return DiveFactors(dive, line_error, entry_angle, splash, takeoff_height)
+    unseen_fault = float(rng.beta(2.0, 2.5))
+    return DiveFactors(dive, line_error, entry_angle, splash, takeoff_height, unseen_fault)
 
 
 def round_to_half(score: float) -> float:

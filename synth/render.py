@@ -59,18 +59,27 @@ class Scene:
     water_colour: tuple[int, int, int]
     zoom: float
     camera_x: float  # world x at the centre of the frame
+    light: tuple[float, float, float] = (1.0, 1.0, 1.0)  # per-channel gain of the whole picture (exposure, tint)
 
 
-def sample_scene(rng: np.random.Generator) -> Scene:
+def sample_scene(rng: np.random.Generator, variety: float = 0.0) -> Scene:
+    """A broadcast's venue and camera. ``variety`` 0 gives near-identical venues (zoom within
+    8 %, one exposure); 1 gives zooms from about 0.7 to 1.4, framing shifted by up to a metre and a
+    half, exposure from 0.6 to 1.2 with a colour cast, so the same splash covers very different
+    pixel areas and brightness from one broadcast to the next."""
     wall = rng.integers(120, 220, size=3)
     banner = rng.integers(40, 250, size=3)
     water = (int(rng.integers(20, 60)), int(rng.integers(90, 140)), int(rng.integers(160, 210)))
+    zoom_spread = math.log(1.08) + variety * math.log(1.33)
+    exposure = 1.0 + variety * rng.uniform(-0.4, 0.2)
+    cast = 1.0 + variety * rng.uniform(-0.12, 0.12, size=3)
     return Scene(
         wall_colour=tuple(int(c) for c in wall),
         banner_colour=tuple(int(c) for c in banner),
         water_colour=water,
-        zoom=float(rng.uniform(0.92, 1.08)),
-        camera_x=float(rng.uniform(0.7, 1.1)),
+        zoom=float(math.exp(rng.uniform(-zoom_spread, zoom_spread))),
+        camera_x=float(0.9 + rng.uniform(-1.0, 1.0) * (0.2 + 0.6 * variety)),
+        light=tuple(float(exposure * c) for c in cast),
     )
 
 
@@ -81,14 +90,35 @@ class Look:
     suit_colour: tuple[int, int, int]
     skin_colour: tuple[int, int, int]
     wobble_phase: float
+    # The shot of this one dive within its broadcast (the operator's framing and timing):
+    zoom_factor: float = 1.0  # times the broadcast's zoom
+    pan_offset: float = 0.0  # metres added to the broadcast's camera_x
+    time_offset: float = 0.0  # seconds: the clip starts this much later into the dive (negative: earlier)
 
 
-def sample_look(rng: np.random.Generator) -> Look:
+def sample_look(rng: np.random.Generator, variety: float = 0.0) -> Look:
+    """A diver's look and the shot of their dive. ``variety`` 0: every dive of a broadcast framed
+    and timed alike; 1: zoom within about 20 %, framing within 0.4 m and the clip's start within
+    0.35 s vary from dive to dive."""
+    suit = SUIT_COLOURS[int(rng.integers(len(SUIT_COLOURS)))]
+    skin = SKIN_COLOURS[int(rng.integers(len(SKIN_COLOURS)))]
+    wobble = float(rng.uniform(0, 2 * math.pi))
+    zoom, pan, delay = rng.uniform(-1.0, 1.0, size=3)
     return Look(
-        suit_colour=SUIT_COLOURS[int(rng.integers(len(SUIT_COLOURS)))],
-        skin_colour=SKIN_COLOURS[int(rng.integers(len(SKIN_COLOURS)))],
-        wobble_phase=float(rng.uniform(0, 2 * math.pi)),
+        suit_colour=suit,
+        skin_colour=skin,
+        wobble_phase=wobble,
+        zoom_factor=float(math.exp(variety * math.log(1.2) * zoom)),
+        pan_offset=float(variety * 0.4 * pan),
+        time_offset=float(variety * 0.35 * delay),
     )
+
+
+def shot_scene(scene: Scene, look: Look) -> Scene:
+    """The broadcast's scene as this dive's shot frames it."""
+    if look.zoom_factor == 1.0 and look.pan_offset == 0.0:
+        return scene
+    return dataclasses.replace(scene, zoom=scene.zoom * look.zoom_factor, camera_x=scene.camera_x + look.pan_offset)
 
 
 # --------------------------------------------------------------------------- motion
@@ -471,7 +501,9 @@ def render_dive(
     supersample: int = 2,
     world: np.ndarray | None = None,
 ) -> list[np.ndarray]:
-    """The dive's frames as ``uint8 [height, width, 3]`` RGB arrays."""
+    """The dive's frames as ``uint8 [height, width, 3]`` RGB arrays. ``world``, when given, must be
+    ``draw_world(shot_scene(scene, look), camera)``."""
+    scene = shot_scene(scene, look)
     camera = Camera(scene, width, height, supersample)
     if world is None:
         world = draw_world(scene, camera)
@@ -480,7 +512,7 @@ def render_dive(
     jitter = rng.normal(0.0, 1.0, size=(24, 3))
     frames = []
     for index in range(num_frames):
-        seconds = SECONDS_PER_DIVE * index / num_frames
+        seconds = max(0.0, SECONDS_PER_DIVE * index / num_frames + look.time_offset)
         state = body_state(factors, flight, look, seconds, jitter)
         centre = camera.centre_for(state.pelvis[1])
         top = int(round(camera.world_row(centre + camera.view_height / 2)))
@@ -500,6 +532,9 @@ def render_dive(
         overlay = Image.new("RGBA", image.size, (0, 0, 0, 0))
         _draw_splash(ImageDraw.Draw(overlay), splash, seconds, camera, top)
         image = Image.alpha_composite(image, overlay).convert("RGB")
+        if scene.light != (1.0, 1.0, 1.0):
+            lit = np.asarray(image).astype(np.float32) * np.asarray(scene.light, dtype=np.float32)
+            image = Image.fromarray(np.clip(lit + 0.5, 0, 255).astype(np.uint8))
         if supersample > 1:
             image = image.reduce(supersample)
         frames.append(np.asarray(image))

@@ -9,6 +9,7 @@ Public surface::
     make_method, Method                                            (train.methods)
     train_run, load_checkpoint                                     (train.run: a run folder)
     plan_sweep, run_sweep, parse_seeds                             (train.sweep)
+    run_tuning, make_tune_config, TuneConfig                       (train.tune: Optuna on validation splits)
 
 Modules import torch on first use of a method, not on ``import train``.
 """
@@ -20,7 +21,7 @@ from train.config import (
 __all__ = [
     "METHODS", "PRESETS", "DataSpec", "TrainConfig", "apply_overrides", "build_config", "config_from_json",
     "preset_config", "prepare_data", "TrainingData", "fit", "FitResult", "make_method", "Method", "train_run",
-    "load_checkpoint", "plan_sweep", "run_sweep", "parse_seeds",
+    "load_checkpoint", "plan_sweep", "run_sweep", "parse_seeds", "run_tuning", "make_tune_config", "TuneConfig",
 ]
 
 # Lazy: `pipeline.py --help` and config handling stay quick without importing torch.
@@ -30,6 +31,7 @@ _LAZY = {
     "make_method": "train.methods", "Method": "train.methods",
     "train_run": "train.run", "load_checkpoint": "train.run",
     "plan_sweep": "train.sweep", "run_sweep": "train.sweep", "parse_seeds": "train.sweep",
+    "run_tuning": "train.tune", "make_tune_config": "train.tune", "TuneConfig": "train.tune",
 }
 
 

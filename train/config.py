@@ -28,6 +28,7 @@ from typing import Any, Literal
 from aqa.config import CheckedConfig, ConfigValueError, describe_type, from_dict, require, to_dict
 from aqa.config import validate as validate_sections
 from aqa.errors import UserError
+from train.search_spaces import Choice, FloatRange, IntRange, SearchDimension
 
 # The choices are types, so that a saved config.json is checked against them like any other value.
 Method = Literal["trs", "supervised", "mean-teacher", "pseudo-label", "ridge"]
@@ -175,10 +176,24 @@ class SemiConfig(CheckedConfig):
     # tokens; "pooled": cosine similarity of mean-pooled features.
     graph_features: GraphFeatures = "tokens"
     max_confidence_weight: float = 3.0  # per-video loss weights are confidence / mean, clipped
+    # trs's label-only gate (train/methods/gate.py), after the burn-in: k-fold cross-fitting on
+    # the labelled videos compares the configured pseudo-labels with teacher-only ones and with
+    # the graph off, and keeps the configured option unless another beats its out-of-fold
+    # Spearman by more than 1/sqrt(n_labelled). false: today's trs exactly.
+    gate: bool = True
+    gate_folds: int = 3  # folds of the labelled videos (fewer when there are too few labels)
+    # Epochs of the fold models (the burn-in recipe otherwise), at most the burn-in's; 0: all of
+    # optim.epochs / reference.epochs.
+    # Half the burn-in's by default, to keep the default trs run within 60 s at MTL-AQA size on
+    # 2 cores (bench/bench_train_time.py; README, "How we read TRS").
+    gate_epochs: int = 50  # labelled epochs of each fold student
+    gate_reference_epochs: int = 50  # pairwise epochs of each fold reference
 
     def check(self) -> None:
-        _non_negative(self, "semi_epochs", "unlabelled_weight", "graph_strength")
+        _non_negative(self, "semi_epochs", "unlabelled_weight", "graph_strength", "gate_epochs",
+                      "gate_reference_epochs")
         _positive(self, "mc_samples", "graph_neighbours", "max_confidence_weight")
+        require(self.gate_folds >= 2, "gate_folds", f"must be at least 2, got {self.gate_folds!r}")
         _share(self, "ema_decay", "memory_decay", one_allowed=True)
 
 
@@ -298,6 +313,39 @@ def preset_config(preset: str, method: str) -> TrainConfig:
         config.optim = OptimConfig(epochs=150, batch_size=16, unlabelled_batch_size=32, lr=1e-4, weight_decay=1e-2)
         config.semi = dataclasses.replace(config.semi, semi_epochs=50)
     return config
+
+
+# What `pipeline.py tune` searches for each method (train/tune.py), around the defaults above:
+# the fields that moved the validation Spearman in the hand-made Fis-V grids (bench/tune_fisv.py).
+# Data fields and the head's token count are never searched: they change the data, not the training.
+SEARCH_SPACES: dict[str, tuple[SearchDimension, ...]] = {
+    "trs": (
+        FloatRange("semi.graph_strength", 0.3, 10.0, log=True),
+        IntRange("semi.graph_neighbours", 2, 10),
+        Choice("semi.graph_features", ("tokens", "pooled")),
+        IntRange("reference.epochs", 30, 300, log=True),
+        FloatRange("semi.unlabelled_weight", 0.3, 3.0, log=True),
+        IntRange("semi.semi_epochs", 5, 30),
+    ),
+    "mean-teacher": (
+        Choice("semi.ema_decay", (0.99, 0.995, 0.999, 0.9995)),
+        FloatRange("semi.unlabelled_weight", 0.1, 3.0, log=True),
+        IntRange("semi.semi_epochs", 2, 30, log=True),
+    ),
+    "pseudo-label": (
+        FloatRange("semi.unlabelled_weight", 0.03, 3.0, log=True),
+        IntRange("semi.semi_epochs", 2, 30, log=True),
+    ),
+    "supervised": (
+        FloatRange("optim.lr", 1e-4, 1e-2, log=True),
+        IntRange("optim.epochs", 30, 300, log=True),
+        FloatRange("head.dropout", 0.0, 0.5),
+    ),
+    "ridge": (
+        FloatRange("ridge.alpha", 0.1, 1e4, log=True),
+        Choice("ridge.standardise", (True, False)),
+    ),
+}
 
 
 def _field_type(cls, name: str):

@@ -3,7 +3,8 @@
 Each run goes to ``OUT/<dataset>/<target>/<method>/r<ratio>/s<seed>`` (the folder layout the
 evaluator groups by). A run folder whose ``metrics.json`` exists and whose ``config.json`` equals
 the configuration the sweep would run is skipped; an interrupted run resumes from its
-checkpoint. Runs execute in joblib worker processes, each with ``threads`` torch threads.
+checkpoint. This module plans the grid and reports on it; where the runs execute (joblib
+processes on this machine, or a Dask cluster) is :mod:`train.sweep_backends`.
 """
 
 from __future__ import annotations
@@ -156,8 +157,10 @@ def _die_with_parent(parent_pid: int, period: float = 0.25) -> None:
 _watching_parent = False
 
 
-def _run_one(job: SweepJob, threads: int, parent_pid: int | None = None) -> tuple[str, str, float]:
-    """In a worker: ('done'|'failed', message, seconds)."""
+def _run_one(job: SweepJob, threads: int, parent_pid: int | None = None,
+             checkpoint_seconds: float = 30.0) -> tuple[str, str, float]:
+    """One run of the grid, in whatever process a backend runs it: ('done'|'failed', message,
+    seconds). A run that continued from a checkpoint says so in its message."""
     import torch
 
     if parent_pid is not None:
@@ -165,36 +168,58 @@ def _run_one(job: SweepJob, threads: int, parent_pid: int | None = None) -> tupl
 
     torch.set_num_threads(max(1, threads))
     started = time.perf_counter()
+    resumed: list[str] = []
     try:
-        metrics = train_run(job.config, job.run_dir, resume=True, progress=False)
+        metrics = train_run(job.config, job.run_dir, resume=True, progress=False,
+                            checkpoint_seconds=checkpoint_seconds,
+                            log=lambda message: resumed.append(message) if message.startswith("resuming") else None)
     except UserError as error:
         return "failed", str(error), time.perf_counter() - started
     except Exception as error:  # a crash of one run must not lose the others' results
         return "failed", f"{type(error).__name__}: {error}", time.perf_counter() - started
     rho = metrics.get("spearman")
     shown = "undefined" if rho is None else f"{rho:.4f}"
-    return "done", f"spearman {shown}", time.perf_counter() - started
+    note = ", resumed after " + resumed[0].rsplit(" after ", 1)[-1] if resumed else ""
+    return "done", f"spearman {shown}{note}", time.perf_counter() - started
 
 
 def run_sweep(jobs: list[SweepJob], n_jobs: int = 1, threads: int | None = None,
-              log: Callable[[str], None] = print, progress: bool | None = None) -> dict:
-    """Run the jobs that are not finished; returns counts and failures."""
+              log: Callable[[str], None] = print, progress: bool | None = None, backend=None,
+              checkpoint_seconds: float = 30.0) -> dict:
+    """Run the jobs that are not finished; returns counts and failures.
+
+    ``backend`` decides where the runs execute (:mod:`train.sweep_backends`): by default joblib
+    processes on this machine (``n_jobs`` of them, ``threads`` torch threads each); a
+    :class:`~train.sweep_backends.DaskBackend` sends one task per run to a Dask cluster. Either
+    way every run is :func:`_run_one` (``train_run`` with ``resume=True``), the progress bar counts
+    finished runs, each result is logged as it arrives, and failures are collected, not raised.
+    """
+    from train.sweep_backends import JoblibBackend
+
+    backend = backend or JoblibBackend(n_jobs=n_jobs, threads=threads)
     pending = [job for job in jobs if not finished_config_matches(job.run_dir, job.config)]
     skipped = len(jobs) - len(pending)
-    log(f"{len(jobs)} runs: {skipped} finished (skipped), {len(pending)} to run with {n_jobs} job(s)")
-    if threads is None:
-        threads = max(1, (os.cpu_count() or 1) // max(1, n_jobs))
+    if not pending:
+        log(f"{len(jobs)} runs: {skipped} finished (skipped), 0 to run")
+        return {"total": len(jobs), "skipped": skipped, "ran": 0, "failed": []}
     results = []
-    if pending:
-        from joblib import Parallel, delayed
+    try:
+        backend.start()  # a cluster that cannot be reached is refused here, before any run is sent
+        log(f"{len(jobs)} runs: {skipped} finished (skipped), {len(pending)} to run {backend.describe()}")
         bar = progress_bar(len(pending), enabled=progress, desc="sweep", unit="run")
-        runner = Parallel(n_jobs=n_jobs, return_as="generator", backend="loky" if n_jobs > 1 else "sequential")
-        sweep_pid = os.getpid()  # workers watch this process and die with it
-        for job, result in zip(pending, runner(delayed(_run_one)(job, threads, sweep_pid) for job in pending)):
-            status, message, seconds = result
+
+        def finished(job: SweepJob, status: str, message: str, seconds: float) -> None:
             results.append((job, status, message))
             bar.update(1)
+            if status == "failed":
+                bar.set_postfix_str(f"{sum(item[1] == 'failed' for item in results)} failed", refresh=True)
             log(f"{status:6s} {job.run_dir}  {message}  ({seconds:.1f} s)")
-        bar.close()
+
+        try:
+            backend.run(pending, finished, checkpoint_seconds=checkpoint_seconds)
+        finally:
+            bar.close()
+    finally:
+        backend.close()
     failures = [(str(job.run_dir), message) for job, status, message in results if status == "failed"]
     return {"total": len(jobs), "skipped": skipped, "ran": len(results) - len(failures), "failed": failures}

@@ -16,7 +16,7 @@ import torch
 
 from pipeline import main
 
-TRS_UNITS = 12 + 4 + 3  # optim.epochs + reference.epochs + semi.semi_epochs of the FAST flags
+TRS_UNITS = 12 + 4 + 1 + 3  # optim.epochs + reference.epochs + the gate + semi.semi_epochs of the FAST flags
 STOPPED_AT = 18  # in the semi-supervised phase: student, teacher, reference and memories all saved
 
 

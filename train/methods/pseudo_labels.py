@@ -13,7 +13,8 @@ it is in standardised target units, as torch (sources) or numpy (refiners) array
 * a refiner maps ``(values, relative confidences)`` of the unlabelled videos to refined values.
 
 :func:`build_pseudo_labelling` makes the lists once from the configuration: adding a source or a
-refiner, or ablating one, is one line there. The ``semi.use_*`` switches are read there only.
+refiner, or ablating one, is one line there. The ``semi.use_*`` switches are read there only
+(through :func:`~train.methods.gate.default_option`, the option the gate starts from).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from train.data import TrainingData
 from train.graph import (
     LABELLED_ANCHOR, knn_laplacian_from_similarity, pooled_similarity, refine_on_graph, token_similarity,
 )
+from train.methods.gate import GateOption, default_option
 from train.methods.supervised import INFERENCE_BATCH, predict_in_batches
 from train.models import MixerHead, ReferenceNetwork
 from train.views import ViewMaker
@@ -106,7 +108,7 @@ class ReferenceSource:
             everyone = torch.arange(len(context.labelled))
             pools = [everyone] * len(context.unlabelled)
             if data.difficulty is not None:
-                labelled_difficulty = data.difficulty[data.labelled]
+                labelled_difficulty = data.difficulty[context.labelled.numpy()]
                 by_difficulty: dict[float, torch.Tensor] = {}
                 for value in np.unique(labelled_difficulty):
                     by_difficulty[float(value)] = torch.from_numpy(np.flatnonzero(labelled_difficulty == value))
@@ -215,7 +217,8 @@ class GraphRefiner:
         self.standardised, self.features = standardised, features
         self.laplacian: np.ndarray | None = None
 
-    def _graph(self, data: TrainingData) -> np.ndarray:
+    def graph(self, data: TrainingData) -> np.ndarray:
+        """The Laplacian over the nodes ``data.labelled`` then ``data.unlabelled`` (built once)."""
         if self.laplacian is None:
             nodes = np.concatenate([data.labelled, data.unlabelled])
             tokens = data.tokens[nodes, 0].astype(np.float64)  # canonical view
@@ -232,7 +235,7 @@ class GraphRefiner:
         anchors = context.labelled_targets.double().numpy()
         node_values = np.concatenate([anchors, values])
         node_confidence = np.concatenate([np.full(len(anchors), LABELLED_ANCHOR), confidence])
-        return refine_on_graph(self._graph(context.data), node_values, node_confidence, self.strength)[len(anchors):]
+        return refine_on_graph(self.graph(context.data), node_values, node_confidence, self.strength)[len(anchors):]
 
 
 @dataclass
@@ -245,33 +248,49 @@ class PseudoLabelling:
     weigh: Callable[[np.ndarray], np.ndarray]  # relative confidences -> per-video loss weights
     memory: ConfidenceMemory  # the sources' memories (part of the state even when unused)
 
+    graph: GraphRefiner  # the graph of the run (its refiner when refinement is on), built on first use
+
     @property
     def needs_reference_network(self) -> bool:
         return any(source.needs_reference_network for source in self.sources)
+
+    def graph_laplacian(self, data: TrainingData) -> np.ndarray:
+        return self.graph.graph(data)
 
 
 # State format 1 holds the memories of these sources whether or not the configuration uses them.
 _MEMORY_SLOTS = ("teacher", "reference")
 
 
-def build_pseudo_labelling(config: TrainConfig, count: int) -> PseudoLabelling:
-    """TRS's sources, fusion, refiners and weighting from ``config.semi`` (``count``: videos)."""
+def build_sources(config: TrainConfig, names) -> list[Source]:
+    """Fresh sources (no memory) named ``names`` ("teacher", "reference"), in that order."""
+    makers = {"teacher": lambda: TeacherSource(config.semi.mc_samples),
+              "reference": lambda: ReferenceSource(config.reference.exemplars)}
+    return [makers[name]() for name in names]
+
+
+def build_pseudo_labelling(config: TrainConfig, count: int, option: GateOption | None = None,
+                           graph: GraphRefiner | None = None) -> PseudoLabelling:
+    """TRS's sources, fusion, refiners and weighting from ``config.semi`` (``count``: videos).
+
+    ``option``: the gate's choice (:mod:`train.methods.gate`), which then says which sources feed
+    the pseudo-labels and the graph strength; ``None``: the configuration's own
+    (:func:`~train.methods.gate.default_option`). ``graph``: a refiner whose graph to reuse."""
     semi = config.semi
-    sources: list[Source] = [TeacherSource(semi.mc_samples)]
-    if semi.use_reference:
-        sources.append(ReferenceSource(config.reference.exemplars))
+    option = option or default_option(config)
+    sources = build_sources(config, option.sources)
     memory = ConfidenceMemory(dict.fromkeys([*_MEMORY_SLOTS, *(source.name for source in sources)]), count,
                               semi.memory_decay)
     if semi.use_memory:
         sources = [Remembered(source, memory) for source in sources]
 
-    refiners: list[Refiner] = []
-    if semi.use_graph and semi.graph_strength > 0:
-        refiners.append(GraphRefiner(semi.graph_neighbours, semi.graph_strength, semi.graph_standardised,
-                                     semi.graph_features))
+    refiner = GraphRefiner(semi.graph_neighbours, option.graph_strength, semi.graph_standardised, semi.graph_features)
+    if graph is not None:
+        refiner.laplacian = graph.laplacian
+    refiners: list[Refiner] = [refiner] if option.graph_strength > 0 else []
 
     def clipped(relative: np.ndarray) -> np.ndarray:  # per-video weights: confidence / mean, clipped
         return np.clip(relative, 0.0, semi.max_confidence_weight)
 
     fuse, weigh = (fuse_by_confidence, clipped) if semi.use_confidence else (fuse_by_mean, np.ones_like)
-    return PseudoLabelling(sources, fuse, refiners, weigh, memory)
+    return PseudoLabelling(sources, fuse, refiners, weigh, memory, refiner)

@@ -29,7 +29,9 @@ from train.views import ViewMaker, epoch_batches
 
 INFERENCE_BATCH = 256
 # Seed streams: every random source is derived from the run seed and its own stream number.
-STUDENT_STREAM, REFERENCE_STREAM, SEMI_STREAM = 1, 2, 3
+STUDENT_STREAM, REFERENCE_STREAM, SEMI_STREAM = 1, 2, 3  # trs's gate: 4 (train.methods.gate)
+# Phases in which the student does not change (no validation ρ, no kept test predictions).
+STUDENT_FIXED_PHASES = ("reference", "gate")
 
 
 def stream_seed(seed: int, stream: int) -> int:
@@ -124,11 +126,11 @@ class SupervisedMethod:
         self.completed += 1
         record = {"phase": unit.phase, "epoch": unit.epoch, **{key: round(value, 6) for key, value in losses.items()},
                   "seconds": round(time.perf_counter() - started, 4)}
-        if len(self.data.validation) and unit.phase != "reference":  # the student does not change there
+        if len(self.data.validation) and unit.phase not in STUDENT_FIXED_PHASES:
             record["validation_spearman"] = spearman(self.data.scores[self.data.validation],
                                                      self.predict_scores(self.data.validation))
         self.history.append(record)
-        if self.config.keep_epoch_predictions and unit.phase != "reference":
+        if self.config.keep_epoch_predictions and unit.phase not in STUDENT_FIXED_PHASES:
             self.epoch_predictions.append((self.completed, self.predict_scores(self.data.test)))
         return record
 
@@ -183,7 +185,8 @@ class SupervisedMethod:
         check_history(state, completed)
         predictions = check_entry(state, "epoch_predictions", list)
         done = self.units[:completed]
-        expected = sum(unit.phase != "reference" for unit in done) if self.config.keep_epoch_predictions else 0
+        kept = sum(unit.phase not in STUDENT_FIXED_PHASES for unit in done)
+        expected = kept if self.config.keep_epoch_predictions else 0
         require(len(predictions) == expected,
                 f"has test predictions of {len(predictions)} epochs, the run would have kept {expected}")
         test_template = torch.zeros(len(self.data.test), dtype=torch.float64)

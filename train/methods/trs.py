@@ -9,10 +9,15 @@
   kNN graph of all training videos, and the confidences become per-video loss weights. Then the
   student trains on labelled videos (weak views) and on the pseudo-labels of strong views; the
   teacher follows by EMA.
+* Between the burn-in and the semi-supervised phase, the label-only gate
+  (:mod:`train.methods.gate`, ``semi.gate``) cross-fits the options on the labelled videos and
+  picks which sources feed the pseudo-labels and the graph strength; the semi-supervised phase
+  runs with its choice (the configured option unless another clearly beats it).
 * The student predicts at test time.
 
 The ``semi.use_*`` switches ablate parts; they only change which parts
-:func:`~train.methods.pseudo_labels.build_pseudo_labelling` puts in its lists.
+:func:`~train.methods.pseudo_labels.build_pseudo_labelling` puts in its lists (and which options
+the gate starts from).
 """
 
 from __future__ import annotations
@@ -27,9 +32,12 @@ from aqa.metrics import known_pairs, spearman
 from train.config import TrainConfig
 from train.data import TrainingData
 from train.methods.baselines import SemiSupervisedMethod
+from train.methods.gate import chosen_option, gate_options, run_gate
 from train.methods.interface import Unit
 from train.methods.pseudo_labels import Context, build_pseudo_labelling
-from train.methods.state_checks import check_entry, check_module_state, check_optimiser_state, check_tensor, require
+from train.methods.state_checks import (
+    check_entry, check_module_state, check_optimiser_state, check_tensor, require, shown,
+)
 from train.methods.supervised import REFERENCE_STREAM, SupervisedMethod, stream_seed
 from train.models import ReferenceNetwork, regression_loss
 from train.views import ViewMaker
@@ -44,6 +52,7 @@ class TRSMethod(SemiSupervisedMethod):
         # Built first: which phases the run plans depends on which sources it has.
         self.labelling = build_pseudo_labelling(config, len(data.keys))
         self.memory = self.labelling.memory
+        self.gate: dict | None = None  # the gate's outcome (plain data), once it has run
         super().__init__(config, data)
 
     def _plan_units(self) -> list[Unit]:
@@ -52,6 +61,8 @@ class TRSMethod(SemiSupervisedMethod):
             if self.labelling.needs_reference_network:
                 epochs = self.config.reference.epochs
                 units += [Unit("reference", epoch, epochs) for epoch in range(1, epochs + 1)]
+            if self.config.semi.gate:
+                units.append(Unit("gate", 1, 1))
             semi = self.config.semi.semi_epochs
             units += [Unit("semi", epoch, semi) for epoch in range(1, semi + 1)]
         return units
@@ -73,6 +84,9 @@ class TRSMethod(SemiSupervisedMethod):
             if self.reference is None:
                 self._build_reference()
             return self._reference_epoch()
+        if unit.phase == "gate":  # label-only choice of the pseudo-labels (train.methods.gate)
+            self._apply_gate(run_gate(self))
+            return {}
         if unit.epoch == 1:
             self._start_semi_phase()  # the EMA teacher starts as the student; views on the semi generator
         return self._semi_epoch(unit)
@@ -99,6 +113,13 @@ class TRSMethod(SemiSupervisedMethod):
 
         losses = self._semi_steps(self._pseudo_label_loss)
         return {**losses, **quality}
+
+    def _apply_gate(self, outcome: dict) -> None:
+        """The semi-supervised phase's sources and graph strength from the gate's ``outcome``."""
+        self.gate = outcome
+        self.labelling = build_pseudo_labelling(self.config, len(self.data.keys), chosen_option(outcome),
+                                                graph=self.labelling.graph)
+        self.memory = self.labelling.memory
 
     def _pseudo_label_loss(self, batch: torch.Tensor) -> torch.Tensor:
         value, _ = self.student(self.views.strong(batch))
@@ -139,22 +160,28 @@ class TRSMethod(SemiSupervisedMethod):
 
     def _reference_epoch(self) -> dict:
         """One epoch of relative-score training: each labelled video against random labelled exemplars."""
-        self.reference.train()
-        generator = self.reference_generator
+        total = self._reference_steps(self.reference, self.reference_optimiser, self.labelled, self.labelled_targets,
+                                      self.reference_generator)
+        return {"reference_loss": total}
+
+    def _reference_steps(self, reference: ReferenceNetwork, optimiser: torch.optim.Optimizer, rows: torch.Tensor,
+                         targets: torch.Tensor, generator: torch.Generator) -> float:
+        """One epoch of pairwise steps on the labelled ``rows`` (standardised ``targets``); the mean squared loss."""
+        reference.train()
         views = ViewMaker(self.tokens, self.config.views, generator)
-        count = len(self.labelled)
+        count = len(rows)
         batch_size = max(self.config.optim.batch_size, 32)
         steps = max(self.config.optim.min_steps_per_epoch, math.ceil(count / batch_size))
         total = 0.0
         for _ in range(steps):
             first = torch.randint(0, count, (batch_size,), generator=generator)
             second = torch.randint(0, count, (batch_size,), generator=generator)
-            delta, log_variance = self.reference(views.weak(self.labelled[first]), views.weak(self.labelled[second]))
-            target = self.labelled_targets[first] - self.labelled_targets[second]
+            delta, log_variance = reference(views.weak(rows[first]), views.weak(rows[second]))
+            target = targets[first] - targets[second]
             squared, nll = regression_loss(delta, log_variance, target)
-            self._step(squared + nll, self.reference, self.reference_optimiser)
+            self._step(squared + nll, reference, optimiser)
             total += squared.item() / steps
-        return {"reference_loss": total}
+        return total
 
     # ------------------------------------------------------------ state
 
@@ -167,6 +194,7 @@ class TRSMethod(SemiSupervisedMethod):
             "memory": self.memory.slots,
             "pseudo": self.pseudo,
             "weights": self.weights,
+            "gate": self.gate,
         })
         return state
 
@@ -190,6 +218,22 @@ class TRSMethod(SemiSupervisedMethod):
             check_tensor(memory[name], template, f"memory {name}")
         check_tensor(state.get("pseudo"), self.pseudo, "pseudo")
         check_tensor(state.get("weights"), self.weights, "weights")
+        self._check_gate_state(state.get("gate"), done)
+
+    def _check_gate_state(self, gate, done: list[Unit]) -> None:
+        """The gate's outcome exists exactly once the gate unit is done, and chooses one of the run's options."""
+        if not any(unit.phase == "gate" for unit in done):
+            require(gate is None, f"has a gate outcome after {len(done)} finished epochs, before the run's gate")
+            return
+        require(isinstance(gate, Mapping), f"gate is {shown(gate)}, expected the gate's outcome (a dict)")
+        options = check_entry(gate, "options", dict, owner="gate")
+        expected = {option.name: option.to_state() for option in gate_options(self.config)}
+        require(options == expected, f"gate options are {sorted(map(str, options))}, the run's {sorted(expected)}")
+        chosen = gate.get("chosen")
+        require(isinstance(chosen, str) and chosen in options,
+                f"gate chose {shown(chosen)}, not one of the run's options")
+        for name in ("estimates", "fold_estimates"):
+            check_entry(gate, name, dict, owner="gate")
 
     def _reference_template(self) -> tuple[ReferenceNetwork, torch.optim.Optimizer]:
         """A reference network and optimiser shaped like the run's, made without consuming its RNG."""
@@ -208,6 +252,8 @@ class TRSMethod(SemiSupervisedMethod):
             torch.set_rng_state(saved)  # building consumed RNG the restored run already accounted for
             self.reference.load_state_dict(state["reference"])
             self.reference_optimiser.load_state_dict(state["reference_optimiser"])
+        if state["gate"] is not None:  # before the memory: the chosen sources own it
+            self._apply_gate(dict(state["gate"]))
         self.memory.slots = {name: value.clone() for name, value in state["memory"].items()}
         self.pseudo = state["pseudo"].clone()
         self.weights = state["weights"].clone()
@@ -224,7 +270,8 @@ class TRSMethod(SemiSupervisedMethod):
                      "means confidence ranks pseudo-label error; mae_by_confidence_quintile goes from the most "
                      "to the least confident fifth (target units)."),
             "switches": {name: getattr(self.config.semi, name) for name in
-                         ("use_reference", "use_memory", "use_confidence", "use_graph")},
+                         ("use_reference", "use_memory", "use_confidence", "use_graph", "gate")},
+            "gate": self.gate,
             "last_refresh": refreshes[-1] if refreshes else None,
             "refreshes": refreshes,
         }

@@ -1,0 +1,177 @@
+#!/usr/bin/env python
+"""The same Fis-V grid through both sweep backends on this machine: joblib and a loopback Dask cluster.
+
+Runs ``pipeline.py sweep`` three times on the real Fis-V bank, each into its own folder under
+``--runs`` (emptied first):
+
+1. joblib: ``--jobs 2 --threads 1``;
+2. Dask: a scheduler and 2 workers (1 thread each, separate processes on 127.0.0.1) started here,
+   and ``--scheduler ADDRESS``;
+3. Dask again, with the worker training a run killed (SIGKILL) once ``--kill-after`` runs have
+   finished and a checkpoint of a run in progress exists; the other worker has to resume it.
+
+then prints wall times and whether every run's metrics.json (all fields but wall_seconds, which
+is a time) and predictions.csv are identical across the three. The default grid is 40 runs:
+supervised and mean-teacher, 10 % and 25 % labels, TES and PCS, seeds 0-4.
+
+    python bench/bench_sweep_backends.py [--fisv-dir ../shared/data/fisv-swin] [--runs DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.fisv_common import DEFAULT_CACHE, DEFAULT_FISV_DIR, REPO_ROOT, ensure_fisv_cache  # noqa: E402
+
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "PYTHONPATH": str(REPO_ROOT)}
+
+
+class LoopbackDask:
+    """A scheduler and ``workers`` one-thread workers (no nanny: a worker's pid is the process that
+    trains), each in its own process group, killed on exit."""
+
+    def __init__(self, folder: Path, workers: int = 2):
+        self.folder, self.count = folder, workers
+        self.processes: list[subprocess.Popen] = []
+        self.workers: list[subprocess.Popen] = []
+
+    def _spawn(self, module: str, *arguments: str, log: str) -> subprocess.Popen:
+        with open(self.folder / log, "wb") as handle:
+            process = subprocess.Popen([sys.executable, "-m", module, *arguments], cwd=self.folder, env=ENV,
+                                       stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes.append(process)
+        return process
+
+    def __enter__(self) -> "LoopbackDask":
+        self.folder.mkdir(parents=True, exist_ok=True)
+        scheduler_file = self.folder / "scheduler.json"
+        scheduler_file.unlink(missing_ok=True)
+        self._spawn("distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+                    "--scheduler-file", str(scheduler_file), log="scheduler.log")
+        while not scheduler_file.is_file():
+            time.sleep(0.05)
+        self.address = json.loads(scheduler_file.read_text())["address"]
+        for index in range(self.count):
+            self.workers.append(self._spawn(
+                "distributed.cli.dask_worker", "--scheduler-file", str(scheduler_file), "--nthreads", "1",
+                "--nworkers", "1", "--no-nanny", "--no-dashboard", "--host", "127.0.0.1", "--preload", "train.run",
+                log=f"worker{index}.log"))
+        from distributed import Client
+
+        with Client(self.address, timeout=60) as client:
+            client.wait_for_workers(self.count, timeout=120)
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            process.wait(timeout=30)
+
+
+def sweep(cache: Path, fisv_dir: Path, out: Path, grid: list[str], *backend: str) -> float:
+    if out.exists():
+        shutil.rmtree(out)
+    command = [sys.executable, "pipeline.py", "sweep", "--features", str(cache), "--dataset", "fis-v",
+               "--data-root", str(fisv_dir), *grid, "--out", str(out), "--no-progress", *backend]
+    started = time.perf_counter()
+    result = subprocess.run(command, cwd=REPO_ROOT, env=ENV, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    (out.parent / f"{out.name}.log").write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        sys.exit(f"sweep into {out} failed (exit {result.returncode}):\n{result.stderr[-2000:]}")
+    return seconds
+
+
+def kill_a_worker_mid_run(cluster: LoopbackDask, out: Path, after: int, record: dict) -> None:
+    """Once ``after`` runs are finished, SIGKILL the worker holding a run that has a checkpoint."""
+    worker_pids = {worker.pid for worker in cluster.workers}
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        if len(list(out.rglob("metrics.json"))) >= after:
+            for lock in out.rglob(".s*.lock"):
+                checkpoint = lock.parent / (lock.name[:-len(".lock")] + ".partial") / "checkpoint.pt"
+                try:
+                    pid = json.loads(lock.read_text())["pid"]
+                except (OSError, ValueError, KeyError):
+                    continue
+                if checkpoint.is_file() and pid in worker_pids:
+                    os.kill(pid, signal.SIGKILL)
+                    record.update(pid=pid, run=str(lock.parent.relative_to(out) / lock.name[1:-len(".lock")]))
+                    return
+        time.sleep(0.02)
+
+
+def results(out: Path) -> dict:
+    table = {}
+    for metrics_file in sorted(out.rglob("metrics.json")):
+        metrics = json.loads(metrics_file.read_text())
+        metrics.pop("wall_seconds")
+        table[str(metrics_file.parent.relative_to(out))] = (
+            json.dumps(metrics, sort_keys=True), (metrics_file.parent / "predictions.csv").read_bytes())
+    return table
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--fisv-dir", type=Path, default=DEFAULT_FISV_DIR)
+    parser.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    parser.add_argument("--runs", type=Path, default=REPO_ROOT / "bench" / "results" / "sweep_backends")
+    parser.add_argument("--methods", default="supervised,mean-teacher")
+    parser.add_argument("--ratios", default="0.1,0.25")
+    parser.add_argument("--targets", default="TES,PCS")
+    parser.add_argument("--seeds", default="0-4")
+    parser.add_argument("--kill-after", type=int, default=10, help="Kill a worker once this many runs finished.")
+    args = parser.parse_args()
+
+    cache = ensure_fisv_cache(args.fisv_dir, args.cache)
+    grid = ["--methods", args.methods, "--ratios", args.ratios, "--targets", args.targets, "--seeds", args.seeds]
+    runs = args.runs.resolve()
+    load_before = os.getloadavg()
+    joblib_seconds = sweep(cache, args.fisv_dir, runs / "joblib", grid, "--jobs", "2", "--threads", "1")
+    started = time.perf_counter()
+    with LoopbackDask(runs / "cluster") as cluster:
+        cluster_seconds = time.perf_counter() - started
+        dask_seconds = sweep(cache, args.fisv_dir, runs / "dask", grid, "--scheduler", cluster.address)
+        killed: dict = {}
+        killer = threading.Thread(target=kill_a_worker_mid_run,
+                                  args=(cluster, runs / "dask-killed", args.kill_after, killed), daemon=True)
+        killer.start()
+        killed_seconds = sweep(cache, args.fisv_dir, runs / "dask-killed", grid, "--scheduler", cluster.address,
+                               "--checkpoint-seconds", "0.5")
+    load_after = os.getloadavg()
+
+    reference = results(runs / "joblib")
+    resumed_lines = [line for line in (runs / "dask-killed.log").read_text().splitlines() if "resumed after" in line]
+    rows = [("joblib --jobs 2 --threads 1", joblib_seconds, reference),
+            ("Dask, 2 workers x 1 thread (--scheduler)", dask_seconds, results(runs / "dask")),
+            ("Dask, one worker killed mid-run", killed_seconds, results(runs / "dask-killed"))]
+    print(f"{len(reference)} runs ({' '.join(grid)}) on {socket.gethostname()}, {os.cpu_count()} CPUs; "
+          f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
+    print("| backend | wall time (s) | ratio to joblib | runs | metrics.json and predictions.csv identical to joblib |")
+    print("|---|---|---|---|---|")
+    for name, seconds, table in rows:
+        same = table == reference
+        print(f"| {name} | {seconds:.1f} | {seconds / joblib_seconds:.2f} | {len(table)} | {'yes' if same else 'NO'} |")
+    print(f"\nDask cluster start (scheduler + 2 workers importing torch): {cluster_seconds:.1f} s, not in the times.")
+    print(f"killed: worker pid {killed.get('pid')} while training {killed.get('run')}; "
+          f"resumed on the other worker: {resumed_lines or 'none'}")
+
+
+if __name__ == "__main__":
+    main()

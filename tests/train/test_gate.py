@@ -1,0 +1,225 @@
+"""trs's label-only gate (train/methods/gate.py): cross-fitting on the labelled videos after the
+burn-in decides which pseudo-labels the semi-supervised phase uses; validation and test labels
+never enter the decision; ``semi.gate=false`` is the run without it; the outcome is state."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from aqa.errors import UserError
+from train import build_config, fit
+from train.data import prepare_data
+from train.methods import CheckpointMismatch, make_method
+from train.methods import gate as gate_module
+from train.methods.gate import GateOption, gate_options, margin_choice, run_gate
+from train.methods.pseudo_labels import GraphRefiner
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def fast(fast_flags) -> list[str]:
+    return fast_flags[1::2]  # the assignments of the --set flags
+
+
+def config_for(dataset, fast, *extra, **options):
+    fields = dict(features=str(dataset["cache"]), manifest=str(dataset["manifest"]), method="trs", ratio=0.5,
+                  seed=0, validation_fraction=0.2)
+    fields.update(options)
+    return build_config(overrides=[*fast, *extra], **fields)
+
+
+@pytest.fixture(scope="module")
+def gated(tiny_dataset, fast):
+    """A trs run with the gate (default configuration) and the same run with semi.gate=false."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return {"on": fit(config_for(tiny_dataset, fast), progress=False),
+                "off": fit(config_for(tiny_dataset, fast, "semi.gate=false"), progress=False)}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def force_choice(monkeypatch, name: str) -> None:
+    """Make the gate choose ``name`` whatever the fold estimates say."""
+    monkeypatch.setattr(gate_module, "margin_choice", lambda scores, default, margin: name)
+
+
+# ------------------------------------------------------------------ the rule
+
+
+def test_options_are_sources_times_graph_strength_with_the_configuration_first(tiny_dataset, fast):
+    names = [option.name for option in gate_options(config_for(tiny_dataset, fast))]
+    assert names == ["teacher+reference, graph 3", "teacher+reference, graph 0", "teacher, graph 3",
+                     "teacher, graph 0"]
+    assert [o.name for o in gate_options(config_for(tiny_dataset, fast, "semi.use_reference=false"))] == [
+        "teacher, graph 3", "teacher, graph 0"]
+    assert [o.name for o in gate_options(config_for(tiny_dataset, fast, "semi.use_graph=false"))] == [
+        "teacher+reference, graph 0", "teacher, graph 0"]
+
+
+def test_the_default_is_kept_unless_another_option_beats_it_by_more_than_the_margin():
+    scores = {"default": 0.40, "other": 0.55, "third": 0.10}
+    assert margin_choice(scores, "default", margin=0.2) == "default"
+    assert margin_choice(scores, "default", margin=0.1) == "other"
+    assert margin_choice({"default": 0.4, "other": 0.4}, "default", margin=0.0) == "default"  # ties keep it
+    assert margin_choice({"default": None, "other": 0.1}, "default", margin=0.5) == "other"  # undefined loses
+    assert margin_choice({"default": None, "other": None}, "default", margin=0.0) == "default"
+
+
+def test_gate_folds_below_two_is_a_user_error(tiny_dataset, fast):
+    with pytest.raises(UserError, match="gate_folds"):
+        config_for(tiny_dataset, fast, "semi.gate_folds=1")
+
+
+# ------------------------------------------------------------------ inside a run
+
+
+def test_the_gate_runs_after_the_burn_in_and_records_its_decision(gated):
+    method = gated["on"].method
+    phases = [unit.phase for unit in method.units]
+    gate_at = phases.index("gate")
+    assert set(phases[:gate_at]) == {"supervised", "reference"} and set(phases[gate_at + 1:]) == {"semi"}
+    outcome = gated["on"].diagnostics["gate"]
+    n = len(method.labelled)
+    assert outcome["n_labelled"] == n and outcome["margin"] == pytest.approx(1 / np.sqrt(n))
+    assert outcome["folds"] == 3 and outcome["default"] == "teacher+reference, graph 3"
+    assert set(outcome["estimates"]) == set(outcome["options"]) == set(outcome["fold_estimates"])
+    assert all(len(per_fold) == 3 for per_fold in outcome["fold_estimates"].values())
+    assert outcome["chosen"] in outcome["options"]
+    assert gated["on"].diagnostics["switches"]["gate"] is True
+    assert gated["off"].diagnostics["gate"] is None
+    assert "gate" not in [unit.phase for unit in gated["off"].method.units]
+
+
+def test_a_gate_that_keeps_the_default_leaves_the_run_exactly_as_without_it(gated):
+    on, off = gated["on"], gated["off"]
+    assert on.diagnostics["gate"]["chosen"] == on.diagnostics["gate"]["default"]
+    assert np.array_equal(on.predictions, off.predictions)
+    assert on.test == off.test
+    for name, tensor in off.state["student"].items():
+        assert torch.equal(on.state["student"][name], tensor)
+
+
+def test_gate_off_builds_the_configured_pseudo_labelling(tiny_dataset, fast):
+    config = config_for(tiny_dataset, fast, "semi.gate=false")
+    method = make_method(config, prepare_data(config))
+    assert [source.name for source in method.labelling.sources] == ["teacher", "reference"]
+    assert [refiner.strength for refiner in method.labelling.refiners] == [3.0]
+
+
+def test_the_chosen_option_configures_the_semi_supervised_phase(tiny_dataset, fast, monkeypatch):
+    force_choice(monkeypatch, "teacher, graph 0")
+    result = fit(config_for(tiny_dataset, fast), progress=False)
+    labelling = result.method.labelling
+    assert [source.name for source in labelling.sources] == ["teacher"]
+    assert not any(isinstance(refiner, GraphRefiner) for refiner in labelling.refiners)
+    last = result.diagnostics["last_refresh"]
+    assert "reference_spearman" not in last and "refined_spearman" not in last
+    assert result.diagnostics["gate"]["chosen"] == "teacher, graph 0"
+
+
+def _shuffled(data, rows, seed):
+    scores = data.scores.copy()
+    scores[rows] = scores[np.random.default_rng(seed).permutation(rows)]
+    scores[rows] += np.random.default_rng(seed + 1).normal(0, 5, len(rows))
+    return dataclasses.replace(data, scores=scores)
+
+
+def test_validation_and_test_labels_never_change_the_gate(tiny_dataset, fast):
+    config = config_for(tiny_dataset, fast)
+    data = prepare_data(config)
+    assert len(data.validation) and len(data.test)
+    outcomes = []
+    for seed in (None, 1, 2):
+        shown = data if seed is None else _shuffled(data, np.concatenate([data.validation, data.test]), seed)
+        method = make_method(config, shown)
+        while method.units[method.completed].phase != "gate":
+            method.run_unit()
+        outcomes.append(run_gate(method))
+    for outcome in outcomes[1:]:
+        for name in ("chosen", "estimates", "fold_estimates", "margin", "folds"):
+            assert outcome[name] == outcomes[0][name], name
+    # ... while the labelled videos' labels do move the fold estimates
+    method = make_method(config, _shuffled(data, data.labelled, 3))
+    while method.units[method.completed].phase != "gate":
+        method.run_unit()
+    assert run_gate(method)["estimates"] != outcomes[0]["estimates"]
+
+
+# ------------------------------------------------------------------ state
+
+
+def _roundtrip(state: dict) -> dict:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    return torch.load(buffer, weights_only=True)
+
+
+def test_resume_after_the_gate_is_bit_identical(tiny_dataset, fast, monkeypatch):
+    chosen = "teacher, graph 0"  # not the default: the resumed run must take the choice from the state
+    force_choice(monkeypatch, chosen)
+    config = config_for(tiny_dataset, fast)
+    data = prepare_data(config)
+    straight = make_method(config, data)
+    while not straight.finished:
+        straight.run_unit()
+    for stop_after in ("gate", "semi"):
+        interrupted = make_method(config, data)
+        while interrupted.units[interrupted.completed - 1].phase != stop_after or interrupted.completed == 0:
+            interrupted.run_unit()
+        state = _roundtrip(interrupted.state())
+        resumed = make_method(config, data)
+        resumed.load_state(state)
+        assert resumed.gate["chosen"] == chosen
+        assert [s.name for s in resumed.labelling.sources] == [s.name for s in straight.labelling.sources]
+        while not resumed.finished:
+            resumed.run_unit()
+        assert np.array_equal(resumed.predict_scores(data.test), straight.predict_scores(data.test))
+        assert torch.equal(resumed.pseudo, straight.pseudo)
+
+
+def test_checkpoint_validation_checks_the_gate_outcome(tiny_dataset, fast):
+    config = config_for(tiny_dataset, fast)
+    data = prepare_data(config)
+    method = make_method(config, data)
+    before = _roundtrip(method.state())
+    while method.units[method.completed - 1].phase != "gate" or method.completed == 0:
+        method.run_unit()
+    after = _roundtrip(method.state())
+    fresh = make_method(config, data)
+    fresh.check_state(after)  # a genuine state passes
+
+    def refused(state, match):
+        with pytest.raises(CheckpointMismatch, match=match):
+            make_method(config, data).check_state(state)
+
+    refused({**after, "gate": None}, "gate")
+    refused({**after, "gate": "teacher"}, "gate")
+    refused({**after, "gate": {**after["gate"], "chosen": "everything, graph 99"}}, "gate chose")
+    refused({**after, "gate": {**after["gate"], "options": {"teacher, graph 99": {}}}}, "gate options")
+    refused({**before, "gate": after["gate"]}, "before the run's gate")
+    # a state of a gate=false run has no gate unit: an outcome there is refused too
+    off = build_config(overrides=[*fast, "semi.gate=false"], **{k: getattr(config, k) for k in
+                                                                ("features", "manifest", "method", "ratio", "seed",
+                                                                 "validation_fraction")})
+    with pytest.raises(CheckpointMismatch):
+        make_method(off, data).check_state(after)
+
+
+def test_gate_option_names_round_trip():
+    option = GateOption(("teacher",), 3.0)
+    assert option.name == "teacher, graph 3" and option.to_state() == {"sources": ["teacher"], "graph_strength": 3.0}
