@@ -184,10 +184,10 @@ class SemiConfig(CheckedConfig):
     gate_folds: int = 3  # folds of the labelled videos (fewer when there are too few labels)
     # Epochs of the fold models (the burn-in recipe otherwise), at most the burn-in's; 0: all of
     # optim.epochs / reference.epochs.
-    # Half the burn-in's by default, to keep the default trs run within 60 s at MTL-AQA size on
-    # 2 cores (bench/bench_train_time.py; README, "How we read TRS").
-    gate_epochs: int = 50  # labelled epochs of each fold student
-    gate_reference_epochs: int = 50  # pairwise epochs of each fold reference
+    # 30 by default (burn-in: 100 / 150), to keep the default trs run within 60 s at MTL-AQA size
+    # on 2 cores: 50 / 50 made the gate 18 s and the run 61.5 s (bench/bench_train_time.py).
+    gate_epochs: int = 30  # labelled epochs of each fold student
+    gate_reference_epochs: int = 30  # pairwise epochs of each fold reference
 
     def check(self) -> None:
         _non_negative(self, "semi_epochs", "unlabelled_weight", "graph_strength", "gate_epochs",

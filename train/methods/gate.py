@@ -24,7 +24,6 @@ torch RNG, so a gate that keeps the default leaves the run exactly as with ``sem
 from __future__ import annotations
 
 import math
-import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -126,11 +125,11 @@ def run_gate(method) -> dict:
     """Cross-fit the options on the labelled videos of ``method`` (a TRSMethod after its burn-in).
 
     Returns the outcome (plain data, part of the run's state): per option its pooled out-of-fold
-    Spearman and per-fold Spearman, the margin, the default and the chosen option."""
+    Spearman and per-fold Spearman, the margin, the default and the chosen option. (No wall time:
+    a resumed run's diagnostics equal an uninterrupted run's; the gate unit's history record has it.)"""
     from train.methods.pseudo_labels import Context, build_sources
     from train.methods.supervised import stream_seed
 
-    started = time.perf_counter()
     config, semi = method.config, method.config.semi
     count = len(method.labelled)
     options = gate_options(config)
@@ -141,8 +140,7 @@ def run_gate(method) -> dict:
     folds = min(semi.gate_folds, count // 2)  # at least two labelled videos per fold
     if folds < 2 or len(options) == 1:
         return {**outcome, "chosen": default.name, "estimates": {}, "fold_estimates": {},
-                "reason": "fewer than 4 labelled videos" if folds < 2 else "only one option",
-                "seconds": round(time.perf_counter() - started, 2)}
+                "reason": "fewer than 4 labelled videos" if folds < 2 else "only one option"}
     seed = stream_seed(config.seed, GATE_STREAM)
     fold_of = fold_assignment(count, folds, seed)
     uses_reference = any("reference" in option.sources for option in options)
@@ -189,8 +187,7 @@ def run_gate(method) -> dict:
     chosen = margin_choice(estimates, default.name, margin)
     return {**outcome, "folds": folds, "student_epochs": student_epochs,
             "reference_epochs": reference_epochs if uses_reference else 0,
-            "estimates": estimates, "fold_estimates": per_fold, "chosen": chosen,
-            "seconds": round(time.perf_counter() - started, 2)}
+            "estimates": estimates, "fold_estimates": per_fold, "chosen": chosen}
 
 
 def chosen_option(outcome: dict) -> GateOption:
