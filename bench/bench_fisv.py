@@ -8,7 +8,18 @@ set by ``bench/tune_fisv.py``), then tabulates the test Spearman (final model, m
 seeds), the paired difference trs - supervised on identical splits, and the pseudo-label
 diagnostics of the trs runs. Finished runs are kept, so a rerun only adds what is missing.
 
-    python bench/bench_fisv.py [--fisv-dir ../shared/data/fisv-swin] [--jobs 2]
+Two more views of the same question (issue 11, "a gain on the official split only is not yet a
+result"):
+
+* ``supervised`` with every training label (ratio 1, ``--full-seeds``), for the **label
+  efficiency** of ``trs``: the share of the gap between ``supervised`` at a ratio and
+  ``supervised`` with all labels that ``trs`` closes, ``mean(trs - supervised) / (full -
+  mean(supervised))``;
+* ``--resplits N``: N random 400 / 100 resplits of the 500 programs (resplit seeds 1..N, written
+  as manifests under ``RUNS/resplit-<seed>/``), ``trs`` and ``supervised`` on each with
+  ``--resplit-seeds``, and the same columns.
+
+    python bench/bench_fisv.py [--fisv-dir ../shared/data/fisv-swin] [--jobs 2] [--resplits 3]
 """
 
 from __future__ import annotations
@@ -44,13 +55,13 @@ def _fmt(mean, std, count):
     return f"{mean:.3f} ± {std:.3f}" if count > 1 else f"{mean:.3f}"
 
 
-def collect(runs: Path, seeds: list[int]) -> dict:
+def collect(runs: Path, seeds: list[int], dataset: str = "fis-v", methods=METHODS, ratios=RATIOS) -> dict:
     table = {}
     for target in TARGETS:
-        for ratio in RATIOS:
-            for method in METHODS:
+        for ratio in ratios:
+            for method in methods:
                 for seed in seeds:
-                    folder = runs / "fis-v" / target / method / f"r{ratio:g}" / f"s{seed}"
+                    folder = runs / dataset / target / method / f"r{ratio:g}" / f"s{seed}"
                     metrics_file = folder / "metrics.json"
                     if not metrics_file.is_file():
                         continue
@@ -109,6 +120,51 @@ def render(table: dict, seeds: list[int], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_resplit_manifest(fisv_dir: Path, manifest: Path, resplit_seed: int, train_count: int = 400) -> Path:
+    """A manifest of the 500 Fis-V programs with a random train/test split (seeded), TES and PCS as targets."""
+    import numpy as np
+
+    from aqa.files import atomic_writer
+
+    rows = []
+    for name in ("train.txt", "test.txt"):
+        for line in (fisv_dir / name).read_text().splitlines():
+            if line.strip():
+                key, tes, pcs = line.split()[:3]
+                rows.append((key, tes, pcs))
+    rows.sort(key=lambda row: int(row[0]))  # independent of the official split's order
+    in_train = np.zeros(len(rows), dtype=bool)
+    in_train[np.random.default_rng(resplit_seed).permutation(len(rows))[:train_count]] = True
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_writer(manifest, "w", encoding="utf-8", newline="") as handle:
+        handle.write("key,path,score,split,TES,PCS\n")
+        for (key, tes, pcs), train in zip(rows, in_train):
+            handle.write(f"{key},{fisv_dir / 'features' / (key + '.npy')},{tes},{'train' if train else 'test'},{tes},{pcs}\n")
+    return manifest
+
+
+def efficiency_table(title: str, table: dict, full: dict, seeds: list[int], full_seeds: list[int]) -> list[str]:
+    """trs against supervised per target x ratio, with supervised on all labels and the label efficiency."""
+    lines = [f"#### {title}", "",
+             "| target | labels | trs | supervised | trs − supervised (paired) | trs wins | supervised, all labels | "
+             "label efficiency |", "|---|---|---|---|---|---|---|---|"]
+    for target in TARGETS:
+        full_mean, full_std, full_count = _stats([full[(target, 1.0, "supervised", seed)]["spearman"]
+                                                  for seed in full_seeds if (target, 1.0, "supervised", seed) in full])
+        for ratio in RATIOS:
+            pairs = [(table[(target, ratio, "trs", seed)]["spearman"], table[(target, ratio, "supervised", seed)]["spearman"])
+                     for seed in seeds if (target, ratio, "trs", seed) in table and (target, ratio, "supervised", seed) in table]
+            trs, supervised = _stats([a for a, _ in pairs]), _stats([b for _, b in pairs])
+            delta = _stats([a - b for a, b in pairs])
+            wins = sum(a > b for a, b in pairs)
+            gap = full_mean - supervised[0]
+            efficiency = "—" if not (pairs and full_count) or gap <= 0 else f"{delta[0] / gap:.0%}"
+            lines.append(f"| {target} | {ratio:.0%} | {_fmt(*trs)} | {_fmt(*supervised)} | "
+                         f"{'—' if not delta[2] else f'{delta[0]:+.3f} ± {delta[1]:.3f}'} | {wins}/{len(pairs)} | "
+                         f"{_fmt(full_mean, full_std, full_count)} | {efficiency} |")
+    return lines + [""]
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fisv-dir", type=Path, default=DEFAULT_FISV_DIR)
@@ -117,6 +173,9 @@ def main():
     parser.add_argument("--seeds", default="0-4")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results" / "fisv_table.md")
+    parser.add_argument("--full-seeds", default="0-2", help="Seeds of supervised with all training labels.")
+    parser.add_argument("--resplits", type=int, default=0, help="Random 400/100 resplits of the 500 programs.")
+    parser.add_argument("--resplit-seeds", default="0-2", help="Training seeds on each resplit.")
     parser.add_argument("--table-only", action="store_true", help="Tabulate the finished runs; train nothing.")
     args = parser.parse_args()
 
@@ -128,9 +187,35 @@ def main():
              str(args.fisv_dir), "--targets", ",".join(TARGETS), "--ratios", ",".join(f"{r:g}" for r in RATIOS),
              "--seeds", args.seeds, "--methods", ",".join(METHODS), "--out", str(args.runs), "--jobs", str(args.jobs),
              "--threads", "1", "--no-progress"]
+    common = ["--targets", ",".join(TARGETS), "--jobs", str(args.jobs), "--threads", "1", "--no-progress"]
+    full_sweep = [sys.executable, "pipeline.py", "sweep", "--features", str(cache), "--dataset", "fis-v", "--data-root",
+                  str(args.fisv_dir), "--ratios", "1", "--seeds", args.full_seeds, "--methods", "supervised",
+                  "--out", str(args.runs), *common]
+    resplit_sweeps = []
+    for resplit in range(1, args.resplits + 1):
+        folder = args.runs / f"resplit-{resplit}"
+        manifest = write_resplit_manifest(args.fisv_dir, folder / "manifest.csv", resplit)
+        for ratios, methods, run_seeds in ((RATIOS, "trs,supervised", args.resplit_seeds), ([1], "supervised", args.full_seeds)):
+            resplit_sweeps.append([sys.executable, "pipeline.py", "sweep", "--features", str(cache), "--manifest",
+                                   str(manifest), "--ratios", ",".join(f"{r:g}" for r in ratios), "--seeds", run_seeds,
+                                   "--methods", methods, "--out", str(folder), *common])
     if not args.table_only:
-        subprocess.run(sweep, cwd=REPO_ROOT, check=False)
+        for command in [sweep, full_sweep, *resplit_sweeps]:
+            subprocess.run(command, cwd=REPO_ROOT, check=False)
     text = render(collect(args.runs, seeds), seeds, "make bench-fisv  (= python bench/bench_fisv.py)")
+    full_seeds, resplit_seeds = parse_seeds(args.full_seeds), parse_seeds(args.resplit_seeds)
+    text += "\n### Label efficiency, and random resplits of the 500 programs\n\n"
+    text += ("Label efficiency: the share of the gap between `supervised` at the ratio and `supervised` with all "
+             "400 training labels that `trs` closes (paired mean difference / gap).\n\n")
+    text += "\n".join(efficiency_table("Official split", collect(args.runs, seeds),
+                                        collect(args.runs, full_seeds, ratios=[1.0], methods=["supervised"]),
+                                        seeds, full_seeds))
+    for resplit in range(1, args.resplits + 1):
+        folder = args.runs / f"resplit-{resplit}"
+        text += "\n".join(efficiency_table(f"Resplit {resplit} (seeded random 400 / 100 split; training seeds {args.resplit_seeds})",
+                                            collect(folder, resplit_seeds, dataset="manifest", methods=["trs", "supervised"]),
+                                            collect(folder, full_seeds, dataset="manifest", ratios=[1.0], methods=["supervised"]),
+                                            resplit_seeds, full_seeds))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)
