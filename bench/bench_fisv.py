@@ -158,11 +158,11 @@ def efficiency_table(title: str, table: dict, full: dict, seeds: list[int], full
             delta = _stats([a - b for a, b in pairs])
             wins = sum(a > b for a, b in pairs)
             gap = full_mean - supervised[0]
-            efficiency = "—" if not (pairs and full_count) or gap <= 0 else f"{delta[0] / gap:.0%}"
+            efficiency = "—" if not (pairs and full_count) or gap <= 0 else f"{round(100 * delta[0] / gap):+d} %"
             lines.append(f"| {target} | {ratio:.0%} | {_fmt(*trs)} | {_fmt(*supervised)} | "
                          f"{'—' if not delta[2] else f'{delta[0]:+.3f} ± {delta[1]:.3f}'} | {wins}/{len(pairs)} | "
                          f"{_fmt(full_mean, full_std, full_count)} | {efficiency} |")
-    return lines + [""]
+    return lines + ["", ""]
 
 
 def main():
