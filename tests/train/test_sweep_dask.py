@@ -286,3 +286,69 @@ def test_threads_per_run_share_a_workers_threads_between_its_runs():
     assert threads_per_run(8, 2) == 4      # --resources runs=2: two runs of four threads
     assert threads_per_run(8, 1) == 8
     assert threads_per_run(2, 8) == 1      # more run slots than threads: never below one
+
+
+SBATCH_SHIM = """#!/usr/bin/env bash
+# sbatch on this machine: keep the job script (dask-jobqueue deletes its own), start it in its own
+# session, answer as Slurm does.
+set -e
+script="${@: -1}"
+id=$$
+cp "$script" "$SHIM_JOBS/$id.sh"
+setsid bash "$SHIM_JOBS/$id.sh" > "$SHIM_JOBS/$id.log" 2>&1 < /dev/null &
+echo $! > "$SHIM_JOBS/$id.pid"
+echo "Submitted batch job $id"
+"""
+
+SCANCEL_SHIM = """#!/usr/bin/env bash
+for id in "$@"; do
+    echo "$id" >> "$SHIM_JOBS/cancelled"
+    kill -KILL -- "-$(cat "$SHIM_JOBS/$id.pid")" 2>/dev/null || true
+done
+"""
+
+
+def test_a_slurm_sweep_submits_job_scripts_whose_workers_train_the_grid(tiny_dataset, fast_flags, tmp_path,
+                                                                         monkeypatch, capsys):
+    """--cluster slurm end to end, with sbatch and scancel replaced by shims that run each job script
+    on this machine: dask-jobqueue writes and submits the scripts, the workers they start join the
+    sweep's scheduler on loopback and train the grid (equal to joblib's), and the jobs are cancelled
+    when the sweep ends. (No Slurm can be installed from the package registries; this checks
+    everything on this side of sbatch.)"""
+    pytest.importorskip("dask_jobqueue")
+    shims, jobs = tmp_path / "bin", tmp_path / "jobs"
+    shims.mkdir()
+    jobs.mkdir()
+    for name, text in (("sbatch", SBATCH_SHIM), ("scancel", SCANCEL_SHIM)):
+        (shims / name).write_text(text)
+        (shims / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setenv("SHIM_JOBS", str(jobs))
+    monkeypatch.chdir(tmp_path)
+    grid = ["--methods", "supervised,ridge", "--ratios", "0.5", "--seeds", "0", *fast_flags]
+    options = ("cores=1,memory=2GB,jobs=2,walltime=00:10:00,interface=lo,"
+               f"log_directory={tmp_path / 'dask-logs'},prologue=export OMP_NUM_THREADS=1;"
+               f"export PYTHONPATH={REPO}")
+    try:
+        status = main(sweep_args(tiny_dataset, tmp_path / "slurm-runs", "--cluster", "slurm", "--cluster-options",
+                                 options, *grid))
+    finally:
+        for pid_file in jobs.glob("*.pid"):  # whatever happened, no worker outlives the test
+            try:
+                os.killpg(int(pid_file.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+    out = capsys.readouterr().out
+    logs = " | ".join(path.read_text(errors="replace")[-300:] for path in jobs.glob("*.log"))
+    assert status == 0, (out, logs)
+    scripts = sorted(jobs.glob("*.sh"))
+    assert len(scripts) == 2  # jobs=2: two sbatch submissions
+    script = scripts[0].read_text()
+    for expected in ("#SBATCH -t 00:10:00", "#SBATCH --cpus-per-task=1", "export OMP_NUM_THREADS=1",
+                     "distributed.cli.dask_worker tcp://127.0.0.1:"):
+        assert expected in script, (expected, script)
+    assert sorted((jobs / "cancelled").read_text().split()) == sorted(path.stem for path in scripts)
+    assert main(sweep_args(tiny_dataset, tmp_path / "joblib-runs", "--jobs", "1", "--threads", "1", *grid)) == 0
+    slurm_results, joblib_results = result_files(tmp_path / "slurm-runs"), result_files(tmp_path / "joblib-runs")
+    assert len(slurm_results) == 2 and slurm_results == joblib_results
+    assert json.loads((tmp_path / "slurm-runs" / "sweep_backend.json").read_text())["cluster"] == "slurm"
