@@ -11,7 +11,7 @@ import pytest
 
 from aqa.annotations import load_mtl_aqa
 from aqa.errors import UserError
-from pipeline import main
+from cli_checks import expect_one_line_error
 
 ANNOTATIONS = "final_annotations_dict_with_dive_number.pkl"
 
@@ -131,16 +131,6 @@ def test_a_dive_in_both_splits_is_refused(tmp_path):
     assert error.problem == "dive 01_03 is in both the train and the test split"
 
 
-def run_cli(args: list[str], capsys) -> str:
-    capsys.readouterr()
-    assert main(args) == 2
-    captured = capsys.readouterr()
-    lines = [line for line in captured.err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
-    assert "Traceback" not in captured.err + captured.out
-    return lines[0]
-
-
 @pytest.mark.parametrize(
     "table",
     [{(1, 2): good_entry(), (1.7, 2): good_entry()}, {(1, 2): good_entry(judge_scores=["x"] * 7)},
@@ -150,7 +140,7 @@ def run_cli(args: list[str], capsys) -> str:
 def test_train_on_damaged_annotations_exits_with_one_line_naming_the_pickle(tmp_path, capsys, table):
     root = write_root(tmp_path / "mtl", table)
     run_dir = tmp_path / "run"
-    line = run_cli(["train", "--features", str(tmp_path / "cache.h5"), "--dataset", "mtl-aqa", "--data-root",
+    line = expect_one_line_error(["train", "--features", str(tmp_path / "cache.h5"), "--dataset", "mtl-aqa", "--data-root",
                     str(root), "--method", "ridge", "--run-dir", str(run_dir), "--no-progress"], capsys)
     assert line.startswith(f"error: {root / 'info' / ANNOTATIONS}: ")
     assert not run_dir.exists() and not list(tmp_path.glob(".run*"))
@@ -160,7 +150,7 @@ def test_extract_in_the_whole_video_layout_without_end_frames_exits_with_one_lin
     root = write_root(tmp_path / "mtl", {(1, 2): good_entry(end_frame=None)})
     (root / "frames" / "01").mkdir(parents=True)
     out = tmp_path / "features.h5"
-    line = run_cli(["extract", "--data-root", str(root), "--layout", "core", "--out", str(out), "--no-progress"],
+    line = expect_one_line_error(["extract", "--data-root", str(root), "--layout", "core", "--out", str(out), "--no-progress"],
                    capsys)
     assert line == (f"error: {root / 'info' / ANNOTATIONS}: dive 01_02 has no end_frame; "
                     "the whole-video (core) frame layout needs a frame number")

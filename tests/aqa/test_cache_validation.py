@@ -16,7 +16,7 @@ import pytest
 
 from aqa.cache import open_cache
 from aqa.errors import UserError
-from pipeline import main
+from cli_checks import expect_one_line_error
 
 DIM = 16
 
@@ -174,16 +174,6 @@ def test_features_that_cannot_be_decompressed_name_the_video_when_read(tmp_path)
         assert raised.value.path == str(tmp_path / "cache.h5")
 
 
-def run_cli(args: list[str], capsys) -> str:
-    capsys.readouterr()
-    assert main(args) == 2
-    captured = capsys.readouterr()
-    lines = [line for line in captured.err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
-    assert "Traceback" not in captured.err + captured.out
-    return lines[0]
-
-
 CLI_DAMAGE = ["config-is-a-json-list", "schema-version-is-text", "feature-dim-missing", "videos-not-a-group"]
 CLI_ENTRY_DAMAGE = ["entry-is-a-group", "integer-features", "mixed-feature-sizes", "clip-starts-of-another-shape"]
 
@@ -194,7 +184,7 @@ def test_inspect_of_a_damaged_cache_prints_one_line_naming_the_file(tmp_path, ca
     damage = {**HEADER_DAMAGE, **ENTRY_DAMAGE}[name][0]
     cache = write_raw_cache(tmp_path / "cache.h5", damage)
     before = cache.read_bytes()
-    line = run_cli(["inspect", str(cache), *extra], capsys)
+    line = expect_one_line_error(["inspect", str(cache), *extra], capsys)
     assert line.startswith(f"error: {cache}: ")
     if name in CLI_ENTRY_DAMAGE:
         assert "video 'a'" in line or "video 'b'" in line
@@ -204,7 +194,7 @@ def test_inspect_of_a_damaged_cache_prints_one_line_naming_the_file(tmp_path, ca
 def test_inspect_export_of_unreadable_features_prints_one_line_and_writes_nothing(tmp_path, capsys):
     cache = corrupt_compressed_entry(tmp_path / "cache.h5")
     out = tmp_path / "b.npy"
-    line = run_cli(["inspect", str(cache), "--key", "b", "--export", str(out)], capsys)
+    line = expect_one_line_error(["inspect", str(cache), "--key", "b", "--export", str(out)], capsys)
     assert line.startswith(f"error: {cache}: video 'b': its features cannot be read")
     assert sorted(tmp_path.iterdir()) == [cache]
 
@@ -215,7 +205,7 @@ def test_train_on_a_damaged_cache_prints_one_line_and_writes_no_run(tmp_path, ca
     manifest = tmp_path / "manifest.csv"
     manifest.write_text("key,path,score,split\na,a.mp4,1.0,train\nb,b.mp4,2.0,test\n")
     run_dir = tmp_path / "run"
-    line = run_cli(["train", "--features", str(cache), "--manifest", str(manifest), "--method", "ridge",
+    line = expect_one_line_error(["train", "--features", str(cache), "--manifest", str(manifest), "--method", "ridge",
                     "--run-dir", str(run_dir), "--no-progress"], capsys)
     assert line.startswith(f"error: {cache}: ")
     assert sorted(tmp_path.iterdir()) == [cache, manifest]

@@ -18,24 +18,7 @@ import torch
 from aqa.errors import UserError
 from extract.import_bank import check_pattern
 from extract.weights import load_i3d
-from pipeline import main
-
-
-def expect_one_line_error(args: list[str], capsys, *, untouched: list[Path] = (), absent: list[Path] = ()) -> str:
-    """Exit status 2, one stderr line starting with "error:", no traceback, files unchanged."""
-    before = {path: path.read_bytes() for path in untouched}
-    capsys.readouterr()
-    assert main([str(arg) for arg in args]) == 2
-    captured = capsys.readouterr()
-    lines = [line for line in captured.err.splitlines() if line.strip()]
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in captured.err + captured.out
-    for path, content in before.items():
-        assert path.read_bytes() == content, path
-    for path in absent:
-        assert not path.exists(), path
-    return lines[0]
+from cli_checks import expect_one_line_error
 
 
 # --------------------------------------------------------------------------- I3D weights

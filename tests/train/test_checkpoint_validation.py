@@ -15,6 +15,7 @@ import pytest
 import torch
 
 from pipeline import main
+from cli_checks import expect_one_line_error
 
 TRS_UNITS = 12 + 4 + 1 + 3  # optim.epochs + reference.epochs + the gate + semi.semi_epochs of the FAST flags
 STOPPED_AT = 18  # in the semi-supervised phase: student, teacher, reference and memories all saved
@@ -100,16 +101,6 @@ TAMPERED = {
 }
 
 
-def run_resume(args: list[str], capsys) -> str:
-    capsys.readouterr()
-    assert main(args) == 2
-    captured = capsys.readouterr()
-    lines = [line for line in captured.err.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
-    assert "Traceback" not in captured.err + captured.out
-    return lines[0]
-
-
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
 
@@ -124,7 +115,7 @@ def test_a_tampered_checkpoint_is_refused_on_resume_by_name_and_nothing_is_publi
     torch.save(tampered(torch.load(checkpoint, weights_only=True), edit), checkpoint)
     before = snapshot(tmp_path)
 
-    line = run_resume(train_args(tiny_dataset, tmp_path / "run", fast_flags, "--resume"), capsys)
+    line = expect_one_line_error(train_args(tiny_dataset, tmp_path / "run", fast_flags, "--resume"), capsys)
 
     assert line.startswith(f"error: {checkpoint}: ")
     for fragment in fragments:
@@ -149,7 +140,7 @@ def test_a_final_checkpoint_left_by_a_kill_before_publishing_is_checked_too(
     shutil.copytree(finished_ridge_run, work)
     checkpoint = work / "checkpoint.pt"
     torch.save(tampered(torch.load(checkpoint, weights_only=True), edit), checkpoint)
-    line = run_resume(train_args(tiny_dataset, tmp_path / "run", fast_flags, "--resume", method="ridge"), capsys)
+    line = expect_one_line_error(train_args(tiny_dataset, tmp_path / "run", fast_flags, "--resume", method="ridge"), capsys)
     assert line.startswith(f"error: {checkpoint}: cannot resume: the checkpoint ") and message in line
     assert not (tmp_path / "run").exists()
 

@@ -14,25 +14,7 @@ from pathlib import Path
 import pytest
 
 from pipeline import main
-
-
-def expect_one_line_error(args: list[str], capsys, *, untouched: list[Path] = (), absent: list[Path] = ()) -> str:
-    """Run the CLI: exit 2, one stderr line starting with "error:", no traceback, ``untouched``
-    files byte-identical, ``absent`` paths still absent (nor half-written beside them)."""
-    before = {path: path.read_bytes() for path in untouched}
-    capsys.readouterr()
-    assert main(args) == 2
-    captured = capsys.readouterr()
-    lines = [line for line in captured.err.splitlines() if line.strip()]
-    assert len(lines) == 1, captured.err
-    assert lines[0].startswith("error: ")
-    assert "Traceback" not in captured.err + captured.out
-    for path, content in before.items():
-        assert path.read_bytes() == content, path
-    for path in absent:
-        assert not path.exists(), path
-        assert not list(path.parent.glob(f".{path.name}*")), f"something half-written beside {path}"
-    return lines[0]
+from cli_checks import expect_one_line_error
 
 
 def data_args(dataset) -> list[str]:
