@@ -236,29 +236,15 @@ def _fsync_folder(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_writer(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None,
-                  newline: str | None = None) -> Iterator[IO]:
-    """``with atomic_writer(path) as handle:`` write ``path`` all at once or not at all.
-
-    ``mode`` is ``"wb"`` or ``"w"`` (text, with ``encoding``/``newline`` as for :func:`open`).
-    When the block raises, ``path`` is left as it was and the temporary is removed; an
-    ``OSError`` becomes a :class:`UserError` naming ``path``.
-    """
-    if mode not in ("wb", "w"):
-        raise ValueError(f"atomic_writer writes whole files ('wb' or 'w'), not mode {mode!r}")
-    path = Path(path)
+def _replacing(path: Path) -> Iterator[tuple[int, Path]]:
+    """The part every atomic write shares: a temporary created exclusively beside ``path``
+    (``(descriptor, temporary)``, the descriptor open for the caller to use or close); when the
+    block ends it is renamed over ``path`` and the rename made durable. When the block raises,
+    ``path`` is left as it was and the temporary is removed; an ``OSError`` becomes a
+    :class:`UserError` naming ``path``."""
     descriptor, temporary = _create_temporary(path)
     try:
-        try:
-            handle = os.fdopen(descriptor, mode, encoding=encoding if mode == "w" else None,
-                               newline=newline if mode == "w" else None)
-        except BaseException:
-            os.close(descriptor)
-            raise
-        with handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+        yield descriptor, temporary
         os.replace(temporary, path)
         _fsync_folder(path.parent)
     except OSError as error:
@@ -269,6 +255,30 @@ def atomic_writer(path: str | os.PathLike, mode: str = "wb", encoding: str | Non
 
 
 @contextlib.contextmanager
+def atomic_writer(path: str | os.PathLike, mode: str = "wb", encoding: str | None = None,
+                  newline: str | None = None) -> Iterator[IO]:
+    """``with atomic_writer(path) as handle:`` write ``path`` all at once or not at all.
+
+    ``mode`` is ``"wb"`` or ``"w"`` (text, with ``encoding``/``newline`` as for :func:`open`).
+    When the block raises, ``path`` is left as it was and the temporary is removed; an
+    ``OSError`` becomes a :class:`UserError` naming ``path``.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_writer writes whole files ('wb' or 'w'), not mode {mode!r}")
+    with _replacing(Path(path)) as (descriptor, _):
+        try:
+            handle = os.fdopen(descriptor, mode, encoding=encoding if mode == "w" else None,
+                               newline=newline if mode == "w" else None)
+        except BaseException:
+            os.close(descriptor)
+            raise
+        with handle:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """``with atomic_path(path) as temporary:`` for writers that open a file by name.
 
@@ -276,10 +286,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     (truncating it is fine), and it is synced and renamed over ``path`` when the block ends.
     Failures behave as in :func:`atomic_writer`.
     """
-    path = Path(path)
-    descriptor, temporary = _create_temporary(path)
-    os.close(descriptor)
-    try:
+    with _replacing(Path(path)) as (descriptor, temporary):
+        os.close(descriptor)
         yield temporary
         # Reopened without following links: the synced file must be the one renamed.
         synced = os.open(temporary, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
@@ -287,13 +295,6 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             os.fsync(synced)
         finally:
             os.close(synced)
-        os.replace(temporary, path)
-        _fsync_folder(path.parent)
-    except OSError as error:
-        raise write_failure(error, path) from None
-    finally:
-        with contextlib.suppress(OSError):
-            temporary.unlink()
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
