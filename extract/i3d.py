@@ -73,6 +73,15 @@ def _split_padding(pads):
     return symmetric, leftover
 
 
+def check_feature_request(clips: Tensor, end_point: str, stages) -> None:
+    """``ValueError`` unless ``end_point`` is one of ``stages`` and ``clips`` is ``[B, 3, T, H, W]``
+    (shared by the plain network and its inference-time preparation)."""
+    if end_point not in stages:
+        raise ValueError(f"unknown end point {end_point!r}; one of {', '.join(stages)}")
+    if clips.dim() != 5 or clips.shape[1] != 3:
+        raise ValueError(f"expected clips [B, 3, T, H, W], got shape {tuple(clips.shape)}")
+
+
 class MaxPool3dSame(nn.Module):
     """Max pool with TF "SAME" padding (same result as TF's -inf padding)."""
 
@@ -204,10 +213,7 @@ class InceptionI3d(nn.Module):
 
     def feature_map(self, clips: Tensor, end_point: str = "Mixed_5c") -> Tensor:
         """The activations after ``end_point`` (default Mixed_5c: ``[B, 1024, T/8, H/32, W/32]``)."""
-        if end_point not in self._stages:
-            raise ValueError(f"unknown end point {end_point!r}; one of {', '.join(self._stages)}")
-        if clips.dim() != 5 or clips.shape[1] != 3:
-            raise ValueError(f"expected clips [B, 3, T, H, W], got shape {tuple(clips.shape)}")
+        check_feature_request(clips, end_point, self._stages)
         x = clips
         for name in self._stages:
             x = getattr(self, name)(x)

@@ -28,7 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from extract.i3d import InceptionI3d, InceptionModule, MaxPool3dSame, Unit3D, _split_padding, same_padding
+from extract.i3d import (
+    InceptionI3d, InceptionModule, MaxPool3dSame, Unit3D, _split_padding, check_feature_request, same_padding,
+)
 
 COMPUTE_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -223,10 +225,7 @@ class PreparedI3D(nn.Module):
 
     def feature_map(self, clips: Tensor, end_point: str = "Mixed_5c") -> Tensor:
         """Activations after ``end_point``, in the compute precision and channels_last_3d."""
-        if end_point not in self._stages:
-            raise ValueError(f"unknown end point {end_point!r}; one of {', '.join(self._stages)}")
-        if clips.dim() != 5 or clips.shape[1] != 3:
-            raise ValueError(f"expected clips [B, 3, T, H, W], got shape {tuple(clips.shape)}")
+        check_feature_request(clips, end_point, self._stages)
         x = clips
         # The weights fix the precision; a caller's autocast would only cast them back and forth
         # (and oneDNN's fused op refuses mixed dtypes), so it is switched off in here.
