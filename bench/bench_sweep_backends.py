@@ -14,7 +14,14 @@ then prints wall times and whether every run's metrics.json (all fields but wall
 is a time) and predictions.csv are identical across the three. The default grid is 40 runs:
 supervised and mean-teacher, 10 % and 25 % labels, TES and PCS, seeds 0-4.
 
+With ``--slurm``, steps 2 and 3 go through a real Slurm queue instead (``sweep --cluster slurm``:
+dask-jobqueue writes the job scripts and submits 2 one-core jobs with ``sbatch``), and in step 3
+the Slurm job whose worker trains a run with a checkpoint is cancelled with ``scancel`` (what a
+preemption or a node failure does to a run). A one-node Slurm on 127.0.0.1 for this:
+``bench/slurm_loopback.sh`` (Debian's slurm-wlm).
+
     python bench/bench_sweep_backends.py [--fisv-dir ../shared/data/fisv-swin] [--runs DIR]
+    python bench/bench_sweep_backends.py --slurm [--slurm-queue debug]
 """
 
 from __future__ import annotations
@@ -117,6 +124,44 @@ def kill_a_worker_mid_run(cluster: LoopbackDask, out: Path, after: int, record: 
         time.sleep(0.02)
 
 
+def slurm_job_of(pid: int) -> str | None:
+    """The Slurm job a process on this machine runs in (its SLURM_JOB_ID), or None."""
+    try:
+        environment = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return None
+    for entry in environment:
+        if entry.startswith(b"SLURM_JOB_ID="):
+            return entry.split(b"=", 1)[1].decode()
+    return None
+
+
+def cancel_a_job_mid_run(out: Path, after: int, record: dict) -> None:
+    """Once ``after`` runs are finished, ``scancel`` the Slurm job whose worker holds a run that
+    has a checkpoint."""
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline:
+        if len(list(out.rglob("metrics.json"))) >= after:
+            for lock in out.rglob(".s*.lock"):
+                checkpoint = lock.parent / (lock.name[:-len(".lock")] + ".partial") / "checkpoint.pt"
+                try:
+                    pid = json.loads(lock.read_text())["pid"]
+                except (OSError, ValueError, KeyError):
+                    continue
+                job = slurm_job_of(pid)
+                if checkpoint.is_file() and job is not None:
+                    subprocess.run(["scancel", job], check=True)
+                    record.update(pid=pid, job=job, run=str(lock.parent.relative_to(out) / lock.name[1:-len(".lock")]))
+                    return
+        time.sleep(0.02)
+
+
+def slurm_options(runs: Path, queue: str) -> str:
+    """--cluster-options for 2 one-core worker jobs that reach the sweep's scheduler on loopback."""
+    return (f"queue={queue},cores=1,memory=4GB,jobs=2,walltime=00:30:00,interface=lo,"
+            f"log_directory={runs / 'slurm-logs'},prologue=export OMP_NUM_THREADS=1")
+
+
 def results(out: Path) -> dict:
     table = {}
     for metrics_file in sorted(out.rglob("metrics.json")):
@@ -137,30 +182,49 @@ def main():
     parser.add_argument("--targets", default="TES,PCS")
     parser.add_argument("--seeds", default="0-4")
     parser.add_argument("--kill-after", type=int, default=10, help="Kill a worker once this many runs finished.")
+    parser.add_argument("--slurm", action="store_true",
+                        help="Steps 2 and 3 on a real Slurm queue (sweep --cluster slurm) instead of loopback Dask.")
+    parser.add_argument("--slurm-queue", default="debug", help="Slurm partition for --slurm.")
     args = parser.parse_args()
+    if args.slurm and shutil.which("sbatch") is None:
+        sys.exit("--slurm: no sbatch on PATH (bench/slurm_loopback.sh starts a one-node Slurm)")
 
     cache = ensure_fisv_cache(args.fisv_dir, args.cache)
     grid = ["--methods", args.methods, "--ratios", args.ratios, "--targets", args.targets, "--seeds", args.seeds]
     runs = args.runs.resolve()
     load_before = os.getloadavg()
     joblib_seconds = sweep(cache, args.fisv_dir, runs / "joblib", grid, "--jobs", "2", "--threads", "1")
-    started = time.perf_counter()
-    with LoopbackDask(runs / "cluster") as cluster:
-        cluster_seconds = time.perf_counter() - started
-        dask_seconds = sweep(cache, args.fisv_dir, runs / "dask", grid, "--scheduler", cluster.address)
-        killed: dict = {}
-        killer = threading.Thread(target=kill_a_worker_mid_run,
-                                  args=(cluster, runs / "dask-killed", args.kill_after, killed), daemon=True)
+    killed: dict = {}
+    if args.slurm:
+        cluster_seconds = None
+        backend = ["--cluster", "slurm", "--cluster-options", slurm_options(runs, args.slurm_queue)]
+        dask_seconds = sweep(cache, args.fisv_dir, runs / "dask", grid, *backend)
+        killer = threading.Thread(target=cancel_a_job_mid_run,
+                                  args=(runs / "dask-killed", args.kill_after, killed), daemon=True)
         killer.start()
-        killed_seconds = sweep(cache, args.fisv_dir, runs / "dask-killed", grid, "--scheduler", cluster.address,
+        killed_seconds = sweep(cache, args.fisv_dir, runs / "dask-killed", grid, *backend,
                                "--checkpoint-seconds", "0.5")
+    else:
+        started = time.perf_counter()
+        with LoopbackDask(runs / "cluster") as cluster:
+            cluster_seconds = time.perf_counter() - started
+            dask_seconds = sweep(cache, args.fisv_dir, runs / "dask", grid, "--scheduler", cluster.address)
+            killer = threading.Thread(target=kill_a_worker_mid_run,
+                                      args=(cluster, runs / "dask-killed", args.kill_after, killed), daemon=True)
+            killer.start()
+            killed_seconds = sweep(cache, args.fisv_dir, runs / "dask-killed", grid, "--scheduler", cluster.address,
+                                   "--checkpoint-seconds", "0.5")
     load_after = os.getloadavg()
 
     reference = results(runs / "joblib")
     resumed_lines = [line for line in (runs / "dask-killed.log").read_text().splitlines() if "resumed after" in line]
+    if args.slurm:
+        names = ("Slurm, 2 jobs x 1 core (--cluster slurm)", "Slurm, one job cancelled mid-run (scancel)")
+    else:
+        names = ("Dask, 2 workers x 1 thread (--scheduler)", "Dask, one worker killed mid-run")
     rows = [("joblib --jobs 2 --threads 1", joblib_seconds, reference),
-            ("Dask, 2 workers x 1 thread (--scheduler)", dask_seconds, results(runs / "dask")),
-            ("Dask, one worker killed mid-run", killed_seconds, results(runs / "dask-killed"))]
+            (names[0], dask_seconds, results(runs / "dask")),
+            (names[1], killed_seconds, results(runs / "dask-killed"))]
     print(f"{len(reference)} runs ({' '.join(grid)}) on {socket.gethostname()}, {os.cpu_count()} CPUs; "
           f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after")
     print("| backend | wall time (s) | ratio to joblib | runs | metrics.json and predictions.csv identical to joblib |")
@@ -168,9 +232,14 @@ def main():
     for name, seconds, table in rows:
         same = table == reference
         print(f"| {name} | {seconds:.1f} | {seconds / joblib_seconds:.2f} | {len(table)} | {'yes' if same else 'NO'} |")
-    print(f"\nDask cluster start (scheduler + 2 workers importing torch): {cluster_seconds:.1f} s, not in the times.")
-    print(f"killed: worker pid {killed.get('pid')} while training {killed.get('run')}; "
-          f"resumed on the other worker: {resumed_lines or 'none'}")
+    if args.slurm:
+        print("\nSlurm: the times include submitting the jobs and their workers starting (torch imports).")
+        print(f"cancelled: Slurm job {killed.get('job')} (worker pid {killed.get('pid')}) while training "
+              f"{killed.get('run')}; resumed on the other job's worker: {resumed_lines or 'none'}")
+    else:
+        print(f"\nDask cluster start (scheduler + 2 workers importing torch): {cluster_seconds:.1f} s, not in the times.")
+        print(f"killed: worker pid {killed.get('pid')} while training {killed.get('run')}; "
+              f"resumed on the other worker: {resumed_lines or 'none'}")
 
 
 if __name__ == "__main__":

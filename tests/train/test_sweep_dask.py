@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -313,8 +314,8 @@ def test_a_slurm_sweep_submits_job_scripts_whose_workers_train_the_grid(tiny_dat
     """--cluster slurm end to end, with sbatch and scancel replaced by shims that run each job script
     on this machine: dask-jobqueue writes and submits the scripts, the workers they start join the
     sweep's scheduler on loopback and train the grid (equal to joblib's), and the jobs are cancelled
-    when the sweep ends. (No Slurm can be installed from the package registries; this checks
-    everything on this side of sbatch.)"""
+    when the sweep ends. (This checks everything on this side of sbatch on any machine; the test
+    below submits to a real Slurm where one answers.)"""
     pytest.importorskip("dask_jobqueue")
     shims, jobs = tmp_path / "bin", tmp_path / "jobs"
     shims.mkdir()
@@ -352,3 +353,54 @@ def test_a_slurm_sweep_submits_job_scripts_whose_workers_train_the_grid(tiny_dat
     slurm_results, joblib_results = result_files(tmp_path / "slurm-runs"), result_files(tmp_path / "joblib-runs")
     assert len(slurm_results) == 2 and slurm_results == joblib_results
     assert json.loads((tmp_path / "slurm-runs" / "sweep_backend.json").read_text())["cluster"] == "slurm"
+
+
+def _idle_slurm_partition() -> str | None:
+    """The default partition of a Slurm controller that answers here with an idle node, else None."""
+    if shutil.which("sinfo") is None or shutil.which("sbatch") is None:
+        return None
+    try:
+        listing = subprocess.run(["sinfo", "-h", "-o", "%P %T"], capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    for line in listing.stdout.splitlines():
+        partition, _, state = line.partition(" ")
+        if state.startswith("idle") or state.startswith("mix"):
+            return partition.rstrip("*")
+    return None
+
+
+def test_a_real_slurm_queue_trains_the_grid_and_its_jobs_end_with_the_sweep(tiny_dataset, fast_flags, tmp_path,
+                                                                            monkeypatch, capsys):
+    """--cluster slurm against a real Slurm controller (``bench/slurm_loopback.sh`` starts a
+    one-node one on 127.0.0.1): two jobs go through sbatch, their workers train the grid to
+    joblib's results, and the jobs are gone from the queue once the sweep has returned."""
+    pytest.importorskip("dask_jobqueue")
+    partition = _idle_slurm_partition()
+    if partition is None:
+        pytest.skip("no Slurm controller with an idle node answers here (bench/slurm_loopback.sh starts one)")
+    monkeypatch.chdir(tmp_path)
+    grid = ["--methods", "supervised,ridge", "--ratios", "0.5", "--seeds", "0", *fast_flags]
+    job_name = f"trs-test-{os.getpid()}"
+    options = json.dumps({
+        "queue": partition, "cores": 1, "memory": "2GB", "jobs": 2, "walltime": "00:10:00", "interface": "lo",
+        "log_directory": str(tmp_path / "dask-logs"), "job_extra": [f"--job-name={job_name}"],
+        "prologue": ["export OMP_NUM_THREADS=1", f"export PYTHONPATH={REPO}"]})
+    try:
+        status = main(sweep_args(tiny_dataset, tmp_path / "slurm-runs", "--cluster", "slurm",
+                                 "--cluster-options", options, *grid))
+    finally:
+        subprocess.run(["scancel", "--name", job_name], capture_output=True, timeout=30)
+    assert status == 0, capsys.readouterr().out
+    assert len(list((tmp_path / "dask-logs").glob("*.err"))) == 2  # two jobs ran
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:  # scancel from the sweep's exit takes a moment to show
+        queued = subprocess.run(["squeue", "-h", "--name", job_name, "-o", "%i %T"], capture_output=True,
+                                text=True, timeout=10).stdout.split("\n")
+        if not any(line.strip() for line in queued):
+            break
+        time.sleep(0.5)
+    assert not any(line.strip() for line in queued), queued
+    assert main(sweep_args(tiny_dataset, tmp_path / "joblib-runs", "--jobs", "1", "--threads", "1", *grid)) == 0
+    slurm_results, joblib_results = result_files(tmp_path / "slurm-runs"), result_files(tmp_path / "joblib-runs")
+    assert len(slurm_results) == 2 and slurm_results == joblib_results
