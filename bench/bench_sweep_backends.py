@@ -105,9 +105,9 @@ def sweep(cache: Path, fisv_dir: Path, out: Path, grid: list[str], *backend: str
     return seconds
 
 
-def kill_a_worker_mid_run(cluster: LoopbackDask, out: Path, after: int, record: dict) -> None:
-    """Once ``after`` runs are finished, SIGKILL the worker holding a run that has a checkpoint."""
-    worker_pids = {worker.pid for worker in cluster.workers}
+def wait_for_a_run_with_checkpoint(out: Path, after: int, owner) -> tuple[int, object, str] | None:
+    """Once ``after`` runs are finished, the first run in progress that has a checkpoint and whose
+    training process ``owner(pid)`` accepts: (pid, what owner returned, run name); None after 15 min."""
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline:
         if len(list(out.rglob("metrics.json"))) >= after:
@@ -117,11 +117,21 @@ def kill_a_worker_mid_run(cluster: LoopbackDask, out: Path, after: int, record: 
                     pid = json.loads(lock.read_text())["pid"]
                 except (OSError, ValueError, KeyError):
                     continue
-                if checkpoint.is_file() and pid in worker_pids:
-                    os.kill(pid, signal.SIGKILL)
-                    record.update(pid=pid, run=str(lock.parent.relative_to(out) / lock.name[1:-len(".lock")]))
-                    return
+                accepted = owner(pid)
+                if checkpoint.is_file() and accepted:
+                    return pid, accepted, str(lock.parent.relative_to(out) / lock.name[1:-len(".lock")])
         time.sleep(0.02)
+    return None
+
+
+def kill_a_worker_mid_run(cluster: LoopbackDask, out: Path, after: int, record: dict) -> None:
+    """Once ``after`` runs are finished, SIGKILL the worker holding a run that has a checkpoint."""
+    worker_pids = {worker.pid for worker in cluster.workers}
+    found = wait_for_a_run_with_checkpoint(out, after, lambda pid: pid in worker_pids)
+    if found is not None:
+        pid, _, run = found
+        os.kill(pid, signal.SIGKILL)
+        record.update(pid=pid, run=run)
 
 
 def slurm_job_of(pid: int) -> str | None:
@@ -139,21 +149,11 @@ def slurm_job_of(pid: int) -> str | None:
 def cancel_a_job_mid_run(out: Path, after: int, record: dict) -> None:
     """Once ``after`` runs are finished, ``scancel`` the Slurm job whose worker holds a run that
     has a checkpoint."""
-    deadline = time.monotonic() + 900
-    while time.monotonic() < deadline:
-        if len(list(out.rglob("metrics.json"))) >= after:
-            for lock in out.rglob(".s*.lock"):
-                checkpoint = lock.parent / (lock.name[:-len(".lock")] + ".partial") / "checkpoint.pt"
-                try:
-                    pid = json.loads(lock.read_text())["pid"]
-                except (OSError, ValueError, KeyError):
-                    continue
-                job = slurm_job_of(pid)
-                if checkpoint.is_file() and job is not None:
-                    subprocess.run(["scancel", job], check=True)
-                    record.update(pid=pid, job=job, run=str(lock.parent.relative_to(out) / lock.name[1:-len(".lock")]))
-                    return
-        time.sleep(0.02)
+    found = wait_for_a_run_with_checkpoint(out, after, slurm_job_of)
+    if found is not None:
+        pid, job, run = found
+        subprocess.run(["scancel", job], check=True)
+        record.update(pid=pid, job=job, run=run)
 
 
 def slurm_options(runs: Path, queue: str) -> str:
