@@ -330,7 +330,9 @@ class FileLock:
     # Locks this process holds: {lock file: [descriptor, count]}. flock conflicts between two
     # descriptors of one process, so the lock is counted here instead of taken twice.
     _held: dict[str, list[int]] = {}
-    _held_guard = threading.Lock()
+    # Re-entrant: the garbage collector may run a finaliser that releases another lock (a
+    # CacheWriter's __del__) in the middle of acquire(), on the same thread; a plain Lock hung there.
+    _held_guard = threading.RLock()
 
     def __init__(self, path: str | os.PathLike, what: str):
         self.path = Path(path)

@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -239,6 +240,27 @@ def test_the_lock_is_reentrant_within_a_process(tmp_path):
     assert lock_path(target).exists()  # still held by the second
     second.release()
     assert not lock_path(target).exists()
+
+
+def test_a_release_run_by_the_garbage_collector_during_an_acquire_does_not_hang(tmp_path, monkeypatch):
+    # What hung a test run: a CacheWriter's __del__ (releasing its lock) ran, through the garbage
+    # collector, inside another lock's acquire on the same thread. Simulated deterministically.
+    collected = FileLock(tmp_path / "old.h5", "x").acquire()
+    taking = FileLock(tmp_path / "new.h5", "x")
+    original = FileLock._lock_file_descriptor
+
+    def finaliser_runs_midway(self):
+        collected.release()
+        return original(self)
+
+    monkeypatch.setattr(FileLock, "_lock_file_descriptor", finaliser_runs_midway)
+    worker = threading.Thread(target=taking.acquire, daemon=True)
+    worker.start()
+    worker.join(timeout=20)
+    assert not worker.is_alive(), "acquire hung on the release inside it"
+    assert taking.holding and not collected.holding
+    assert lock_path(tmp_path / "new.h5").exists() and not lock_path(tmp_path / "old.h5").exists()
+    taking.release()
 
 
 def test_a_symlink_planted_as_the_lock_file_is_not_followed(tmp_path):
