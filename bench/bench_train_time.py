@@ -67,7 +67,7 @@ def main():
     parser.add_argument("--mtl-aqa-root", type=Path, default=REPO_ROOT.parent / "shared" / "data" / "mtl-aqa")
     parser.add_argument("--cache", type=Path, default=REPO_ROOT / "features" / "bench-mtl-aqa-sized.h5")
     parser.add_argument("--runs", default="trs:default,supervised:default",
-                        help="Comma-separated METHOD:PRESET pairs to time.")
+                        help="Comma-separated METHOD[:PRESET[:field=value;field=value]] runs to time (the fields go to --set).")
     parser.add_argument("--ratio", type=float, default=0.2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--paper-scale", type=int, default=1,
@@ -80,14 +80,18 @@ def main():
     cache = make_cache(args.cache, args.mtl_aqa_root, clips=10, dim=1024)
     print(f"cache {cache} ready ({time.perf_counter() - started:.1f} s)", flush=True)
     results = []
-    for item in args.runs.split(","):
-        method, _, preset = item.partition(":")
+    for number, item in enumerate(args.runs.split(",")):
+        # METHOD[:PRESET[:field=value;field=value]]: the overrides go to `train --set`.
+        method, preset, overrides = (item.split(":", 2) + ["", ""])[:3]
         preset = preset or "default"
-        run_dir = args.work / f"{method}-{preset}"
+        overrides = [assignment for assignment in overrides.split(";") if assignment]
+        run_dir = args.work / f"{number}-{method}-{preset}"
         command = [sys.executable, "pipeline.py", "train", "--features", str(cache), "--dataset", "mtl-aqa",
                    "--data-root", str(args.mtl_aqa_root), "--method", method, "--preset", preset, "--ratio",
                    f"{args.ratio:g}", "--seed", "0", "--run-dir", str(run_dir), "--threads", str(args.threads),
                    "--overwrite", "--no-progress"]
+        for assignment in overrides:
+            command += ["--set", assignment]
         scale = 1
         if preset == "paper" and args.paper_scale > 1:
             from train.config import preset_config
@@ -101,7 +105,7 @@ def main():
         subprocess.run(command, cwd=REPO_ROOT, check=True)
         wall = time.perf_counter() - began
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        record = {"method": method, "preset": preset, "ratio": args.ratio, "threads": args.threads,
+        record = {"method": method, "preset": preset, "overrides": overrides, "ratio": args.ratio, "threads": args.threads,
                   "process_seconds": round(wall, 1), "training_seconds": metrics["wall_seconds"],
                   "epochs": metrics["epochs"], "epoch_scale": scale, "spearman": metrics["spearman"],
                   "n_labelled": metrics["n_labelled"], "n_unlabelled": metrics["n_unlabelled"]}

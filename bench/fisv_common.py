@@ -50,6 +50,10 @@ def run_in_process(config_dict: dict, threads: int = 1) -> dict:
     if fitted.diagnostics is not None:
         last = fitted.diagnostics.get("last_refresh") or {}
         result["diagnostics"] = {key: value for key, value in last.items() if key != "epoch"}
+        gate = fitted.diagnostics.get("gate") or {}
+        if gate.get("estimates"):
+            result["gate"] = {"chosen": gate["chosen"], "default": gate["default"], "margin": gate["margin"],
+                              "estimates": gate["estimates"]}
     if config.method == "ridge":
         result["ridge_alpha"] = fitted.method.model_summary()["ridge_alpha"]
     return result

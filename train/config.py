@@ -20,6 +20,7 @@ Two presets:
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -182,18 +183,29 @@ class SemiConfig(CheckedConfig):
     # Spearman by more than 1/sqrt(n_labelled). false: today's trs exactly.
     gate: bool = True
     gate_folds: int = 3  # folds of the labelled videos (fewer when there are too few labels)
+    # Cross-fittings, each dealing new folds, their pooled estimates averaged: 3 by default. One
+    # cross-fitting's estimates are noisy enough to flip the choice both ways (validation splits:
+    # it kept a graph that cost 0.17 on the demo's dives and dropped ones that helped on Fis-V);
+    # three cost 16 s more at MTL-AQA size (trs 55 s instead of 39 s, bench/bench_train_time.py).
+    gate_repeats: int = 3
     # Epochs of the fold models (the burn-in recipe otherwise), at most the burn-in's; 0: all of
     # optim.epochs / reference.epochs.
     # 30 by default (burn-in: 100 / 150), to keep the default trs run within 60 s at MTL-AQA size
     # on 2 cores: 50 / 50 made the gate 18 s and the run 61.5 s (bench/bench_train_time.py).
     gate_epochs: int = 30  # labelled epochs of each fold student
     gate_reference_epochs: int = 30  # pairwise epochs of each fold reference
+    # None: the graph is one option among the others (kept as the default unless another beats it
+    # by the margin). A number g: the graph must earn its place: its best out-of-fold estimate must
+    # beat the best without it by more than g / sqrt(n_labelled), or the gate chooses without it.
+    gate_graph_margin: float | None = None
 
     def check(self) -> None:
         _non_negative(self, "semi_epochs", "unlabelled_weight", "graph_strength", "gate_epochs",
                       "gate_reference_epochs")
-        _positive(self, "mc_samples", "graph_neighbours", "max_confidence_weight")
+        _positive(self, "mc_samples", "graph_neighbours", "max_confidence_weight", "gate_repeats")
         require(self.gate_folds >= 2, "gate_folds", f"must be at least 2, got {self.gate_folds!r}")
+        require(self.gate_graph_margin is None or math.isfinite(self.gate_graph_margin), "gate_graph_margin",
+                f"must be a finite number of margins (or null: no separate rule), got {self.gate_graph_margin!r}")
         _share(self, "ema_decay", "memory_decay", one_allowed=True)
 
 

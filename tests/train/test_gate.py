@@ -16,7 +16,7 @@ from train import build_config, fit
 from train.data import prepare_data
 from train.methods import CheckpointMismatch, make_method
 from train.methods import gate as gate_module
-from train.methods.gate import GateOption, gate_options, margin_choice, run_gate
+from train.methods.gate import GateOption, gate_options, graph_must_earn_its_place, margin_choice, run_gate
 from train.methods.pseudo_labels import GraphRefiner
 
 
@@ -79,6 +79,55 @@ def test_the_default_is_kept_unless_another_option_beats_it_by_more_than_the_mar
     assert margin_choice({"default": None, "other": None}, "default", margin=0.0) == "default"
 
 
+def test_with_a_graph_margin_the_graph_must_beat_the_best_option_without_it(tiny_dataset, fast):
+    options = gate_options(config_for(tiny_dataset, fast))
+    default = options[0]
+    names = [option.name for option in options]
+    margin = 0.18
+
+    def rule(estimates, graph_margin):
+        candidates, start = graph_must_earn_its_place(options, dict(zip(names, estimates)), default, graph_margin,
+                                                      margin)
+        return [option.name for option in candidates], start.name
+
+    without = (["teacher+reference, graph 0", "teacher, graph 0"], "teacher+reference, graph 0")
+    # The demo's tie (graph 0.467, no graph 0.473): no margin keeps the default; margin 0 drops the graph.
+    tie = [0.467, 0.473, 0.40, 0.41]
+    assert rule(tie, None) == (names, default.name)
+    assert rule(tie, 0.0) == without
+    clear = [0.60, 0.40, 0.55, 0.38]  # the graph ahead by 0.20
+    assert rule(clear, 0.0) == (names, default.name)
+    assert rule(clear, 1.0) == (names, default.name)  # 0.20 > 1 x 0.18
+    assert rule(clear, 2.0) == without  # 0.20 < 2 x 0.18
+    assert rule([0.60, None, 0.55, 0.38], 0.0) == (names, default.name)  # an undefined estimate loses
+    assert rule([None, 0.3, None, 0.2], 0.0) == without
+    # Without the reference in the configuration, the no-graph start keeps the default's sources.
+    plain = gate_options(config_for(tiny_dataset, fast, "semi.use_reference=false"))
+    candidates, start = graph_must_earn_its_place(plain, {o.name: 0.1 for o in plain}, plain[0], 0.0, margin)
+    assert [o.name for o in candidates] == ["teacher, graph 0"] and start.name == "teacher, graph 0"
+
+
+def test_a_run_with_a_graph_margin_drops_a_graph_that_does_not_beat_the_options_without_it(tiny_dataset, fast):
+    result = fit(config_for(tiny_dataset, fast, "semi.gate_graph_margin=1e6"), progress=False)
+    outcome = result.diagnostics["gate"]
+    assert outcome["chosen"].endswith("graph 0")
+    assert not any(isinstance(refiner, GraphRefiner) for refiner in result.method.labelling.refiners)
+
+
+def test_repeated_cross_fitting_averages_new_folds_and_starts_with_the_single_one(tiny_dataset, fast):
+    once = fit(config_for(tiny_dataset, fast, "semi.gate_repeats=1"), progress=False).diagnostics["gate"]
+    twice = fit(config_for(tiny_dataset, fast, "semi.gate_repeats=2"), progress=False).diagnostics["gate"]
+    for name, per_fold in twice["fold_estimates"].items():
+        assert len(per_fold) == 6
+        assert per_fold[:3] == once["fold_estimates"][name]  # repeat 0 is the single cross-fitting
+    # Repeat 1 deals other folds (a fold of 2-3 tiny videos can score the same by chance: compare all).
+    assert [per_fold[3:] for per_fold in twice["fold_estimates"].values()] != [
+        per_fold[:3] for per_fold in twice["fold_estimates"].values()]
+    # Each repeat's pooled estimate is in [-1, 1]; their mean is the option's estimate.
+    assert all(-1 <= value <= 1 for value in twice["estimates"].values())
+    assert twice["estimates"] != once["estimates"]
+
+
 def test_gate_folds_below_two_is_a_user_error(tiny_dataset, fast):
     with pytest.raises(UserError, match="gate_folds"):
         config_for(tiny_dataset, fast, "semi.gate_folds=1")
@@ -97,7 +146,8 @@ def test_the_gate_runs_after_the_burn_in_and_records_its_decision(gated):
     assert outcome["n_labelled"] == n and outcome["margin"] == pytest.approx(1 / np.sqrt(n))
     assert outcome["folds"] == 3 and outcome["default"] == "teacher+reference, graph 3"
     assert set(outcome["estimates"]) == set(outcome["options"]) == set(outcome["fold_estimates"])
-    assert all(len(per_fold) == 3 for per_fold in outcome["fold_estimates"].values())
+    assert outcome["repeats"] == 3  # the default: three cross-fittings of 3 folds each
+    assert all(len(per_fold) == 9 for per_fold in outcome["fold_estimates"].values())
     assert outcome["chosen"] in outcome["options"]
     assert gated["on"].diagnostics["switches"]["gate"] is True
     assert gated["off"].diagnostics["gate"] is None

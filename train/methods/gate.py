@@ -124,10 +124,10 @@ def _train_fold_reference(method, positions: torch.Tensor, epochs: int, seed: in
 def run_gate(method) -> dict:
     """Cross-fit the options on the labelled videos of ``method`` (a TRSMethod after its burn-in).
 
-    Returns the outcome (plain data, part of the run's state): per option its pooled out-of-fold
-    Spearman and per-fold Spearman, the margin, the default and the chosen option. (No wall time:
-    a resumed run's diagnostics equal an uninterrupted run's; the gate unit's history record has it.)"""
-    from train.methods.pseudo_labels import Context, build_sources
+    Returns the outcome (plain data, part of the run's state): per option its estimate (the pooled
+    out-of-fold Spearman, averaged over ``semi.gate_repeats`` cross-fittings) and per-fold
+    Spearman, the margin, the default and the chosen option. (No wall time: a resumed run's
+    diagnostics equal an uninterrupted run's; the gate unit's history record has it.)"""
     from train.methods.supervised import stream_seed
 
     config, semi = method.config, method.config.semi
@@ -141,53 +141,104 @@ def run_gate(method) -> dict:
     if folds < 2 or len(options) == 1:
         return {**outcome, "chosen": default.name, "estimates": {}, "fold_estimates": {},
                 "reason": "fewer than 4 labelled videos" if folds < 2 else "only one option"}
-    seed = stream_seed(config.seed, GATE_STREAM)
-    fold_of = fold_assignment(count, folds, seed)
+    gate_seed = stream_seed(config.seed, GATE_STREAM)
     uses_reference = any("reference" in option.sources for option in options)
     # At most the burn-in's epochs (fewer by default, for cost: train.config.SemiConfig).
     student_epochs = min(semi.gate_epochs or config.optim.epochs, config.optim.epochs)
     reference_epochs = min(semi.gate_reference_epochs or config.reference.epochs, config.reference.epochs)
-    laplacian = method.labelling.graph_laplacian(method.data) if any(o.graph_strength > 0 for o in options) else None
-    labelled_nodes = count  # graph nodes: the labelled videos (data.labelled order), then the unlabelled
     truth = method.labelled_targets.double().numpy()
-    out_of_fold = {option.name: np.zeros(count) for option in options}
     per_fold: dict[str, list] = {option.name: [] for option in options}
+    pooled: dict[str, list] = {option.name: [] for option in options}  # one per repeat
     with torch.random.fork_rng(devices=[]):
-        for fold in range(folds):
-            fold_seed = stream_seed(seed, fold + 1)
-            train = np.flatnonzero(fold_of != fold)
-            held = np.flatnonzero(fold_of == fold)
-            train_positions = torch.from_numpy(train).long()
-            student = _train_fold_student(method, train_positions, student_epochs, fold_seed)
-            reference = (_train_fold_reference(method, train_positions, reference_epochs, stream_seed(fold_seed, 2))
-                         if uses_reference else None)
-            generator = torch.Generator().manual_seed(stream_seed(fold_seed, 3))
-            queries = torch.cat([method.labelled[torch.from_numpy(held)], method.unlabelled])
-            context = Context(data=method.data, unlabelled=queries, labelled=method.labelled[train_positions],
-                              labelled_targets=method.labelled_targets[train_positions],
-                              views=ViewMaker(method.tokens, config.views, generator), generator=generator,
-                              teacher=student, reference=reference)
-            sources = build_sources(config, ("teacher", "reference") if uses_reference else ("teacher",))
-            estimates = {source.name: source.estimate(context) for source in sources}
-            query_nodes = np.concatenate([held, labelled_nodes + np.arange(len(method.unlabelled))])
-            for option in options:
-                fused, confidence = method.labelling.fuse([estimates[name] for name in option.sources])
-                values = fused.numpy()
-                if option.graph_strength > 0:
-                    node_values = np.zeros(len(laplacian))
-                    node_confidence = np.full(len(laplacian), LABELLED_ANCHOR)
-                    node_values[train] = truth[train]
-                    node_values[query_nodes] = values
-                    node_confidence[query_nodes] = (confidence / confidence.mean()).numpy()
-                    refined = refine_on_graph(laplacian, node_values, node_confidence, option.graph_strength)
-                    values = refined[query_nodes]
-                out_of_fold[option.name][held] = values[:len(held)]
-                per_fold[option.name].append(spearman(truth[held], values[:len(held)]))
-    estimates = {name: spearman(truth, values) for name, values in out_of_fold.items()}
-    chosen = margin_choice(estimates, default.name, margin)
-    return {**outcome, "folds": folds, "student_epochs": student_epochs,
+        for repeat in range(semi.gate_repeats):
+            # Repeat 0 is the single cross-fitting of gate_repeats = 1; each further one deals new folds.
+            seed = gate_seed if repeat == 0 else stream_seed(gate_seed, 100 + repeat)
+            fold_of = fold_assignment(count, folds, seed)
+            out_of_fold = {option.name: np.zeros(count) for option in options}
+            for fold in range(folds):
+                held = np.flatnonzero(fold_of == fold)
+                held_values = _label_held_out_fold(method, options, np.flatnonzero(fold_of != fold), held,
+                                                   stream_seed(seed, fold + 1), student_epochs,
+                                                   reference_epochs if uses_reference else 0)
+                for name, values in held_values.items():
+                    out_of_fold[name][held] = values
+                    per_fold[name].append(spearman(truth[held], values))
+            for name, values in out_of_fold.items():
+                pooled[name].append(spearman(truth, values))
+    estimates = {name: _mean_or_none(values) for name, values in pooled.items()}
+    candidates, start = graph_must_earn_its_place(options, estimates, default, semi.gate_graph_margin, margin)
+    chosen = margin_choice({option.name: estimates[option.name] for option in candidates}, start.name, margin)
+    return {**outcome, "folds": folds, "repeats": semi.gate_repeats, "student_epochs": student_epochs,
             "reference_epochs": reference_epochs if uses_reference else 0,
             "estimates": estimates, "fold_estimates": per_fold, "chosen": chosen}
+
+
+def _label_held_out_fold(method, options: list[GateOption], train: np.ndarray, held: np.ndarray, fold_seed: int,
+                         student_epochs: int, reference_epochs: int) -> dict[str, np.ndarray]:
+    """Each option's pseudo-labels of the ``held`` labelled positions, from fold models trained on
+    the ``train`` positions (a fold reference only when ``reference_epochs``), fused as the run
+    fuses and refined on the run's graph with only the ``train`` positions anchored."""
+    from train.methods.pseudo_labels import Context, build_sources
+    from train.methods.supervised import stream_seed
+
+    config = method.config
+    train_positions = torch.from_numpy(train).long()
+    student = _train_fold_student(method, train_positions, student_epochs, fold_seed)
+    reference = (_train_fold_reference(method, train_positions, reference_epochs, stream_seed(fold_seed, 2))
+                 if reference_epochs else None)
+    generator = torch.Generator().manual_seed(stream_seed(fold_seed, 3))
+    queries = torch.cat([method.labelled[torch.from_numpy(held)], method.unlabelled])
+    context = Context(data=method.data, unlabelled=queries, labelled=method.labelled[train_positions],
+                      labelled_targets=method.labelled_targets[train_positions],
+                      views=ViewMaker(method.tokens, config.views, generator), generator=generator,
+                      teacher=student, reference=reference)
+    sources = build_sources(config, ("teacher", "reference") if reference is not None else ("teacher",))
+    estimates = {source.name: source.estimate(context) for source in sources}
+    # Graph nodes: the labelled videos (data.labelled order), then the unlabelled.
+    query_nodes = np.concatenate([held, len(method.labelled) + np.arange(len(method.unlabelled))])
+    truth = method.labelled_targets.double().numpy()
+    held_values = {}
+    for option in options:
+        fused, confidence = method.labelling.fuse([estimates[name] for name in option.sources])
+        values = fused.numpy()
+        if option.graph_strength > 0:
+            laplacian = method.labelling.graph_laplacian(method.data)  # built once per run
+            node_values = np.zeros(len(laplacian))
+            node_confidence = np.full(len(laplacian), LABELLED_ANCHOR)
+            node_values[train] = truth[train]
+            node_values[query_nodes] = values
+            node_confidence[query_nodes] = (confidence / confidence.mean()).numpy()
+            values = refine_on_graph(laplacian, node_values, node_confidence, option.graph_strength)[query_nodes]
+        held_values[option.name] = values[:len(held)]
+    return held_values
+
+
+def _mean_or_none(values: list) -> float | None:
+    known = [value for value in values if value is not None]
+    return None if len(known) < len(values) else float(np.mean(known)) if len(known) > 1 else known[0]
+
+
+def graph_must_earn_its_place(options: list[GateOption], estimates: dict, default: GateOption,
+                              graph_margin: float | None, margin: float) -> tuple[list[GateOption], GateOption]:
+    """The options the margin rule chooses from, and the one it starts from.
+
+    ``graph_margin`` None: all of them, from the default. Otherwise the graph stays among them only
+    if its best out-of-fold estimate beats the best without it by more than ``graph_margin`` x
+    ``margin``; when it does not, the choice is among the no-graph options, starting from the
+    default's sources without the graph."""
+    with_graph = [option for option in options if option.graph_strength > 0]
+    without = [option for option in options if option.graph_strength == 0]
+    if graph_margin is None or not with_graph or not without:
+        return options, default
+
+    def best(group):
+        values = [estimates[option.name] for option in group if estimates[option.name] is not None]
+        return max(values) if values else -math.inf
+
+    if best(with_graph) - best(without) > graph_margin * margin:
+        return options, default
+    plain_default = next((option for option in without if option.sources == default.sources), without[0])
+    return without, plain_default
 
 
 def chosen_option(outcome: dict) -> GateOption:
