@@ -123,6 +123,8 @@ def main() -> int:
     for precision in precisions:
         variants[f"today {precision}"] = (precision, today_features(model, precision))
         variants[f"prepared {precision}"] = (precision, prepare_for_inference(model, precision).features)
+        variants[f"prepared s2d {precision}"] = (precision, prepare_for_inference(model, precision,
+                                                                                  space_to_depth=True).features)
     compile_seconds = {}
     if args.compile:
         # The prepared model as it is (its eager pools are graph breaks; the fully traceable
