@@ -79,12 +79,13 @@ class FoldedUnit(nn.Module):
             x = F.pad(x, leftover)
         return self._conv(x, symmetric)
 
-    def _conv(self, x: Tensor, padding) -> Tensor:
+    def _conv(self, x: Tensor, padding, stride=None) -> Tensor:
+        stride = self.stride if stride is None else stride
         if self.fused_relu:
             # oneDNN applies the ReLU as the convolution writes its output: no extra pass.
             return torch.ops.mkldnn._convolution_pointwise(
-                x, self.weight, self.bias, list(padding), list(self.stride), [1, 1, 1], 1, "relu", [], "")
-        x = F.conv3d(x, self.weight, self.bias, self.stride, padding)
+                x, self.weight, self.bias, list(padding), list(stride), [1, 1, 1], 1, "relu", [], "")
+        x = F.conv3d(x, self.weight, self.bias, stride, padding)
         return F.relu(x, inplace=True) if self.activation else x
 
 
@@ -127,11 +128,7 @@ class FirstUnit(FoldedUnit):
         t, h, w = (n // 2 for n in padded_size)
         blocks = padded.view(batch, channels, t, 2, h, 2, w, 2).permute(0, 1, 3, 5, 7, 2, 4, 6)
         blocks = blocks.reshape(batch, channels * 8, t, h, w).contiguous(memory_format=torch.channels_last_3d)
-        if self.fused_relu:
-            return torch.ops.mkldnn._convolution_pointwise(
-                blocks, self.weight, self.bias, [0, 0, 0], [1, 1, 1], [1, 1, 1], 1, "relu", [], "")
-        x = F.conv3d(blocks, self.weight, self.bias, 1)
-        return F.relu(x, inplace=True) if self.activation else x
+        return self._conv(blocks, (0, 0, 0), (1, 1, 1))
 
 
 def shifted_max_pool3d(x: Tensor, kernel_size, stride, *, in_place: bool = True) -> Tensor:

@@ -92,6 +92,18 @@ def test_prepared_fp32_features_agree_with_todays_fp32_path(model, clips, today_
     assert F.cosine_similarity(features, today_fp32, dim=1).min() >= 0.99999
 
 
+@pytest.mark.parametrize("precision, cosine", [("fp32", 0.99999), ("bf16", 0.999)])
+def test_the_space_to_depth_first_convolution_gives_the_same_features(model, clips, today_fp32, precision, cosine):
+    prepared = prepare_for_inference(model, precision, space_to_depth=True)
+    assert prepared.Conv3d_1a_7x7.weight.shape == (64, 24, 4, 4, 4)
+    with torch.inference_mode():
+        first = prepared.feature_map(clips, "Conv3d_1a_7x7")
+        direct = prepare_for_inference(model, precision).feature_map(clips, "Conv3d_1a_7x7")
+        features = prepared.features(clips)
+    assert first.shape == direct.shape
+    assert F.cosine_similarity(features, today_fp32, dim=1).min() >= cosine
+
+
 def test_prepared_bf16_features_agree_with_todays_fp32_path_and_come_back_in_fp32(model, clips, today_fp32):
     prepared = prepare_for_inference(model, "bf16")
     assert all(buffer.dtype == torch.bfloat16 for name, buffer in prepared.named_buffers()

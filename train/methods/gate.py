@@ -214,8 +214,8 @@ def _label_held_out_fold(method, options: list[GateOption], train: np.ndarray, h
 
 
 def _mean_or_none(values: list) -> float | None:
-    known = [value for value in values if value is not None]
-    return None if len(known) < len(values) else float(np.mean(known)) if len(known) > 1 else known[0]
+    """The mean of the repeats' estimates; undefined (None) if any repeat's is."""
+    return None if any(value is None for value in values) else float(np.mean(values))
 
 
 def graph_must_earn_its_place(options: list[GateOption], estimates: dict, default: GateOption,
