@@ -54,6 +54,27 @@ def check_precision(device, precision: str) -> None:
         raise UserError("--precision fp16 needs a CUDA device (bf16 works on CPU too)")
 
 
+def cpu_has_bf16_kernels() -> bool:
+    """Whether oneDNN has bf16 convolution kernels for this CPU (torch's own check)."""
+    import torch
+
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+def precision_warning(device, precision: str) -> str | None:
+    """A one-line warning when ``precision`` runs but is far slower than fp32 on ``device``, else None.
+
+    bf16 on a CPU without oneDNN's bf16 kernels (they need AVX-512 BF16 or AMX): torch falls back
+    to its reference convolution, measured about 500x slower than fp32 for a mid-network I3D
+    convolution on an AVX2 CPU (BENCHMARKS.md). Not an error: the features are right, and a bf16
+    cache can only be extended in bf16."""
+    if device.type == "cpu" and precision == "bf16" and not cpu_has_bf16_kernels():
+        return ("--precision bf16: this CPU has no bf16 convolution kernels (oneDNN needs AVX-512 BF16 or AMX); "
+                "convolutions fall back to a reference path hundreds of times slower than fp32. "
+                "Use --precision fp32 unless the cache is already bf16")
+    return None
+
+
 def autocast_context(device, precision: str):
     """A context for the forward pass in ``precision``: bf16/fp16 autocast, or true fp32.
 

@@ -46,7 +46,7 @@ from aqa.progress import progress_bar
 from extract.backbone import Backbone, I3DBackbone
 from extract.clips import ViewSpec
 from extract.config import ExtractConfig, ExtractionJob, ExtractResult, cache_config
-from extract.device import autocast_context, check_precision, resolve_device
+from extract.device import autocast_context, check_precision, precision_warning, resolve_device
 from extract.video_io import Preprocessing, read_frames, to_model_input
 
 # --------------------------------------------------------------------------- decoding in workers
@@ -262,6 +262,9 @@ def run_extraction(job: ExtractionJob) -> ExtractResult:
         backbone = job.backbone if job.backbone is not None else _load_backbone(config)
         device = _place_device(config.device, dist)
         check_precision(device, config.precision)  # fp16 on a CPU fails before the cache is touched
+        slow_precision = precision_warning(device, config.precision)
+        if slow_precision:
+            log(f"warning: {slow_precision}")
         recorded = cache_config(config, backbone.describe(), job.dataset)
         # Rank 0 locks the cache for the whole run, before the work is dealt out: the other ranks'
         # journal writes happen inside its lock (see CacheWriter).

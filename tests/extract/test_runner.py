@@ -310,3 +310,21 @@ def test_inspect_summary_counts_clips_and_uncommitted_journal_entries(tmp_path, 
     assert summary["uncommitted_journal_entries"] == 1
     text = format_summary(summary)
     assert "1 finished videos not yet committed" in text and "stand-in" in text
+
+
+@pytest.mark.parametrize("has_kernels", [True, False])
+def test_bf16_on_a_cpu_without_bf16_kernels_warns_once_and_still_extracts(tmp_path, dataset, monkeypatch, has_kernels):
+    """bf16 without oneDNN's bf16 kernels runs ~500x slower than fp32 (BENCHMARKS.md): the user is told,
+    in one line, before the work starts; fp32 never warns."""
+    import extract.device
+
+    monkeypatch.setattr(extract.device, "cpu_has_bf16_kernels", lambda: has_kernels)
+    for precision in ("bf16", "fp32"):
+        messages = []
+        config = quick_config(tmp_path / f"{precision}.h5", precision=precision)
+        extract_dataset(dataset, config, backbone=ModuleBackbone(StandIn(), STAND_IN), log=messages.append)
+        warnings = [message for message in messages if message.startswith("warning: --precision")]
+        expected = 1 if precision == "bf16" and not has_kernels else 0
+        assert len(warnings) == expected, messages
+        assert all("\n" not in message and "fp32" in message for message in warnings)
+        assert open_cache(config.out).config["precision"] == precision
