@@ -58,6 +58,7 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "trs-no-reference": ("trs", ["semi.use_reference=false"]),
     "trs-no-memory": ("trs", ["semi.use_memory=false"]),
     "trs-no-confidence": ("trs", ["semi.use_confidence=false"]),
+    "trs-no-gate": ("trs", ["semi.gate=false"]),
     # supervised head / optimisation (the burn-in of every semi-supervised method)
     "sup-epochs50": ("supervised", ["optim.epochs=50"]),
     "sup-epochs200": ("supervised", ["optim.epochs=200"]),
