@@ -198,6 +198,13 @@ class SemiConfig(CheckedConfig):
     # by the margin). A number g: the graph must earn its place: its best out-of-fold estimate must
     # beat the best without it by more than g / sqrt(n_labelled), or the gate chooses without it.
     gate_graph_margin: float | None = None
+    # None: the margin rule above (pooled estimates, 1/sqrt(n_labelled)). A number z: the paired
+    # rule: per held-out fold of every cross-fitting, an option's Spearman minus the default's on
+    # the same videos; an option replaces the default when the mean of those differences exceeds
+    # z standard errors of it (sd / sqrt(folds x repeats)), the largest such mean winning. Two
+    # options on the same videos are far more alike than 1/sqrt(n) says, so this sees real
+    # differences that the margin rule misses (docs/research, session 4).
+    gate_paired_z: float | None = None
 
     def check(self) -> None:
         _non_negative(self, "semi_epochs", "unlabelled_weight", "graph_strength", "gate_epochs",
@@ -206,6 +213,9 @@ class SemiConfig(CheckedConfig):
         require(self.gate_folds >= 2, "gate_folds", f"must be at least 2, got {self.gate_folds!r}")
         require(self.gate_graph_margin is None or math.isfinite(self.gate_graph_margin), "gate_graph_margin",
                 f"must be a finite number of margins (or null: no separate rule), got {self.gate_graph_margin!r}")
+        require(self.gate_paired_z is None or (math.isfinite(self.gate_paired_z) and self.gate_paired_z >= 0),
+                "gate_paired_z", f"must be a non-negative number of standard errors (or null: the margin rule), "
+                f"got {self.gate_paired_z!r}")
         _share(self, "ema_decay", "memory_decay", one_allowed=True)
 
 

@@ -16,7 +16,9 @@ from train import build_config, fit
 from train.data import prepare_data
 from train.methods import CheckpointMismatch, make_method
 from train.methods import gate as gate_module
-from train.methods.gate import GateOption, gate_options, graph_must_earn_its_place, margin_choice, run_gate
+from train.methods.gate import (
+    GateOption, gate_options, graph_must_earn_its_place, margin_choice, paired_choice, paired_differences, run_gate,
+)
 from train.methods.pseudo_labels import GraphRefiner
 
 
@@ -126,6 +128,40 @@ def test_repeated_cross_fitting_averages_new_folds_and_starts_with_the_single_on
     # Each repeat's pooled estimate is in [-1, 1]; their mean is the option's estimate.
     assert all(-1 <= value <= 1 for value in twice["estimates"].values())
     assert twice["estimates"] != once["estimates"]
+
+
+def test_the_paired_rule_compares_each_option_with_the_default_fold_by_fold():
+    folds = {"default": [0.30, 0.50, 0.20, 0.40],
+             "steady": [0.35, 0.56, 0.24, 0.46],  # +0.05 on every fold: tiny but consistent
+             "noisy": [0.90, 0.10, 0.80, 0.05],  # larger on average (+0.1125), all over the place
+             "worse": [0.10, 0.20, 0.10, 0.20],
+             "gaps": [None, 0.9, None, None]}  # one defined fold: no standard error
+    differences = paired_differences(folds, "default")
+    assert set(differences) == {"steady", "noisy", "worse", "gaps"} and differences["gaps"] is None
+    assert differences["steady"]["mean"] == pytest.approx(0.0525) and differences["steady"]["folds"] == 4
+    assert differences["noisy"]["se"] > 0.2 > differences["steady"]["se"]
+    assert paired_choice(differences, "default", 2.0) == "steady"  # the margin rule (1/sqrt n) would not move
+    assert paired_choice(differences, "default", 0.0) == "noisy"  # largest mean once noise is ignored
+    assert paired_choice(differences, "default", 1e6) == "default"
+    assert paired_choice({"worse": differences["worse"]}, "default", 0.0) == "default"  # never a loss
+    # Estimates are per fold of a real cross-fitting; with the default's own folds undefined, nothing passes.
+    assert paired_choice(paired_differences({"default": [None, None], "other": [0.5, 0.6]}, "default"),
+                         "default", 0.0) == "default"
+
+
+def test_a_run_with_the_paired_rule_records_it_and_chooses_one_of_its_options(tiny_dataset, fast):
+    outcome = fit(config_for(tiny_dataset, fast, "semi.gate_paired_z=0"), progress=False).diagnostics["gate"]
+    assert outcome["rule"] == "paired" and outcome["z"] == 0
+    assert set(outcome["paired_differences"]) == set(outcome["options"]) - {outcome["default"]}
+    assert outcome["chosen"] == paired_choice(outcome["paired_differences"], outcome["default"], 0.0)
+    never = fit(config_for(tiny_dataset, fast, "semi.gate_paired_z=1e6"), progress=False).diagnostics["gate"]
+    assert never["chosen"] == never["default"] and never["fold_estimates"] == outcome["fold_estimates"]
+
+
+@pytest.mark.parametrize("value", ["-1", "nan", "inf"])
+def test_a_paired_z_that_is_not_a_non_negative_number_is_a_user_error(tiny_dataset, fast, value):
+    with pytest.raises(UserError, match="gate_paired_z"):
+        config_for(tiny_dataset, fast, f"semi.gate_paired_z={value}")
 
 
 def test_gate_folds_below_two_is_a_user_error(tiny_dataset, fast):

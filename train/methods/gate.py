@@ -16,7 +16,9 @@ and before the semi-supervised phase, :func:`run_gate`:
    held-out labels.
 
 The *default* option (the configuration as given) is kept unless another beats it by more than
-``1 / sqrt(n_labelled)`` (a plain argmax chases fold noise: FINDINGS, cross-fitting). Validation and
+``1 / sqrt(n_labelled)`` (a plain argmax chases fold noise: FINDINGS, cross-fitting), or, with
+``semi.gate_paired_z`` set, unless another's per-fold paired difference from it is more than that
+many standard errors above zero (:func:`paired_choice`). Validation and
 test videos are never looked at; the gate draws from its own generators and restores the global
 torch RNG, so a gate that keeps the default leaves the run exactly as with ``semi.gate=false``.
 """
@@ -167,10 +169,42 @@ def run_gate(method) -> dict:
                 pooled[name].append(spearman(truth, values))
     estimates = {name: _mean_or_none(values) for name, values in pooled.items()}
     candidates, start = graph_must_earn_its_place(options, estimates, default, semi.gate_graph_margin, margin)
-    chosen = margin_choice({option.name: estimates[option.name] for option in candidates}, start.name, margin)
+    names = [option.name for option in candidates]
+    rule: dict = {"rule": "margin"}
+    if semi.gate_paired_z is None:
+        chosen = margin_choice({name: estimates[name] for name in names}, start.name, margin)
+    else:
+        differences = paired_differences({name: per_fold[name] for name in names}, start.name)
+        chosen = paired_choice(differences, start.name, semi.gate_paired_z)
+        rule = {"rule": "paired", "z": semi.gate_paired_z, "paired_differences": differences}
     return {**outcome, "folds": folds, "repeats": semi.gate_repeats, "student_epochs": student_epochs,
             "reference_epochs": reference_epochs if uses_reference else 0,
-            "estimates": estimates, "fold_estimates": per_fold, "chosen": chosen}
+            "estimates": estimates, "fold_estimates": per_fold, **rule, "chosen": chosen}
+
+
+def paired_differences(fold_estimates: dict[str, list], default: str) -> dict[str, dict | None]:
+    """Per option (not the default): mean and standard error of its per-fold Spearman minus the
+    default's on the same held-out folds (folds where either is undefined left out); None with
+    fewer than two such folds."""
+    base = np.array([np.nan if value is None else value for value in fold_estimates[default]], dtype=float)
+    result: dict[str, dict | None] = {}
+    for name, values in fold_estimates.items():
+        if name == default:
+            continue
+        difference = np.array([np.nan if value is None else value for value in values], dtype=float) - base
+        difference = difference[np.isfinite(difference)]
+        result[name] = None if len(difference) < 2 else {
+            "mean": float(difference.mean()), "se": float(difference.std(ddof=1) / math.sqrt(len(difference))),
+            "folds": int(len(difference))}
+    return result
+
+
+def paired_choice(differences: dict[str, dict | None], default: str, z: float) -> str:
+    """``default`` unless an option's mean paired difference exceeds ``z`` standard errors (and 0);
+    the largest such mean wins."""
+    passing = {name: entry["mean"] for name, entry in differences.items()
+               if entry is not None and entry["mean"] > 0 and entry["mean"] > z * entry["se"]}
+    return max(passing, key=passing.get) if passing else default
 
 
 def _label_held_out_fold(method, options: list[GateOption], train: np.ndarray, held: np.ndarray, fold_seed: int,
