@@ -164,3 +164,14 @@ def tiny():
 def cli(repo_root):
     """``cli(*args)``: run ``python pipeline.py ARGS`` in a subprocess."""
     return lambda *args, **kwargs: run_cli(repo_root, *args, **kwargs)
+
+
+@pytest.fixture(scope="session")
+def bf16_kernels() -> bool:
+    """Whether this CPU has oneDNN's bf16 convolution kernels. Without them (AVX2 CPUs) a bf16
+    forward of the real I3D falls back to torch's reference convolution, about 500x slower than
+    fp32 (BENCHMARKS.md): tests that run it skip there, instead of taking many minutes."""
+    from extract.device import cpu_has_bf16_kernels
+
+    return cpu_has_bf16_kernels()
+
