@@ -32,28 +32,16 @@ import numpy as np
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
+sys.path.insert(0, str(REPO_ROOT))
+from train.methods.gate import margin_choice, paired_choice, paired_differences  # noqa: E402
+
+
 def choose_margin(gate: dict) -> str:
-    estimates, default = gate["estimates"], gate["default"]
-    value = {name: (-math.inf if score is None else score) for name, score in estimates.items()}
-    best = max(value, key=lambda name: (value[name], name == default))
-    return best if value[best] - value[default] > gate["margin"] else default
+    return margin_choice(gate["estimates"], gate["default"], gate["margin"])
 
 
 def choose_paired(gate: dict, z: float) -> str:
-    folds, default = gate["fold_estimates"], gate["default"]
-    base = np.asarray([np.nan if value is None else value for value in folds[default]], dtype=float)
-    best, best_mean = default, 0.0
-    for name, values in folds.items():
-        if name == default:
-            continue
-        difference = np.asarray([np.nan if value is None else value for value in values], dtype=float) - base
-        difference = difference[np.isfinite(difference)]
-        if len(difference) < 2:
-            continue
-        mean, se = difference.mean(), difference.std(ddof=1) / math.sqrt(len(difference))
-        if mean > z * se and mean > best_mean:
-            best, best_mean = name, mean
-    return best
+    return paired_choice(paired_differences(gate["fold_estimates"], gate["default"]), gate["default"], z)
 
 
 RULES = {"margin (today)": choose_margin, "paired z=1": lambda g: choose_paired(g, 1.0),

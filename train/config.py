@@ -201,9 +201,9 @@ class SemiConfig(CheckedConfig):
     # None: the margin rule above (pooled estimates, 1/sqrt(n_labelled)). A number z: the paired
     # rule: per held-out fold of every cross-fitting, an option's Spearman minus the default's on
     # the same videos; an option replaces the default when the mean of those differences exceeds
-    # z standard errors of it (sd / sqrt(folds x repeats)), the largest such mean winning. Two
-    # options on the same videos are far more alike than 1/sqrt(n) says, so this sees real
-    # differences that the margin rule misses (docs/research, session 4).
+    # z standard errors of it (sd / sqrt(folds x repeats)), the largest such mean winning. Off:
+    # on validation splits it was no better than the margin rule (z = 1, 1.5 worse; research
+    # log, session 4).
     gate_paired_z: float | None = None
 
     def check(self) -> None:
