@@ -203,7 +203,7 @@ def search(args) -> int:
                        "--dataset", "fis-v", "--data-root", str(args.fisv_dir), "--target", target,
                        "--method", args.search, "--ratio", f"{ratio:g}", "--trials", str(args.trials),
                        "--seeds", args.seeds, "--validation-fraction", str(VALIDATION_FRACTION),
-                       "--study-db", str(folder / "studies.db"),
+                       "--study-db", str(folder / "studies.db"), "--threads", str(args.threads),
                        "--out", str(folder / f"{args.search}-{target}-r{ratio:g}")]
             if args.params:
                 command += ["--params", args.params]
@@ -227,6 +227,8 @@ def main():
                         help="Instead of the variants: `pipeline.py tune` of METHOD for each target x ratio.")
     parser.add_argument("--trials", type=int, default=20, help="--search: trials per study.")
     parser.add_argument("--params", default=None, help="--search: only these fields of the method's space.")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="--search: torch threads of the tune process (1, so that two searches can share 2 cores).")
     args = parser.parse_args()
     if args.search:
         sys.exit(search(args))
