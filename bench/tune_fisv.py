@@ -18,6 +18,12 @@ target x ratio (the same validation protocol: 25 % of the train split held out, 
 bench/results/tune/<method>-<target>-r<ratio>/:
 
     python bench/tune_fisv.py --search trs --targets TES --ratios 0.25 --trials 8 --seeds 0-2
+
+A study's best trial is the best of several on the seeds it was chosen on, so its value is biased
+upwards. ``--confirm METHODS`` reruns each study's best configuration on other seeds (fresh
+validation splits, ``supervised`` on the same ones) and prints the tuning table of the README:
+
+    python bench/tune_fisv.py --confirm ridge,mean-teacher,pseudo-label,trs --seeds 10-19
 """
 
 from __future__ import annotations
@@ -211,6 +217,68 @@ def search(args) -> int:
     return status
 
 
+def study_folder(method: str, target: str, ratio: float) -> Path:
+    return REPO_ROOT / "bench" / "results" / "tune" / f"{method}-{target}-r{ratio:g}"
+
+
+def _spelled(value) -> str:
+    """A parameter value as ``--set`` reads it back (booleans in lower case, floats in full)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def tuned_variant(method: str, target: str, ratio: float) -> tuple[str, dict] | None:
+    """The ad-hoc variant (``method:field=value;...``) of the best trial of a ``--search`` study,
+    and the study's own summary of it; None when the study has not been run."""
+    import json
+
+    summary = study_folder(method, target, ratio) / "study.json"
+    if not summary.is_file():
+        return None
+    best = json.loads(summary.read_text())["best"]
+    if best is None:
+        return None
+    assignments = ";".join(f"{name}={_spelled(value)}" for name, value in sorted(best["params"].items()))
+    return f"{method}:{assignments}", best
+
+
+def confirm_table(results: dict, plan: dict, targets: list[str], ratios: list[float], seeds: list[int],
+                  baseline: str) -> str:
+    """Markdown: per tuned method and cell, the chosen configuration's paired difference against
+    ``baseline`` on ``seeds`` (mean ± standard error), and the study's own (biased) value."""
+    def cell_runs(variant, target, ratio):
+        return {record["seed"]: record["validation_spearman"] for record in results.values()
+                if record["variant"] == variant and record["target"] == target and record["ratio"] == ratio
+                and record["seed"] in seeds and record["validation_spearman"] is not None}
+
+    cells = [(target, ratio) for target in targets for ratio in ratios]
+    header = "| method | " + " | ".join(f"{target} {ratio * 100:g} %" for target, ratio in cells) + " |"
+    lines = [header, "|" + "---|" * (len(cells) + 1)]
+    base_row = []
+    for target, ratio in cells:
+        mean, se = _mean_se(list(cell_runs(baseline, target, ratio).values()))
+        base_row.append(f"{mean:.3f} ± {se:.3f}")
+    lines.append(f"| `{baseline}`, default (validation ρ) | " + " | ".join(base_row) + " |")
+    chosen = []
+    for method, by_cell in plan.items():
+        row = []
+        for target, ratio in cells:
+            entry = by_cell.get((target, ratio))
+            if entry is None:
+                row.append("not tuned")
+                continue
+            variant, best = entry
+            runs, base = cell_runs(variant, target, ratio), cell_runs(baseline, target, ratio)
+            paired = [runs[seed] - base[seed] for seed in runs if seed in base]
+            diff, diff_se = _mean_se(paired)
+            wins = sum(value > 0 for value in paired)
+            row.append(f"{diff:+.3f} ± {diff_se:.3f} ({wins}/{len(paired)}; study {best['value']:+.3f})")
+            chosen.append(f"- `{method}`, {target} {ratio * 100:g} %: `{variant.partition(':')[2]}`")
+        lines.append(f"| `{method}` tuned | " + " | ".join(row) + " |")
+    return "\n".join(lines + [""] + chosen)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default="supervised,trs")
@@ -225,6 +293,9 @@ def main():
     parser.add_argument("--report", action="store_true", help="Only print the table of stored results.")
     parser.add_argument("--search", metavar="METHOD", default=None,
                         help="Instead of the variants: `pipeline.py tune` of METHOD for each target x ratio.")
+    parser.add_argument("--confirm", metavar="METHODS", default=None,
+                        help="Rerun the best trial of each METHOD's --search studies on --seeds (fresh splits) "
+                             "against the baseline, and print the tuning table.")
     parser.add_argument("--trials", type=int, default=20, help="--search: trials per study.")
     parser.add_argument("--params", default=None, help="--search: only these fields of the method's space.")
     parser.add_argument("--threads", type=int, default=1,
@@ -242,17 +313,31 @@ def main():
             record["id"] = result_id(record["variant"], record["target"], record["ratio"], record["seed"])
             results[record["id"]] = record
     variants = parse_list(args.variants, "variants")
+    targets, ratios = parse_list(args.targets, "targets"), parse_list(args.ratios, "ratios", float)
+    plan: dict[str, dict] = {}
+    per_cell: dict[tuple, list[str]] | None = None
+    if args.confirm:
+        per_cell = {(target, ratio): [args.baseline] for target in targets for ratio in ratios}
+        for method in parse_list(args.confirm, "confirm"):
+            plan[method] = {}
+            for cell in per_cell:
+                tuned = tuned_variant(method, *cell)
+                if tuned is None:
+                    print(f"{method} {cell[0]} {cell[1]:g}: no study in {study_folder(method, *cell)}; skipped")
+                    continue
+                plan[method][cell] = tuned
+                per_cell[cell].append(tuned[0])
     if not args.report:
         cache = ensure_fisv_cache(args.fisv_dir, args.cache)
         tasks = []
-        for variant in variants:
-            for target in parse_list(args.targets, "targets"):
-                for ratio in parse_list(args.ratios, "ratios", float):
-                    for seed in parse_seeds(args.seeds):
+        cells = per_cell or {(target, ratio): variants for target in targets for ratio in ratios}
+        for (target, ratio), cell_variants in cells.items():
+            for variant in cell_variants:
+                for seed in parse_seeds(args.seeds):
+                    record_id = result_id(variant, target, ratio, seed)
+                    if record_id not in results:
                         config = build(variant, target, ratio, seed, cache, args.fisv_dir)
-                        record_id = result_id(variant, target, ratio, seed)
-                        if record_id not in results:
-                            tasks.append((record_id, config, variant, target, ratio, seed))
+                        tasks.append((record_id, config, variant, target, ratio, seed))
         print(f"{len(tasks)} runs to do", flush=True)
         from joblib import Parallel, delayed
 
@@ -266,7 +351,10 @@ def main():
             results[record_id] = record
             print(f"{variant:40s} {target} {ratio:g} s{seed}: val {record['validation_spearman']:.3f} "
                   f"({record['seconds']:.1f} s)", flush=True)
-    print(report(results, args.baseline, variants if not args.report else None))
+    if args.confirm:
+        print(confirm_table(results, plan, targets, ratios, parse_seeds(args.seeds), args.baseline))
+    else:
+        print(report(results, args.baseline, variants if not args.report else None))
 
 
 if __name__ == "__main__":
