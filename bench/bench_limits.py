@@ -103,7 +103,9 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--precisions", default="fp32,bf16")
+    parser.add_argument("--precisions", default=None,
+                        help="comma-separated (fp32,bf16); default: both, or fp32 alone on a CPU without oneDNN's "
+                             "bf16 kernels (there bf16 falls back to a reference convolution about 500x slower)")
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile of the prepared model")
     parser.add_argument("--weights", default="weights/i3d_kinetics400_rgb.pt")
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "limits.json"))
@@ -112,7 +114,14 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     load_start = os.getloadavg()[0]
-    precisions = args.precisions.split(",")
+    if args.precisions is None:
+        from extract.device import cpu_has_bf16_kernels
+
+        precisions = ["fp32", "bf16"] if cpu_has_bf16_kernels() else ["fp32"]
+        if precisions == ["fp32"]:
+            print("this CPU has no oneDNN bf16 kernels: timing fp32 only (--precisions fp32,bf16 to insist)")
+    else:
+        precisions = args.precisions.split(",")
     flops = network_flops(args.frames, args.size)
     print(f"network: {flops / 1e9:.1f} GFLOP per {args.frames}x{args.size}x{args.size} clip")
     convs = {precision: mid_conv(precision, args.clips) for precision in precisions}
