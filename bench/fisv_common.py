@@ -34,16 +34,20 @@ def config_digest(data: dict) -> str:
 
 
 def run_in_process(config_dict: dict, threads: int = 1) -> dict:
-    """Train one configuration in this process (:func:`train.fitting.fit`, no run folder); its
-    validation and unlabelled measures, trs diagnostics and the chosen ridge penalty."""
+    """Train one configuration in this process (:func:`train.fitting.fit`, no run folder) on its
+    data without the test rows; its validation and unlabelled measures, trs diagnostics and the
+    chosen ridge penalty."""
     import torch
 
     from train.config import config_from_json
+    from train.data import prepare_data
     from train.fitting import fit
+    from train.tune import without_test
 
     torch.set_num_threads(threads)
     config = config_from_json(config_dict, "tuning")
-    fitted = fit(config, progress=False)
+    # As in `tune`: the test rows are cut off before training, so no variant can read them.
+    fitted = fit(config, without_test(prepare_data(config)), progress=False)
     result = {"seconds": fitted.seconds, "validation_spearman": (fitted.validation or {}).get("spearman")}
     if fitted.unlabelled is not None:
         result["unlabelled_spearman"] = fitted.unlabelled["spearman"]

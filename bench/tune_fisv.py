@@ -221,17 +221,12 @@ def study_folder(method: str, target: str, ratio: float) -> Path:
     return REPO_ROOT / "bench" / "results" / "tune" / f"{method}-{target}-r{ratio:g}"
 
 
-def _spelled(value) -> str:
-    """A parameter value as ``--set`` reads it back (booleans in lower case, floats in full)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return repr(value) if isinstance(value, float) else str(value)
-
-
 def tuned_variant(method: str, target: str, ratio: float) -> tuple[str, dict] | None:
     """The ad-hoc variant (``method:field=value;...``) of the best trial of a ``--search`` study,
     and the study's own summary of it; None when the study has not been run."""
     import json
+
+    from train.search_spaces import assignment
 
     summary = study_folder(method, target, ratio) / "study.json"
     if not summary.is_file():
@@ -239,7 +234,7 @@ def tuned_variant(method: str, target: str, ratio: float) -> tuple[str, dict] | 
     best = json.loads(summary.read_text())["best"]
     if best is None:
         return None
-    assignments = ";".join(f"{name}={_spelled(value)}" for name, value in sorted(best["params"].items()))
+    assignments = ";".join(assignment(name, value) for name, value in sorted(best["params"].items()))
     return f"{method}:{assignments}", best
 
 
