@@ -241,7 +241,8 @@ def tuned_variant(method: str, target: str, ratio: float) -> tuple[str, dict] | 
 def confirm_table(results: dict, plan: dict, targets: list[str], ratios: list[float], seeds: list[int],
                   baseline: str) -> str:
     """Markdown: per tuned method and cell, the chosen configuration's paired difference against
-    ``baseline`` on ``seeds`` (mean ± standard error), and the study's own (biased) value."""
+    ``baseline`` on ``seeds`` (mean ± standard error, wins), and the study's own (biased) value;
+    above it the method's default settings on the same seeds, where they were run."""
     def cell_runs(variant, target, ratio):
         return {record["seed"]: record["validation_spearman"] for record in results.values()
                 if record["variant"] == variant and record["target"] == target and record["ratio"] == ratio
@@ -255,8 +256,17 @@ def confirm_table(results: dict, plan: dict, targets: list[str], ratios: list[fl
         mean, se = _mean_se(list(cell_runs(baseline, target, ratio).values()))
         base_row.append(f"{mean:.3f} ± {se:.3f}")
     lines.append(f"| `{baseline}`, default (validation ρ) | " + " | ".join(base_row) + " |")
+    def paired_cell(variant, target, ratio):
+        runs, base = cell_runs(variant, target, ratio), cell_runs(baseline, target, ratio)
+        paired = [runs[seed] - base[seed] for seed in runs if seed in base]
+        diff, diff_se = _mean_se(paired)
+        return f"{diff:+.3f} ± {diff_se:.3f} ({sum(value > 0 for value in paired)}/{len(paired)}"
+
     chosen = []
     for method, by_cell in plan.items():
+        if method != baseline and any(cell_runs(method, *cell) for cell in cells):  # the default, same seeds
+            lines.append(f"| `{method}` default | " + " | ".join(
+                paired_cell(method, *cell) + ")" if cell_runs(method, *cell) else "" for cell in cells) + " |")
         row = []
         for target, ratio in cells:
             entry = by_cell.get((target, ratio))
@@ -264,11 +274,7 @@ def confirm_table(results: dict, plan: dict, targets: list[str], ratios: list[fl
                 row.append("not tuned")
                 continue
             variant, best = entry
-            runs, base = cell_runs(variant, target, ratio), cell_runs(baseline, target, ratio)
-            paired = [runs[seed] - base[seed] for seed in runs if seed in base]
-            diff, diff_se = _mean_se(paired)
-            wins = sum(value > 0 for value in paired)
-            row.append(f"{diff:+.3f} ± {diff_se:.3f} ({wins}/{len(paired)}; study {best['value']:+.3f})")
+            row.append(paired_cell(variant, target, ratio) + f"; study {best['value']:+.3f})")
             chosen.append(f"- `{method}`, {target} {ratio * 100:g} %: `{variant.partition(':')[2]}`")
         lines.append(f"| `{method}` tuned | " + " | ".join(row) + " |")
     return "\n".join(lines + [""] + chosen)
