@@ -167,6 +167,14 @@ def _mean_se(values: list[float]) -> tuple[float, float]:
     return mean, math.sqrt(variance / len(values))
 
 
+def _paired(values: dict[int, float], base: dict[int, float]) -> tuple[float, float, int, int]:
+    """Paired differences ``values - base`` over the seeds both have: mean, standard error, wins, n."""
+    differences = [values[seed] - base[seed] for seed in values
+                   if seed in base and values[seed] is not None and base[seed] is not None]
+    mean, se = _mean_se(differences)
+    return mean, se, sum(difference > 0 for difference in differences), len(differences)
+
+
 def report(results: dict, baseline: str, variants: list[str] | None) -> str:
     cells: dict[tuple, dict[str, dict[int, dict]]] = {}
     for record in results.values():
@@ -180,10 +188,8 @@ def report(results: dict, baseline: str, variants: list[str] | None) -> str:
         for name in names:
             runs = by_variant[name]
             rho, rho_se = _mean_se([run["validation_spearman"] for run in runs.values()])
-            paired = [runs[seed]["validation_spearman"] - base[seed]["validation_spearman"]
-                      for seed in runs if seed in base and runs[seed]["validation_spearman"] is not None
-                      and base[seed]["validation_spearman"] is not None]
-            diff, diff_se = _mean_se(paired)
+            diff, diff_se, _, paired = _paired({seed: run["validation_spearman"] for seed, run in runs.items()},
+                                                {seed: run["validation_spearman"] for seed, run in base.items()})
             pseudo, _ = _mean_se([(run.get("diagnostics") or {}).get("pseudo_spearman") for run in runs.values()])
             conf, _ = _mean_se([(run.get("diagnostics") or {}).get("confidence_error_spearman") for run in runs.values()])
             seconds, _ = _mean_se([run["seconds"] for run in runs.values()])
@@ -256,17 +262,17 @@ def confirm_table(results: dict, plan: dict, targets: list[str], ratios: list[fl
         mean, se = _mean_se(list(cell_runs(baseline, target, ratio).values()))
         base_row.append(f"{mean:.3f} ± {se:.3f}")
     lines.append(f"| `{baseline}`, default (validation ρ) | " + " | ".join(base_row) + " |")
-    def paired_cell(variant, target, ratio):
-        runs, base = cell_runs(variant, target, ratio), cell_runs(baseline, target, ratio)
-        paired = [runs[seed] - base[seed] for seed in runs if seed in base]
-        diff, diff_se = _mean_se(paired)
-        return f"{diff:+.3f} ± {diff_se:.3f} ({sum(value > 0 for value in paired)}/{len(paired)}"
+
+    def paired_cell(variant, target, ratio, note=""):
+        diff, diff_se, wins, n = _paired(cell_runs(variant, target, ratio), cell_runs(baseline, target, ratio))
+        return f"{diff:+.3f} ± {diff_se:.3f} ({wins}/{n}{note})" if n else ""
 
     chosen = []
     for method, by_cell in plan.items():
-        if method != baseline and any(cell_runs(method, *cell) for cell in cells):  # the default, same seeds
-            lines.append(f"| `{method}` default | " + " | ".join(
-                paired_cell(method, *cell) + ")" if cell_runs(method, *cell) else "" for cell in cells) + " |")
+        if method != baseline:  # the method's defaults on the same seeds, where they were run
+            defaults = [paired_cell(method, *cell) for cell in cells]
+            if any(defaults):
+                lines.append(f"| `{method}` default | " + " | ".join(defaults) + " |")
         row = []
         for target, ratio in cells:
             entry = by_cell.get((target, ratio))
@@ -274,7 +280,7 @@ def confirm_table(results: dict, plan: dict, targets: list[str], ratios: list[fl
                 row.append("not tuned")
                 continue
             variant, best = entry
-            row.append(paired_cell(variant, target, ratio) + f"; study {best['value']:+.3f})")
+            row.append(paired_cell(variant, target, ratio, f"; study {best['value']:+.3f}"))
             chosen.append(f"- `{method}`, {target} {ratio * 100:g} %: `{variant.partition(':')[2]}`")
         lines.append(f"| `{method}` tuned | " + " | ".join(row) + " |")
     return "\n".join(lines + [""] + chosen)

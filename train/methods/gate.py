@@ -16,10 +16,10 @@ and before the semi-supervised phase, :func:`run_gate`:
    held-out labels.
 
 The *default* option (the configuration as given) is kept unless another beats it by more than
-``1 / sqrt(n_labelled)`` (a plain argmax chases fold noise: docs/research/issue11-2026-12-01.md, section 2), or, with
-``semi.gate_paired_z`` set, unless another's per-fold paired difference from it is more than that
-many standard errors above zero (:func:`paired_choice`). Validation and
-test videos are never looked at; the gate draws from its own generators and restores the global
+``1 / sqrt(n_labelled)`` (a plain argmax chases fold noise: docs/research/issue11-2026-12-01.md,
+section 2), or, with ``semi.gate_paired_z`` set, unless another's per-fold paired difference from
+it is more than that many standard errors above zero (:func:`paired_choice`). Validation and test
+videos are never looked at; the gate draws from its own generators and restores the global
 torch RNG, so a gate that keeps the default leaves the run exactly as with ``semi.gate=false``.
 """
 
