@@ -91,6 +91,11 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "trs-weight2": ("trs", ["semi.unlabelled_weight=2"]),
     "trs-decay1": ("trs", ["semi.memory_decay=1.0"]),
     "trs-decay0.5": ("trs", ["semi.memory_decay=0.5"]),
+    # the reference kept training on pseudo-labelled pairs; sources fused with balanced confidences
+    "trs-refsemi": ("trs", ["reference.semi_training=true"]),
+    "trs-refsemi-balanced": ("trs", ["reference.semi_training=true", "semi.fusion=balanced"]),
+    "trs-refsemi-balanced-ref50": ("trs", ["reference.semi_training=true", "semi.fusion=balanced",
+                                           "reference.epochs=50"]),
     # mean-teacher and pseudo-label (their burn-in is the supervised model); measured at code
     # version 1, i.e. as overrides of semi_epochs 15, EMA 0.99, unlabelled weight 1
     "mt-weight0.3": ("mean-teacher", ["semi.unlabelled_weight=0.3"]),

@@ -37,6 +37,7 @@ Preset = Literal["default", "paper"]
 DatasetKind = Literal["mtl-aqa", "fis-v", "manifest"]
 DifficultyMode = Literal["auto", "on", "off"]
 GraphFeatures = Literal["tokens", "pooled"]
+Fusion = Literal["precision", "balanced"]
 METHODS = typing.get_args(Method)
 PRESETS = typing.get_args(Preset)
 DATASET_KINDS = typing.get_args(DatasetKind)
@@ -105,6 +106,11 @@ class ReferenceConfig(CheckedConfig):
     # score is antisymmetric by construction.
     antisymmetric: bool = True
     exemplars: int = 32  # exemplars per unlabelled video at each refresh (all labelled if fewer)
+    # Keep training the reference in every semi-supervised epoch, after the refresh, on pairs
+    # (training video, labelled exemplar): labelled videos at their labels, unlabelled ones at
+    # their current pseudo-labels (loss weighted by the pseudo-label's weight). false: the
+    # reference is frozen after its burn-in (the paper's reading).
+    semi_training: bool = False
 
     def check(self) -> None:
         _positive(self, "dim", "heads", "exemplars")
@@ -177,6 +183,11 @@ class SemiConfig(CheckedConfig):
     # tokens; "pooled": cosine similarity of mean-pooled features.
     graph_features: GraphFeatures = "tokens"
     max_confidence_weight: float = 3.0  # per-video loss weights are confidence / mean, clipped
+    # How the sources' pseudo-labels are fused: "precision": weighted by their confidences as
+    # they are (1 / variance; a source with larger variances counts less everywhere);
+    # "balanced": each source's confidences divided by their mean first, so that every source
+    # weighs the same on average and confidences only move weight between videos.
+    fusion: Fusion = "precision"
     # trs's label-only gate (train/methods/gate.py), after the burn-in: k-fold cross-fitting on
     # the labelled videos compares the configured pseudo-labels with teacher-only ones and with
     # the graph off, and keeps the configured option unless another beats its out-of-fold

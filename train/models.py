@@ -139,12 +139,16 @@ class ReferenceNetwork(nn.Module):
         return self.forward_embedded(self.embed(query_tokens), self.embed(exemplar_tokens))
 
 
-def regression_loss(value: torch.Tensor, log_variance: torch.Tensor,
-                    target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(squared-error loss of the value, Gaussian NLL of its detached residual for the log-variance)."""
+def regression_loss(value: torch.Tensor, log_variance: torch.Tensor, target: torch.Tensor,
+                    weights: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(squared-error loss of the value, Gaussian NLL of its detached residual for the log-variance);
+    with ``weights``, both are weighted means over the samples."""
     squared = (value - target) ** 2
     nll = 0.5 * (torch.exp(-log_variance) * squared.detach() + log_variance)
-    return squared.mean(), nll.mean()
+    if weights is None:
+        return squared.mean(), nll.mean()
+    total = weights.sum().clamp_min(1e-8)
+    return (weights * squared).sum() / total, (weights * nll).sum() / total
 
 
 def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:

@@ -197,6 +197,13 @@ def fuse_by_confidence(estimates: list[Estimate]) -> Estimate:
     return weighted / total, total
 
 
+def fuse_balanced(estimates: list[Estimate]) -> Estimate:
+    """:func:`fuse_by_confidence` after dividing each source's confidences by their mean
+    (``semi.fusion = "balanced"``): every source weighs the same on average."""
+    return fuse_by_confidence([(value, confidence / confidence.mean().clamp_min(1e-12))
+                               for value, confidence in estimates])
+
+
 def fuse_by_mean(estimates: list[Estimate]) -> Estimate:
     """The plain mean of the sources, every video equally confident (the ``use_confidence`` ablation)."""
     total = estimates[0][0]
@@ -292,5 +299,6 @@ def build_pseudo_labelling(config: TrainConfig, count: int, option: GateOption |
     def clipped(relative: np.ndarray) -> np.ndarray:  # per-video weights: confidence / mean, clipped
         return np.clip(relative, 0.0, semi.max_confidence_weight)
 
-    fuse, weigh = (fuse_by_confidence, clipped) if semi.use_confidence else (fuse_by_mean, np.ones_like)
+    by_confidence = fuse_balanced if semi.fusion == "balanced" else fuse_by_confidence
+    fuse, weigh = (by_confidence, clipped) if semi.use_confidence else (fuse_by_mean, np.ones_like)
     return PseudoLabelling(sources, fuse, refiners, weigh, memory, refiner)

@@ -112,7 +112,18 @@ class TRSMethod(SemiSupervisedMethod):
         quality = self._record_quality(unit.epoch, stages, pseudo, relative)
 
         losses = self._semi_steps(self._pseudo_label_loss)
+        if self.config.reference.semi_training and self.reference is not None:
+            losses["reference_loss"] = self._reference_semi_epoch()
         return {**losses, **quality}
+
+    def _reference_semi_epoch(self) -> float:
+        """The reference on (training video, labelled exemplar) pairs: labelled videos at their
+        labels, unlabelled ones at this refresh's pseudo-labels, weighted by their loss weights."""
+        rows = torch.cat([self.labelled, self.unlabelled])
+        targets = torch.cat([self.labelled_targets, self.pseudo[self.unlabelled]])
+        weights = torch.cat([torch.ones(len(self.labelled)), self.weights[self.unlabelled]])
+        return self._reference_steps(self.reference, self.reference_optimiser, rows, targets,
+                                     self.reference_generator, exemplars=len(self.labelled), weights=weights)
 
     def _apply_gate(self, outcome: dict) -> None:
         """The semi-supervised phase's sources and graph strength from the gate's ``outcome``."""
@@ -165,20 +176,26 @@ class TRSMethod(SemiSupervisedMethod):
         return {"reference_loss": total}
 
     def _reference_steps(self, reference: ReferenceNetwork, optimiser: torch.optim.Optimizer, rows: torch.Tensor,
-                         targets: torch.Tensor, generator: torch.Generator) -> float:
-        """One epoch of pairwise steps on the labelled ``rows`` (standardised ``targets``); the mean squared loss."""
+                         targets: torch.Tensor, generator: torch.Generator, exemplars: int | None = None,
+                         weights: torch.Tensor | None = None) -> float:
+        """One epoch of pairwise steps on ``rows`` (standardised ``targets``); the mean squared loss.
+
+        Each pair is a row against an exemplar among the first ``exemplars`` rows (all by default:
+        the labelled burn-in); ``weights`` (per row) weigh the first member's loss."""
         reference.train()
         views = ViewMaker(self.tokens, self.config.views, generator)
         count = len(rows)
+        exemplars = count if exemplars is None else exemplars
         batch_size = max(self.config.optim.batch_size, 32)
         steps = max(self.config.optim.min_steps_per_epoch, math.ceil(count / batch_size))
         total = 0.0
         for _ in range(steps):
             first = torch.randint(0, count, (batch_size,), generator=generator)
-            second = torch.randint(0, count, (batch_size,), generator=generator)
+            second = torch.randint(0, exemplars, (batch_size,), generator=generator)
             delta, log_variance = reference(views.weak(rows[first]), views.weak(rows[second]))
             target = targets[first] - targets[second]
-            squared, nll = regression_loss(delta, log_variance, target)
+            squared, nll = regression_loss(delta, log_variance, target,
+                                           None if weights is None else weights[first])
             self._step(squared + nll, reference, optimiser)
             total += squared.item() / steps
         return total
