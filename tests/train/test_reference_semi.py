@@ -1,0 +1,120 @@
+"""trs options that give the reference network a part in the semi-supervised phase:
+``reference.semi_training`` (it keeps training on pseudo-labelled pairs) and
+``semi.fusion = "balanced"`` (every source weighs the same on average when fused)."""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+
+import numpy as np
+import pytest
+import torch
+
+from aqa.errors import UserError
+from train.config import apply_overrides, preset_config
+from train.data import prepare_data
+from train.methods import make_method
+from train.methods.pseudo_labels import fuse_balanced, fuse_by_confidence
+from train.models import regression_loss
+
+FAST = ["optim.epochs=8", "semi.semi_epochs=2", "reference.epochs=3", "head.dim=16", "head.token_hidden=8",
+        "head.channel_hidden=16", "reference.dim=16", "reference.heads=2", "reference.exemplars=5",
+        "semi.mc_samples=3", "semi.gate_epochs=3", "semi.gate_reference_epochs=3", "semi.gate_repeats=1"]
+
+
+def _config(tiny_dataset, *overrides):
+    config = dataclasses.replace(preset_config("default", "trs"), features=str(tiny_dataset["cache"]),
+                                 dataset="manifest", manifest=str(tiny_dataset["manifest"]), ratio=0.5, seed=0)
+    return apply_overrides(config, FAST + list(overrides))
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _run(config, data, stop_after: int | None = None):
+    method = make_method(config, data)
+    while not method.finished and (stop_after is None or method.completed < stop_after):
+        method.run_unit()
+    return method
+
+
+def _reference_after_burn_in(method) -> dict:
+    return {name: value.clone() for name, value in method.reference.state_dict().items()}
+
+
+def test_balanced_fusion_gives_each_source_the_same_mean_weight():
+    teacher = (torch.tensor([0.0, 0.0, 0.0, 0.0], dtype=torch.float64),
+               torch.tensor([100.0, 100.0, 100.0, 100.0], dtype=torch.float64))
+    reference = (torch.tensor([1.0, 1.0, 1.0, 1.0], dtype=torch.float64),
+                 torch.tensor([1.0, 1.0, 3.0, 3.0], dtype=torch.float64))
+    precision_value, _ = fuse_by_confidence([teacher, reference])
+    balanced_value, balanced_confidence = fuse_balanced([teacher, reference])
+    # By precision the low-variance teacher dominates everywhere ...
+    assert torch.all(precision_value < 0.03)
+    # ... balanced, each source has mean weight 1: the reference's relative confidences 0.5 and 1.5
+    assert torch.allclose(balanced_value, torch.tensor([0.5 / 1.5, 0.5 / 1.5, 1.5 / 2.5, 1.5 / 2.5],
+                                                       dtype=torch.float64))
+    assert torch.allclose(balanced_confidence, torch.tensor([1.5, 1.5, 2.5, 2.5], dtype=torch.float64))
+    # A single source is passed through with its confidences rescaled only.
+    value, confidence = fuse_balanced([reference])
+    assert torch.equal(value, reference[0]) and torch.allclose(confidence.mean(), torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_weighted_regression_loss_is_a_weighted_mean():
+    value, log_variance = torch.tensor([1.0, 3.0]), torch.zeros(2)
+    target = torch.zeros(2)
+    squared, _ = regression_loss(value, log_variance, target, torch.tensor([3.0, 1.0]))
+    assert squared.item() == pytest.approx((3 * 1 + 1 * 9) / 4)
+    plain, _ = regression_loss(value, log_variance, target)
+    same, _ = regression_loss(value, log_variance, target, torch.ones(2))
+    assert plain.item() == pytest.approx(same.item())
+
+
+def test_the_reference_trains_in_the_semi_phase_only_when_asked(tiny_dataset):
+    frozen_config = _config(tiny_dataset, "semi.gate=false")
+    training_config = _config(tiny_dataset, "semi.gate=false", "reference.semi_training=true")
+    data = prepare_data(frozen_config)
+    burn_in = sum(unit.phase != "semi" for unit in make_method(frozen_config, data).units)
+
+    frozen = _run(frozen_config, data)
+    training = _run(training_config, data)
+    burnt_in = _run(training_config, data, stop_after=burn_in)
+    # The burn-in is the same whether or not the reference trains later ...
+    for name, value in _reference_after_burn_in(burnt_in).items():
+        assert torch.equal(value, frozen.reference.state_dict()[name]), name
+    # ... the frozen reference stays as the burn-in left it, the training one moves
+    changed = [name for name, value in training.reference.state_dict().items()
+               if not torch.equal(value, frozen.reference.state_dict()[name])]
+    assert changed
+    rows = np.arange(len(data.keys))
+    assert not np.array_equal(training.predict_scores(rows), frozen.predict_scores(rows))
+
+
+def test_resume_mid_semi_phase_with_a_training_reference_is_bit_identical(tiny_dataset):
+    config = _config(tiny_dataset, "reference.semi_training=true", "semi.fusion=balanced", "semi.semi_epochs=3")
+    data = prepare_data(config)
+    straight = _run(config, data)
+    semi_start = next(index for index, unit in enumerate(straight.units) if unit.phase == "semi")
+    interrupted = _run(config, data, stop_after=semi_start + 2)
+    buffer = io.BytesIO()
+    torch.save(interrupted.state(), buffer)
+    buffer.seek(0)
+    resumed = make_method(config, data)
+    resumed.load_state(torch.load(buffer, weights_only=True))
+    while not resumed.finished:
+        resumed.run_unit()
+    assert np.array_equal(resumed.predict_scores(data.test), straight.predict_scores(data.test))
+    for name, value in straight.reference.state_dict().items():
+        assert torch.equal(resumed.reference.state_dict()[name], value), name
+
+
+@pytest.mark.parametrize("value", ["mean", "PRECISION", "1"])
+def test_an_unknown_fusion_is_refused(tiny_dataset, value):
+    with pytest.raises(UserError, match="fusion"):
+        _config(tiny_dataset, f"semi.fusion={value}")
