@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from aqa.cache import VideoEntry, write_cache
 
@@ -94,3 +95,12 @@ def fast_flags() -> list[str]:
 def dataset_writer():
     """The generator of tiny datasets (see :func:`write_dataset`)."""
     return write_dataset
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (fast on tiny tensors), restored afterwards so no later test inherits it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

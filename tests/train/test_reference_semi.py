@@ -29,12 +29,7 @@ def _config(tiny_dataset, *overrides):
     return apply_overrides(config, FAST + list(overrides))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(config, data, stop_after: int | None = None):
