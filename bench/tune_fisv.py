@@ -96,6 +96,10 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "trs-refsemi-balanced": ("trs", ["reference.semi_training=true", "semi.fusion=balanced"]),
     "trs-refsemi-balanced-ref50": ("trs", ["reference.semi_training=true", "semi.fusion=balanced",
                                            "reference.epochs=50"]),
+    # the reference network as a second predictor at test time (half of the prediction)
+    "trs-test50": ("trs", ["reference.test_share=0.5"]),
+    "trs-refsemi-balanced-ref50-test50": ("trs", ["reference.semi_training=true", "semi.fusion=balanced",
+                                                  "reference.epochs=50", "reference.test_share=0.5"]),
     # mean-teacher and pseudo-label (their burn-in is the supervised model); measured at code
     # version 1, i.e. as overrides of semi_epochs 15, EMA 0.99, unlabelled weight 1
     "mt-weight0.3": ("mean-teacher", ["semi.unlabelled_weight=0.3"]),
@@ -133,14 +137,16 @@ def parse_variant(name: str) -> tuple[str, list[str]]:
     sys.exit(f"error: unknown variant {name!r} (registered: {', '.join(VARIANTS)}; or METHOD:field=value;...)")
 
 
-def build(variant: str, target: str, ratio: float, seed: int, cache: Path, fisv_dir: Path) -> dict:
+def build(variant: str, target: str, ratio: float, seed: int, cache: Path, fisv_dir: Path,
+          dataset: str = "fis-v") -> dict:
+    """The variant's configuration (plain data) on a validation split of ``dataset`` at ``fisv_dir``."""
     from aqa.config import to_dict
     from train.config import apply_overrides, preset_config
     import dataclasses
 
     method, overrides = parse_variant(variant)
     config = preset_config("default", method)
-    config = dataclasses.replace(config, features=str(cache), dataset="fis-v", data_root=str(fisv_dir), target=target,
+    config = dataclasses.replace(config, features=str(cache), dataset=dataset, data_root=str(fisv_dir), target=target,
                                  ratio=ratio, seed=seed, validation_fraction=VALIDATION_FRACTION)
     config = apply_overrides(config, overrides)
     data = to_dict(config)

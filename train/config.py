@@ -111,11 +111,15 @@ class ReferenceConfig(CheckedConfig):
     # their current pseudo-labels (loss weighted by the pseudo-label's weight). false: the
     # reference is frozen after its burn-in (the paper's reading).
     semi_training: bool = False
+    # Share of the reference network in the test-time prediction: (1 - share) * student + share *
+    # reference (each test video against every labelled exemplar of its pool). 0: the student alone.
+    test_share: float = 0.0
 
     def check(self) -> None:
         _positive(self, "dim", "heads", "exemplars")
         _non_negative(self, "epochs")
         _share(self, "dropout")
+        _share(self, "test_share", one_allowed=True)
         require(self.dim % self.heads == 0, "dim",
                 f"must be a multiple of reference.heads ({self.heads}), got {self.dim}")
 

@@ -113,3 +113,49 @@ def test_resume_mid_semi_phase_with_a_training_reference_is_bit_identical(tiny_d
 def test_an_unknown_fusion_is_refused(tiny_dataset, value):
     with pytest.raises(UserError, match="fusion"):
         _config(tiny_dataset, f"semi.fusion={value}")
+
+
+def test_the_reference_shares_the_test_prediction_only_when_asked(tiny_dataset):
+    """``reference.test_share``: 0 is the student alone (the same code path as before, bit for bit);
+    otherwise (1 - share) x student + share x the reference against the labelled exemplars."""
+    from train.methods.pseudo_labels import exemplar_pools, score_against_exemplars
+    from train.methods.supervised import SupervisedMethod
+
+    config = _config(tiny_dataset, "semi.gate=false")
+    data = prepare_data(config)
+    trained = _run(config, data)
+    rows = np.concatenate([data.validation, data.test]) if len(data.validation) else np.asarray(data.test)
+    student = SupervisedMethod.predict_scores(trained, rows)
+    assert np.array_equal(trained.predict_scores(rows), student)
+
+    index = torch.from_numpy(rows).long()
+    by_reference, _, _ = score_against_exemplars(
+        trained.reference, trained.views.canonical(index), trained.views.canonical(trained.labelled),
+        trained.labelled_targets, exemplar_pools(data, trained.labelled, index))
+    reference = data.to_score(rows, by_reference.numpy() * trained.target_std + trained.target_mean)
+    for share in (0.25, 1.0):
+        trained.config = apply_overrides(config, [f"reference.test_share={share}"])
+        mixed = trained.predict_scores(rows)
+        assert np.allclose(mixed, (1 - share) * student + share * reference, rtol=1e-6, atol=1e-6)
+        assert not np.allclose(mixed, student)
+
+
+@pytest.mark.parametrize("share", ["0", "0.5"])
+def test_test_predictions_do_not_depend_on_the_order_or_repetition_of_the_request(tiny_dataset, share):
+    """At test time every labelled video of the pool is an exemplar (no random draw): predicting
+    twice gives the same scores, and a reversed request (a negatively strided array) the same
+    scores reversed."""
+    config = _config(tiny_dataset, "semi.gate=false", f"reference.test_share={share}")
+    data = prepare_data(config)
+    trained = _run(config, data)
+    rows = np.asarray(data.test)
+    first = trained.predict_scores(rows)
+    assert np.array_equal(first, trained.predict_scores(rows))
+    reordered = trained.predict_scores(rows[::-1])[::-1]
+    assert np.allclose(reordered, first, rtol=1e-6, atol=1e-9)
+
+
+@pytest.mark.parametrize("value", ["-0.1", "1.5", "nan"])
+def test_a_test_share_outside_zero_to_one_is_refused(tiny_dataset, value):
+    with pytest.raises(UserError, match="test_share"):
+        _config(tiny_dataset, f"reference.test_share={value}")

@@ -89,6 +89,50 @@ class TeacherSource:
         return values.mean(0), confidence_of(spread + predicted_variance)
 
 
+def exemplar_pools(data: TrainingData, labelled: torch.Tensor, rows: torch.Tensor) -> list[torch.Tensor]:
+    """For each of ``rows``, the positions in ``labelled`` it may be compared with: the labelled
+    videos of the same difficulty where difficulties are known and one matches, else all of them."""
+    everyone = torch.arange(len(labelled))
+    if data.difficulty is None:
+        return [everyone] * len(rows)
+    labelled_difficulty = data.difficulty[labelled.numpy()]
+    by_difficulty = {float(value): torch.from_numpy(np.flatnonzero(labelled_difficulty == value))
+                     for value in np.unique(labelled_difficulty)}
+    return [by_difficulty.get(float(data.difficulty[int(index)]), everyone) for index in rows]
+
+
+@torch.no_grad()
+def score_against_exemplars(reference: ReferenceNetwork, query_tokens: torch.Tensor, exemplar_tokens: torch.Tensor,
+                            exemplar_targets: torch.Tensor, pairs: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """The reference network's score of each query video from its exemplars.
+
+    ``pairs[i]`` are the exemplar positions query ``i`` is compared with; each comparison gives
+    exemplar target + relative score. Returns float64 per query: the mean over its exemplars, the
+    spread (variance) over them, and the mean predicted variance."""
+    reference.eval()
+    # Embed each video once; pairs then only run the cross-attention and the MLP.
+    embedded_queries, embedded_exemplars = reference.embed(query_tokens), reference.embed(exemplar_tokens)
+    query_rows = torch.cat([torch.full((len(chosen),), row, dtype=torch.long) for row, chosen in enumerate(pairs)])
+    exemplar_positions = torch.cat(pairs)
+    deltas, log_variances = [], []
+    chunk = 4 * INFERENCE_BATCH
+    for start in range(0, len(query_rows), chunk):
+        rows, positions = query_rows[start:start + chunk], exemplar_positions[start:start + chunk]
+        delta, log_variance = reference.forward_embedded(
+            reference.select(embedded_queries, rows), reference.select(embedded_exemplars, positions))
+        deltas.append(delta)
+        log_variances.append(log_variance)
+    estimates = (exemplar_targets[exemplar_positions] + torch.cat(deltas)).double()
+    predicted_variance = torch.exp(torch.cat(log_variances)).double()
+    videos = len(pairs)
+    counts = torch.bincount(query_rows, minlength=videos).double()
+    mean = torch.zeros(videos, dtype=torch.float64).index_add_(0, query_rows, estimates) / counts
+    spread = torch.zeros(videos, dtype=torch.float64).index_add_(0, query_rows, (estimates - mean[query_rows]) ** 2)
+    spread = spread / counts.clamp_min(2) * (counts > 1)
+    aleatoric = torch.zeros(videos, dtype=torch.float64).index_add_(0, query_rows, predicted_variance) / counts
+    return mean, spread, aleatoric
+
+
 class ReferenceSource:
     """The reference network: each unlabelled video against up to ``exemplars`` labelled exemplars
     (of the same difficulty where known): pseudo-score = exemplar target + relative score, averaged;
@@ -101,55 +145,15 @@ class ReferenceSource:
         self.exemplars = exemplars
         self._pools: list[torch.Tensor] | None = None
 
-    def _exemplar_pools(self, context: Context) -> list[torch.Tensor]:
-        """For each unlabelled video, the labelled positions it may be compared with."""
-        if self._pools is None:
-            data = context.data
-            everyone = torch.arange(len(context.labelled))
-            pools = [everyone] * len(context.unlabelled)
-            if data.difficulty is not None:
-                labelled_difficulty = data.difficulty[context.labelled.numpy()]
-                by_difficulty: dict[float, torch.Tensor] = {}
-                for value in np.unique(labelled_difficulty):
-                    by_difficulty[float(value)] = torch.from_numpy(np.flatnonzero(labelled_difficulty == value))
-                pools = [by_difficulty.get(float(data.difficulty[int(index)]), everyone)
-                         for index in context.unlabelled]
-            self._pools = pools
-        return self._pools
-
     @torch.no_grad()
     def estimate(self, context: Context) -> Estimate:
-        reference = context.reference
-        reference.eval()
-        # Embed each video once; pairs then only run the cross-attention and the MLP.
-        embedded_unlabelled = reference.embed(context.views.canonical(context.unlabelled))
-        embedded_labelled = reference.embed(context.views.canonical(context.labelled))
-        queries, exemplars = [], []
-        for row, pool in enumerate(self._exemplar_pools(context)):
-            if len(pool) > self.exemplars:
-                chosen = pool[torch.randperm(len(pool), generator=context.generator)[:self.exemplars]]
-            else:
-                chosen = pool
-            queries.append(torch.full((len(chosen),), row, dtype=torch.long))
-            exemplars.append(chosen)
-        query_rows, exemplar_positions = torch.cat(queries), torch.cat(exemplars)
-        deltas, log_variances = [], []
-        chunk = 4 * INFERENCE_BATCH
-        for start in range(0, len(query_rows), chunk):
-            rows = query_rows[start:start + chunk]
-            positions = exemplar_positions[start:start + chunk]
-            delta, log_variance = reference.forward_embedded(
-                reference.select(embedded_unlabelled, rows), reference.select(embedded_labelled, positions))
-            deltas.append(delta)
-            log_variances.append(log_variance)
-        estimates = (context.labelled_targets[exemplar_positions] + torch.cat(deltas)).double()
-        predicted_variance = torch.exp(torch.cat(log_variances)).double()
-        videos = len(context.unlabelled)
-        counts = torch.bincount(query_rows, minlength=videos).double()
-        mean = torch.zeros(videos, dtype=torch.float64).index_add_(0, query_rows, estimates) / counts
-        spread = torch.zeros(videos, dtype=torch.float64).index_add_(0, query_rows, (estimates - mean[query_rows]) ** 2)
-        spread = spread / counts.clamp_min(2) * (counts > 1)
-        aleatoric = torch.zeros(videos, dtype=torch.float64).index_add_(0, query_rows, predicted_variance) / counts
+        if self._pools is None:
+            self._pools = exemplar_pools(context.data, context.labelled, context.unlabelled)
+        chosen = [pool[torch.randperm(len(pool), generator=context.generator)[:self.exemplars]]
+                  if len(pool) > self.exemplars else pool for pool in self._pools]
+        mean, spread, aleatoric = score_against_exemplars(
+            context.reference, context.views.canonical(context.unlabelled), context.views.canonical(context.labelled),
+            context.labelled_targets, chosen)
         return mean, confidence_of(spread + aleatoric)
 
 

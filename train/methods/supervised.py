@@ -142,7 +142,7 @@ class SupervisedMethod:
 
     def predict_scores(self, indices) -> np.ndarray:
         """The student's predictions for videos ``indices``, in the score's own units."""
-        indices = np.asarray(indices)
+        indices = np.ascontiguousarray(indices)  # a reversed or strided view cannot become a tensor
         if len(indices) == 0:
             return np.zeros(0)
         value, _ = predict_in_batches(self.student, torch.from_numpy(indices).long(), self.views.canonical)

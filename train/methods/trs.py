@@ -34,11 +34,11 @@ from train.data import TrainingData
 from train.methods.baselines import SemiSupervisedMethod
 from train.methods.gate import chosen_option, gate_options, run_gate
 from train.methods.interface import Unit
-from train.methods.pseudo_labels import Context, build_pseudo_labelling
+from train.methods.pseudo_labels import Context, build_pseudo_labelling, exemplar_pools, score_against_exemplars
 from train.methods.state_checks import (
     check_entry, check_module_state, check_optimiser_state, check_tensor, require, shown,
 )
-from train.methods.supervised import REFERENCE_STREAM, SupervisedMethod, stream_seed
+from train.methods.supervised import REFERENCE_STREAM, SupervisedMethod, predict_in_batches, stream_seed
 from train.models import ReferenceNetwork, regression_loss
 from train.views import ViewMaker
 
@@ -199,6 +199,22 @@ class TRSMethod(SemiSupervisedMethod):
             self._step(squared + nll, reference, optimiser)
             total += squared.item() / steps
         return total
+
+    # ------------------------------------------------------------ inference
+
+    def predict_scores(self, indices) -> np.ndarray:
+        """The student's predictions, mixed with the reference network's (``reference.test_share``)."""
+        share = self.config.reference.test_share
+        if share == 0 or self.reference is None or len(indices) == 0 or not len(self.labelled):
+            return super().predict_scores(indices)
+        indices = np.ascontiguousarray(indices)
+        rows = torch.from_numpy(indices).long()
+        student, _ = predict_in_batches(self.student, rows, self.views.canonical)
+        by_reference, _, _ = score_against_exemplars(
+            self.reference, self.views.canonical(rows), self.views.canonical(self.labelled), self.labelled_targets,
+            exemplar_pools(self.data, self.labelled, rows))
+        mixed = (1 - share) * student.double() + share * by_reference
+        return self.data.to_score(indices, mixed.numpy() * self.target_std + self.target_mean)
 
     # ------------------------------------------------------------ state
 

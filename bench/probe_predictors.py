@@ -1,0 +1,164 @@
+#!/usr/bin/env python
+"""Which trained model should predict? Validation predictions of every predictor a run has.
+
+For each (variant, cell, seed) on a validation split (the test rows are cut off before training,
+as in ``bench/tune_fisv.py``), records the validation predictions of the student, the EMA teacher
+(semi-supervised methods) and the reference network against the labelled exemplars (``trs``), so
+that any test-time mixture of them can be scored afterwards without training again. One JSONL line
+per run; finished runs are never rerun.
+
+    python bench/probe_predictors.py --variants supervised,trs --seeds 0-9            # Fis-V
+    python bench/probe_predictors.py --dataset demo --variants supervised,trs --seeds 0-9
+    python bench/probe_predictors.py --report                                           # mixtures
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.fisv_common import DEFAULT_CACHE, DEFAULT_FISV_DIR, REPO_ROOT, append_result, ensure_fisv_cache, load_results  # noqa: E402
+from bench.tune_fisv import _mean_se, build, result_id  # noqa: E402
+
+DEMO_CACHE = REPO_ROOT / "features" / "synth-dive.h5"
+DEMO_ROOT = REPO_ROOT / "data" / "synth-dive"
+
+
+def run(config_dict: dict) -> dict:
+    """Train in this process (one torch thread) and return every predictor's validation predictions."""
+    import torch
+
+    from train.config import config_from_json
+    from train.data import prepare_data
+    from train.fitting import fit
+    from train.methods.pseudo_labels import exemplar_pools, score_against_exemplars
+    from train.methods.supervised import predict_in_batches
+    from train.tune import without_test
+
+    torch.set_num_threads(1)
+    config = config_from_json(config_dict, "probe")
+    fitted = fit(config, without_test(prepare_data(config)), progress=False)
+    method, data = fitted.method, fitted.data
+    rows = np.asarray(data.validation)
+    index = torch.from_numpy(rows).long()
+
+    def in_scores(standardised: torch.Tensor) -> list[float]:
+        target = standardised.double().numpy() * method.target_std + method.target_mean
+        return data.to_score(rows, target).tolist()
+
+    predictors = {"student": in_scores(predict_in_batches(method.student, index, method.views.canonical)[0])}
+    if getattr(method, "teacher", None) is not None:
+        predictors["teacher"] = in_scores(predict_in_batches(method.teacher, index, method.views.canonical)[0])
+    if getattr(method, "reference", None) is not None:
+        mean, _, _ = score_against_exemplars(method.reference, method.views.canonical(index),
+                                             method.views.canonical(method.labelled), method.labelled_targets,
+                                             exemplar_pools(data, method.labelled, index))
+        predictors["reference"] = in_scores(mean)
+    gate = (fitted.diagnostics or {}).get("gate") or {}
+    return {"truth": data.scores[rows].tolist(), "predictors": predictors, "seconds": fitted.seconds,
+            "validation_spearman": (fitted.validation or {}).get("spearman"), "gate_chosen": gate.get("chosen")}
+
+
+def _task(record_id: str, config: dict) -> tuple[str, dict]:
+    return record_id, run(config)
+
+
+def spearman(truth, predicted) -> float:
+    from aqa.metrics import spearman as rho
+    return rho(np.asarray(truth), np.asarray(predicted))
+
+
+def mixtures(record: dict) -> dict[str, float]:
+    """Validation Spearman of each predictor and of student/teacher/reference mixtures."""
+    predictors = {name: np.asarray(values) for name, values in record["predictors"].items()}
+    truth = record["truth"]
+    result = {name: spearman(truth, values) for name, values in predictors.items()}
+    if "reference" in predictors:
+        for share in (0.25, 0.5, 0.75):
+            mixed = (1 - share) * predictors["student"] + share * predictors["reference"]
+            result[f"student+reference {share:g}"] = spearman(truth, mixed)
+    if "teacher" in predictors and "reference" in predictors:
+        result["thirds"] = spearman(truth, (predictors["student"] + predictors["teacher"] + predictors["reference"]) / 3)
+    return result
+
+
+def report(results: dict, baseline: str) -> str:
+    cells: dict[tuple, dict[str, dict[int, dict]]] = {}
+    for record in results.values():
+        key = (record["dataset"], record["target"], record["ratio"])
+        cells.setdefault(key, {}).setdefault(record["variant"], {})[record["seed"]] = mixtures(record)
+    lines = []
+    for (dataset, target, ratio), by_variant in sorted(cells.items()):
+        base = {seed: scores["student"] for seed, scores in by_variant.get(baseline, {}).items()}
+        lines.append(f"\n{dataset} {target} {ratio:g}: validation Spearman, paired vs {baseline} student (mean ± se, wins/n)")
+        for variant, runs in sorted(by_variant.items()):
+            names = list(dict.fromkeys(name for scores in runs.values() for name in scores))
+            for name in names:
+                values = {seed: scores[name] for seed, scores in runs.items() if scores.get(name) is not None}
+                mean, se = _mean_se(list(values.values()))
+                diffs = [values[seed] - base[seed] for seed in values if seed in base and base[seed] is not None]
+                dmean, dse = _mean_se(diffs)
+                wins = sum(d > 0 for d in diffs)
+                lines.append(f"  {variant[:44]:44s} {name:24s} n={len(values):2d} {mean:.3f} ± {se:.3f}  "
+                             f"{dmean:+.3f} ± {dse:.3f} ({wins}/{len(diffs)})")
+    return "\n".join(lines)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=["fis-v", "demo"], default="fis-v")
+    parser.add_argument("--variants", default="supervised,trs")
+    parser.add_argument("--targets", default=None, help="Fis-V: TES,PCS (default); demo: final_score")
+    parser.add_argument("--ratios", default=None, help="Fis-V: 0.1,0.25 (default); demo: 0.2")
+    parser.add_argument("--seeds", default="0-9")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--results", type=Path, default=REPO_ROOT / "bench" / "results" / "probe_predictors.jsonl")
+    parser.add_argument("--baseline", default="supervised")
+    parser.add_argument("--report", action="store_true")
+    args = parser.parse_args()
+
+    from train.sweep import parse_list, parse_seeds
+
+    results = load_results(args.results)
+    if not args.report:
+        if args.dataset == "fis-v":
+            cache, root, dataset = ensure_fisv_cache(DEFAULT_FISV_DIR, DEFAULT_CACHE), DEFAULT_FISV_DIR, "fis-v"
+            targets, ratios = args.targets or "TES,PCS", args.ratios or "0.1,0.25"
+        else:
+            cache, root, dataset = DEMO_CACHE, DEMO_ROOT, "mtl-aqa"
+            targets, ratios = args.targets or "final_score", args.ratios or "0.2"
+            if not cache.is_file():
+                sys.exit(f"error: {cache}: no demo features (run make extract first)")
+        tasks = []
+        for target in parse_list(targets, "targets"):
+            for ratio in parse_list(ratios, "ratios", float):
+                for variant in parse_list(args.variants, "variants"):
+                    for seed in parse_seeds(args.seeds):
+                        record_id = args.dataset + ":" + result_id(variant, target, ratio, seed)
+                        if record_id not in results:
+                            config = build(variant, target, ratio, seed, cache, root, dataset=dataset)
+                            tasks.append((record_id, config, variant, target, ratio, seed))
+        print(f"{len(tasks)} runs to do", flush=True)
+        from joblib import Parallel, delayed
+
+        meta = {task[0]: task for task in tasks}
+        runner = Parallel(n_jobs=args.jobs, return_as="generator_unordered")
+        for record_id, result in runner(delayed(_task)(task[0], task[1]) for task in tasks):
+            _, _, variant, target, ratio, seed = meta[record_id]
+            record = {"id": record_id, "dataset": args.dataset, "variant": variant, "target": target,
+                      "ratio": ratio, "seed": seed, **result}
+            append_result(args.results, record)
+            results[record_id] = record
+            print(f"{variant:40s} {target} {ratio:g} s{seed}: "
+                  + ", ".join(f"{name} {value:.3f}" for name, value in mixtures(record).items() if value is not None)
+                  + f" ({record['seconds']:.0f} s)", flush=True)
+    print(report(results, args.baseline))
+
+
+if __name__ == "__main__":
+    main()
