@@ -36,7 +36,7 @@ def run(config_dict: dict) -> dict:
     from train.config import config_from_json
     from train.data import prepare_data
     from train.fitting import fit
-    from train.methods.pseudo_labels import exemplar_pools, score_against_exemplars
+    from train.methods.pseudo_labels import pools_for, score_against_exemplars
     from train.methods.supervised import predict_in_batches
     from train.tune import without_test
 
@@ -57,7 +57,7 @@ def run(config_dict: dict) -> dict:
     if getattr(method, "reference", None) is not None:
         mean, _, _ = score_against_exemplars(method.reference, method.views.canonical(index),
                                              method.views.canonical(method.labelled), method.labelled_targets,
-                                             exemplar_pools(data, method.labelled, index))
+                                             pools_for(data, method.labelled, index))
         predictors["reference"] = in_scores(mean)
     gate = (fitted.diagnostics or {}).get("gate") or {}
     return {"truth": data.scores[rows].tolist(), "predictors": predictors, "seconds": fitted.seconds,

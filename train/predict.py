@@ -47,6 +47,17 @@ class Prediction:
 
 
 @dataclass
+class Exemplars:
+    """A ``trs`` run's reference network and labelled exemplars, for its share of the prediction."""
+
+    reference: object  # train.models.ReferenceNetwork, in eval mode
+    tokens: object  # torch float32 [exemplars, num_tokens, dim], standardised canonical view
+    targets: object  # torch float32 [exemplars], standardised targets
+    difficulty: np.ndarray | None  # float64 [exemplars] (difficulty-aware runs: same-difficulty pools)
+    share: float  # reference.test_share
+
+
+@dataclass
 class TrainedRun:
     """What scoring needs from a finished run folder, checked."""
 
@@ -62,6 +73,7 @@ class TrainedRun:
     student: object = None  # train.models.MixerHead, in eval mode (neural methods)
     ridge_weights: np.ndarray | None = None  # float64 [dim] (ridge)
     ridge_bias: float = 0.0
+    exemplars: Exemplars | None = None  # trs with reference.test_share > 0
 
     @property
     def method(self) -> str:
@@ -140,32 +152,60 @@ def _number(state: dict, name: str, path: Path, positive: bool = False) -> float
     return float(value)
 
 
-def _build_student(state: dict, config: TrainConfig, num_tokens: int, dim: int, path: Path):
-    """The run's student head with the checkpoint's weights, in evaluation mode."""
+def _build_module(state: dict, name: str, make, path: Path):
+    """``make()``'s module with the checkpoint's ``name`` weights, checked key by key, in evaluation mode."""
     import torch
 
-    from train.models import MixerHead
-
-    weights = state.get("student")
+    weights = state.get(name)
     if not isinstance(weights, dict):
-        raise UserError(f"checkpoint has no student model (student is {type(weights).__name__})", path)
+        raise UserError(f"checkpoint has no {name} model ({name} is {type(weights).__name__})", path)
     with torch.random.fork_rng(devices=[]):  # building draws initial weights; leave the caller's RNG alone
-        student = MixerHead(num_tokens, dim, config.head)
-    template = student.state_dict()
+        module = make()
+    template = module.state_dict()
     missing = sorted(set(template) - set(weights))
-    unexpected = sorted(str(name) for name in set(weights) - set(template))
+    unexpected = sorted(str(key) for key in set(weights) - set(template))
     if missing or unexpected:
-        what = f"lacks {missing[0]!r}" if missing else f"has {unexpected[0]!r}, which the head does not"
-        raise UserError(f"checkpoint student does not fit the run's head ({what})", path)
-    for name, tensor in template.items():
-        value = weights[name]
+        what = f"lacks {missing[0]!r}" if missing else f"has {unexpected[0]!r}, which the {name} does not"
+        raise UserError(f"checkpoint {name} does not fit the run's {name} ({what})", path)
+    for key, tensor in template.items():
+        value = weights[key]
         if not isinstance(value, torch.Tensor) or value.shape != tensor.shape or value.dtype != tensor.dtype:
             shown = f"{value.dtype} {list(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
-            raise UserError(f"checkpoint student {name} is {shown}, the run's head has {tensor.dtype} "
+            raise UserError(f"checkpoint {name} {key} is {shown}, the run's {name} has {tensor.dtype} "
                             f"{list(tensor.shape)}", path)
-    student.load_state_dict(weights)
-    student.eval()
-    return student
+    module.load_state_dict(weights)
+    module.eval()
+    return module
+
+
+def _build_student(state: dict, config: TrainConfig, num_tokens: int, dim: int, path: Path):
+    """The run's student head with the checkpoint's weights, in evaluation mode."""
+    from train.models import MixerHead
+
+    return _build_module(state, "student", lambda: MixerHead(num_tokens, dim, config.head), path)
+
+
+def _exemplars(state: dict, config: TrainConfig, num_tokens: int, dim: int, difficulty_aware: bool,
+               path: Path) -> Exemplars:
+    """The reference network and the labelled exemplars a ``trs`` run with ``reference.test_share``
+    compares every scored video with (:meth:`train.methods.trs.TRSMethod.prediction_fields`)."""
+    import torch
+
+    from train.models import ReferenceNetwork
+
+    reference = _build_module(state, "reference", lambda: ReferenceNetwork(dim, config.reference), path)
+    tokens = state.get("exemplar_tokens")
+    if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.float32 or tokens.dim() != 3 or \
+            tuple(tokens.shape[1:]) != (num_tokens, dim) or len(tokens) < 1:
+        shown = f"{tokens.dtype} {list(tokens.shape)}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+        raise UserError(f"checkpoint exemplar_tokens is {shown}, expected float32 [exemplars, {num_tokens}, {dim}]",
+                        path)
+    if not torch.isfinite(tokens).all():
+        raise UserError("checkpoint exemplar_tokens holds NaN or infinite values", path)
+    count = (len(tokens),)
+    targets = torch.from_numpy(_tensor(state, "exemplar_targets", path, _float32(), count))
+    difficulty = _tensor(state, "exemplar_difficulty", path, _float64(), count) if difficulty_aware else None
+    return Exemplars(reference, tokens, targets, difficulty, config.reference.test_share)
 
 
 def load_run(run_dir) -> TrainedRun:
@@ -208,6 +248,8 @@ def load_run(run_dir) -> TrainedRun:
         run.target_mean = _number(state, "target_mean", path)
         run.target_std = _number(state, "target_std", path, positive=True)
         run.student = _build_student(state, config, num_tokens, len(mean), path)
+        if method == "trs" and config.reference.test_share > 0 and state.get("reference") is not None:
+            run.exemplars = _exemplars(state, config, num_tokens, len(mean), run.difficulty_aware, path)
     return run
 
 
@@ -314,6 +356,21 @@ def _head_outputs(run: TrainedRun, tokens: np.ndarray) -> tuple[np.ndarray, np.n
     return value[:count].double().numpy(), log_variance[:count].double().numpy()
 
 
+def _with_reference(exemplars: Exemplars, tokens: np.ndarray, value: np.ndarray,
+                    difficulty: np.ndarray | None) -> np.ndarray:
+    """The student's standardised ``value`` blended with the reference network's, as
+    :meth:`train.methods.trs.TRSMethod.predict_scores` blends them."""
+    import torch
+
+    from train.methods.pseudo_labels import exemplar_pools, score_against_exemplars
+    from train.methods.trs import blend_with_reference
+
+    pools = exemplar_pools(exemplars.difficulty, difficulty, len(exemplars.tokens), len(tokens))
+    by_reference, _, _ = score_against_exemplars(exemplars.reference, torch.from_numpy(tokens), exemplars.tokens,
+                                                 exemplars.targets, pools)
+    return blend_with_reference(torch.from_numpy(value), by_reference, exemplars.share).numpy()
+
+
 def predict(run: TrainedRun, cache: FeatureCache, keys: list[str] | None = None,
             difficulty: Mapping[str, float] | None = None) -> list[Prediction]:
     """Each video's predicted score (in the score's own units) and uncertainty, in ``keys`` order
@@ -337,6 +394,8 @@ def predict(run: TrainedRun, cache: FeatureCache, keys: list[str] | None = None,
         scores = (pooled @ run.ridge_weights + run.ridge_bias) * scale
         return [Prediction(key, float(score), math.nan, math.nan) for key, score in zip(keys, scores)]
     value, log_variance = _head_outputs(run, tokens)
+    if run.exemplars is not None:
+        value = _with_reference(run.exemplars, tokens, value, scale if run.difficulty_aware else None)
     # SupervisedMethod.predict_scores: de-standardise the target, then undo the difficulty division.
     scores = (value * run.target_std + run.target_mean) * scale
     stds = np.exp(0.5 * log_variance) * run.target_std * scale
@@ -369,5 +428,5 @@ def predictions_table(predictions: list[Prediction]) -> str:
     return "\n".join(lines)
 
 
-__all__ = ["FEATURE_FIELDS", "Prediction", "TrainedRun", "check_features", "extraction_settings", "feature_config",
+__all__ = ["FEATURE_FIELDS", "Exemplars", "Prediction", "TrainedRun", "check_features", "extraction_settings", "feature_config",
            "load_run", "predict", "predictions_csv", "predictions_table"]

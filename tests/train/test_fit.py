@@ -40,7 +40,9 @@ def test_fit_in_memory_gives_what_the_run_folder_publishes(tiny_dataset, tmp_pat
     assert published == dict(zip(result.data.keys, result.predictions.tolist()))
     assert result.diagnostics["last_refresh"]["epoch"] == 3
     checkpoint = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
-    assert set(checkpoint) == set(result.state) | RUN_FIELDS
+    # trs with reference.test_share > 0 (the default) adds what the reference's share needs
+    assert set(checkpoint) == set(result.state) | RUN_FIELDS | set(result.method.prediction_fields())
+    assert {"exemplar_tokens", "exemplar_targets"} <= set(checkpoint)
     assert all(torch.equal(checkpoint["student"][name], tensor) for name, tensor in result.state["student"].items())
 
 

@@ -117,10 +117,14 @@ def test_every_cached_video_and_a_single_one_score_as_in_the_run(runs, tiny_data
     assert read_csv(out_one)[0]["pred"] == stored["v030"]
 
 
+@pytest.mark.parametrize("method", ["supervised", "trs"])  # trs: the reference compares within difficulty pools
 def test_a_difficulty_aware_run_needs_each_videos_difficulty_and_then_reproduces_its_predictions(
-        dataset_writer, fast_flags, tmp_path, capsys):
+        dataset_writer, fast_flags, tmp_path, capsys, method):
     cache, manifest, keys, _ = dataset_writer(tmp_path / "data", with_difficulty=True)
-    run_dir = train(cache, manifest, tmp_path / "run", fast_flags, "supervised")
+    run_dir = train(cache, manifest, tmp_path / "run", fast_flags, method)
+    if method == "trs":
+        state = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+        assert len(torch.unique(state["exemplar_difficulty"])) > 1  # pools of several difficulties
     test_keys = json.loads((run_dir / "split.json").read_text())["test"]
     message = one_line_error(["predict", "--run", str(run_dir), "--features", str(cache), "--keys", test_keys[0]],
                              capsys)
@@ -262,8 +266,19 @@ def _reshape_first_student_tensor(state):
     (_edit_checkpoint(lambda state: state.__setitem__("num_tokens", "4")), "num_tokens"),
     (_edit_checkpoint(lambda state: state.__setitem__("target_std", float("nan"))), "target_std"),
     (_edit_checkpoint(lambda state: state["config"].__setitem__("seed", 7)), "another configuration"),
+    # trs's reference network and labelled exemplars (reference.test_share, on by default)
+    (_edit_checkpoint(lambda state: state.__setitem__("reference", [0])), "checkpoint has no reference"),
+    (_edit_checkpoint(lambda state: state["reference"].popitem() and None), "checkpoint reference"),
+    (_edit_checkpoint(lambda state: state.__delitem__("exemplar_tokens")), "exemplar_tokens"),
+    (_edit_checkpoint(lambda state: state.__setitem__("exemplar_tokens", state["exemplar_tokens"][:, :2])),
+     "exemplar_tokens"),
+    (_edit_checkpoint(lambda state: state["exemplar_tokens"].__setitem__((0, 0, 0), float("inf"))), "exemplar_tokens"),
+    (_edit_checkpoint(lambda state: state.__setitem__("exemplar_targets", state["exemplar_targets"][:-1])),
+     "exemplar_targets"),
 ], ids=["truncated", "a-list", "reshaped-tensor", "missing-tensor", "other-method", "not-final", "no-mean",
-        "zero-std", "token-count-text", "nan-target-std", "other-config"])
+        "zero-std", "token-count-text", "nan-target-std", "other-config", "reference-not-a-dict",
+        "reference-missing-tensor", "no-exemplar-tokens", "exemplar-tokens-too-few-tokens", "infinite-exemplar-token",
+        "exemplar-targets-one-short"])
 def test_a_tampered_or_truncated_checkpoint_is_refused_in_one_line(runs, tiny_dataset, tmp_path, capsys, damage,
                                                                    expected):
     run_dir = shutil.copytree(runs["trs"], tmp_path / "run")

@@ -72,7 +72,7 @@ def test_weighted_regression_loss_is_a_weighted_mean():
 
 
 def test_the_reference_trains_in_the_semi_phase_only_when_asked(tiny_dataset):
-    frozen_config = _config(tiny_dataset, "semi.gate=false")
+    frozen_config = _config(tiny_dataset, "semi.gate=false", "reference.semi_training=false")
     training_config = _config(tiny_dataset, "semi.gate=false", "reference.semi_training=true")
     data = prepare_data(frozen_config)
     burn_in = sum(unit.phase != "semi" for unit in make_method(frozen_config, data).units)
@@ -118,10 +118,10 @@ def test_an_unknown_fusion_is_refused(tiny_dataset, value):
 def test_the_reference_shares_the_test_prediction_only_when_asked(tiny_dataset):
     """``reference.test_share``: 0 is the student alone (the same code path as before, bit for bit);
     otherwise (1 - share) x student + share x the reference against the labelled exemplars."""
-    from train.methods.pseudo_labels import exemplar_pools, score_against_exemplars
+    from train.methods.pseudo_labels import pools_for, score_against_exemplars
     from train.methods.supervised import SupervisedMethod
 
-    config = _config(tiny_dataset, "semi.gate=false")
+    config = _config(tiny_dataset, "semi.gate=false", "reference.test_share=0")
     data = prepare_data(config)
     trained = _run(config, data)
     rows = np.concatenate([data.validation, data.test]) if len(data.validation) else np.asarray(data.test)
@@ -131,7 +131,7 @@ def test_the_reference_shares_the_test_prediction_only_when_asked(tiny_dataset):
     index = torch.from_numpy(rows).long()
     by_reference, _, _ = score_against_exemplars(
         trained.reference, trained.views.canonical(index), trained.views.canonical(trained.labelled),
-        trained.labelled_targets, exemplar_pools(data, trained.labelled, index))
+        trained.labelled_targets, pools_for(data, trained.labelled, index))
     reference = data.to_score(rows, by_reference.numpy() * trained.target_std + trained.target_mean)
     for share in (0.25, 1.0):
         trained.config = apply_overrides(config, [f"reference.test_share={share}"])

@@ -89,16 +89,24 @@ class TeacherSource:
         return values.mean(0), confidence_of(spread + predicted_variance)
 
 
-def exemplar_pools(data: TrainingData, labelled: torch.Tensor, rows: torch.Tensor) -> list[torch.Tensor]:
-    """For each of ``rows``, the positions in ``labelled`` it may be compared with: the labelled
-    videos of the same difficulty where difficulties are known and one matches, else all of them."""
-    everyone = torch.arange(len(labelled))
-    if data.difficulty is None:
-        return [everyone] * len(rows)
-    labelled_difficulty = data.difficulty[labelled.numpy()]
-    by_difficulty = {float(value): torch.from_numpy(np.flatnonzero(labelled_difficulty == value))
-                     for value in np.unique(labelled_difficulty)}
-    return [by_difficulty.get(float(data.difficulty[int(index)]), everyone) for index in rows]
+def exemplar_pools(exemplar_difficulty: np.ndarray | None, query_difficulty: np.ndarray | None,
+                   exemplars: int, queries: int) -> list[torch.Tensor]:
+    """For each of ``queries`` videos, the positions among the ``exemplars`` labelled ones it may be
+    compared with: those of the same difficulty where difficulties are known (both arrays given)
+    and one matches, else all of them."""
+    everyone = torch.arange(exemplars)
+    if exemplar_difficulty is None or query_difficulty is None:
+        return [everyone] * queries
+    by_difficulty = {float(value): torch.from_numpy(np.flatnonzero(exemplar_difficulty == value))
+                     for value in np.unique(exemplar_difficulty)}
+    return [by_difficulty.get(float(value), everyone) for value in query_difficulty]
+
+
+def pools_for(data: TrainingData, labelled: torch.Tensor, rows: torch.Tensor) -> list[torch.Tensor]:
+    """:func:`exemplar_pools` of the videos ``rows`` among the ``labelled`` ones of ``data``."""
+    known = data.difficulty is not None
+    return exemplar_pools(data.difficulty[labelled.numpy()] if known else None,
+                          data.difficulty[rows.numpy()] if known else None, len(labelled), len(rows))
 
 
 @torch.no_grad()
@@ -148,7 +156,7 @@ class ReferenceSource:
     @torch.no_grad()
     def estimate(self, context: Context) -> Estimate:
         if self._pools is None:
-            self._pools = exemplar_pools(context.data, context.labelled, context.unlabelled)
+            self._pools = pools_for(context.data, context.labelled, context.unlabelled)
         chosen = [pool[torch.randperm(len(pool), generator=context.generator)[:self.exemplars]]
                   if len(pool) > self.exemplars else pool for pool in self._pools]
         mean, spread, aleatoric = score_against_exemplars(

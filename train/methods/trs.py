@@ -13,7 +13,10 @@
   (:mod:`train.methods.gate`, ``semi.gate``) cross-fits the options on the labelled videos and
   picks which sources feed the pseudo-labels and the graph strength; the semi-supervised phase
   runs with its choice (the configured option unless another clearly beats it).
-* The student predicts at test time.
+* At test time the student predicts, blended with the reference network against every labelled
+  exemplar of the video's pool (``reference.test_share``, half by default; 0: the student alone,
+  the paper's reading). With ``reference.semi_training`` (default) the reference keeps learning
+  on pseudo-labelled pairs after each refresh.
 
 The ``semi.use_*`` switches ablate parts; they only change which parts
 :func:`~train.methods.pseudo_labels.build_pseudo_labelling` puts in its lists (and which options
@@ -34,13 +37,19 @@ from train.data import TrainingData
 from train.methods.baselines import SemiSupervisedMethod
 from train.methods.gate import chosen_option, gate_options, run_gate
 from train.methods.interface import Unit
-from train.methods.pseudo_labels import Context, build_pseudo_labelling, exemplar_pools, score_against_exemplars
+from train.methods.pseudo_labels import Context, build_pseudo_labelling, pools_for, score_against_exemplars
 from train.methods.state_checks import (
     check_entry, check_module_state, check_optimiser_state, check_tensor, require, shown,
 )
 from train.methods.supervised import REFERENCE_STREAM, SupervisedMethod, predict_in_batches, stream_seed
 from train.models import ReferenceNetwork, regression_loss
 from train.views import ViewMaker
+
+
+def blend_with_reference(student: torch.Tensor, reference: torch.Tensor, share: float) -> torch.Tensor:
+    """``(1 - share) * student + share * reference`` in float64 (standardised targets): the test-time
+    prediction of a run with ``reference.test_share`` (here and in :mod:`train.predict`)."""
+    return (1 - share) * student.double() + share * reference.double()
 
 
 class TRSMethod(SemiSupervisedMethod):
@@ -202,19 +211,33 @@ class TRSMethod(SemiSupervisedMethod):
 
     # ------------------------------------------------------------ inference
 
+    def _reference_predicts(self) -> bool:
+        return self.config.reference.test_share > 0 and self.reference is not None and len(self.labelled) > 0
+
     def predict_scores(self, indices) -> np.ndarray:
-        """The student's predictions, mixed with the reference network's (``reference.test_share``)."""
-        share = self.config.reference.test_share
-        if share == 0 or self.reference is None or len(indices) == 0 or not len(self.labelled):
-            return super().predict_scores(indices)
+        """The student's predictions, blended with the reference network's (``reference.test_share``)."""
         indices = np.ascontiguousarray(indices)
+        if not self._reference_predicts() or len(indices) == 0:
+            return super().predict_scores(indices)
         rows = torch.from_numpy(indices).long()
         student, _ = predict_in_batches(self.student, rows, self.views.canonical)
         by_reference, _, _ = score_against_exemplars(
             self.reference, self.views.canonical(rows), self.views.canonical(self.labelled), self.labelled_targets,
-            exemplar_pools(self.data, self.labelled, rows))
-        mixed = (1 - share) * student.double() + share * by_reference
-        return self.data.to_score(indices, mixed.numpy() * self.target_std + self.target_mean)
+            pools_for(self.data, self.labelled, rows))
+        blended = blend_with_reference(student.double(), by_reference, self.config.reference.test_share)
+        return self.data.to_score(indices, blended.numpy() * self.target_std + self.target_mean)
+
+    def prediction_fields(self) -> dict:
+        """Besides the target standardisation, what the reference's share of a prediction needs
+        (:mod:`train.predict`): the labelled exemplars' standardised canonical tokens, targets and
+        difficulties (the reference network itself is in the state)."""
+        fields = super().prediction_fields()
+        if self._reference_predicts():
+            fields["exemplar_tokens"] = self.views.canonical(self.labelled).contiguous()
+            fields["exemplar_targets"] = self.labelled_targets.clone()
+            if self.data.difficulty is not None:
+                fields["exemplar_difficulty"] = torch.from_numpy(self.data.difficulty[self.labelled.numpy()].copy())
+        return fields
 
     # ------------------------------------------------------------ state
 
@@ -301,7 +324,9 @@ class TRSMethod(SemiSupervisedMethod):
                      "training never uses. Spearman per source (teacher, reference, fused by confidence, "
                      "refined on the graph = what the student was trained on); confidence_error_spearman < 0 "
                      "means confidence ranks pseudo-label error; mae_by_confidence_quintile goes from the most "
-                     "to the least confident fifth (target units)."),
+                     "to the least confident fifth (target units); student_unlabelled_spearman is the run's test-time "
+                     "prediction on the unlabelled videos (the student, blended with the reference network "
+                     "when reference.test_share > 0)."),
             "switches": {name: getattr(self.config.semi, name) for name in
                          ("use_reference", "use_memory", "use_confidence", "use_graph", "gate")},
             "gate": self.gate,
