@@ -9,7 +9,7 @@ per run; finished runs are never rerun.
 
     python bench/probe_predictors.py --variants supervised,trs --seeds 0-9            # Fis-V
     python bench/probe_predictors.py --dataset demo --variants supervised,trs --seeds 0-9
-    python bench/probe_predictors.py --report                                           # mixtures
+    python bench/probe_predictors.py --report --seeds 10-19 --baselines supervised,trs-no-reference
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.fisv_common import DEFAULT_CACHE, DEFAULT_FISV_DIR, REPO_ROOT, append_result, ensure_fisv_cache, load_results  # noqa: E402
-from bench.tune_fisv import _mean_se, build, result_id  # noqa: E402
+from bench.tune_fisv import _mean_se, build, code_version, parse_variant, result_id  # noqa: E402
 
 DEMO_CACHE = REPO_ROOT / "features" / "synth-dive.h5"
 DEMO_ROOT = REPO_ROOT / "data" / "synth-dive"
@@ -87,25 +87,43 @@ def mixtures(record: dict) -> dict[str, float]:
     return result
 
 
-def report(results: dict, baseline: str) -> str:
+def label(record: dict) -> str:
+    """The variant's name, with ``@vN`` when it was run at another code version than today's
+    (the same name then meant another configuration: e.g. ``trs@v4``, the default before the
+    reference learned and shared the prediction)."""
+    version = code_version(parse_variant(record["variant"])[0])
+    return record["variant"] if record["code_version"] == version else f"{record['variant']}@v{record['code_version']}"
+
+
+def report(results: dict, baselines: list[str], seeds: set[int] | None = None) -> str:
+    """Per cell, each variant's predictors (and mixtures): validation Spearman, and the paired
+    difference from each of ``baselines`` (``VARIANT`` for its student, or ``VARIANT:PREDICTOR``)
+    on the seeds both have (mean ± se, wins/n); only ``seeds`` when given."""
     cells: dict[tuple, dict[str, dict[int, dict]]] = {}
     for record in results.values():
-        key = (record["dataset"], record["target"], record["ratio"])
-        cells.setdefault(key, {}).setdefault(record["variant"], {})[record["seed"]] = mixtures(record)
+        if seeds is None or record["seed"] in seeds:
+            key = (record["dataset"], record["target"], record["ratio"])
+            cells.setdefault(key, {}).setdefault(label(record), {})[record["seed"]] = mixtures(record)
     lines = []
     for (dataset, target, ratio), by_variant in sorted(cells.items()):
-        base = {seed: scores["student"] for seed, scores in by_variant.get(baseline, {}).items()}
-        lines.append(f"\n{dataset} {target} {ratio:g}: validation Spearman, paired vs {baseline} student (mean ± se, wins/n)")
+        lines.append(f"\n{dataset} {target} {ratio:g}: validation Spearman (mean ± se), paired differences "
+                     "(mean ± se, wins/n)")
         for variant, runs in sorted(by_variant.items()):
-            names = list(dict.fromkeys(name for scores in runs.values() for name in scores))
-            for name in names:
+            for name in dict.fromkeys(name for scores in runs.values() for name in scores):
                 values = {seed: scores[name] for seed, scores in runs.items() if scores.get(name) is not None}
                 mean, se = _mean_se(list(values.values()))
-                diffs = [values[seed] - base[seed] for seed in values if seed in base and base[seed] is not None]
-                dmean, dse = _mean_se(diffs)
-                wins = sum(d > 0 for d in diffs)
-                lines.append(f"  {variant[:44]:44s} {name:24s} n={len(values):2d} {mean:.3f} ± {se:.3f}  "
-                             f"{dmean:+.3f} ± {dse:.3f} ({wins}/{len(diffs)})")
+                line = f"  {variant[:32]:32s} {name:22s} n={len(values):2d} {mean:.3f} ± {se:.3f}"
+                for baseline in baselines:
+                    base_variant, _, base_name = baseline.partition(":")
+                    if (base_variant, base_name or "student") == (variant, name):
+                        continue
+                    base = {seed: scores.get(base_name or "student")
+                            for seed, scores in by_variant.get(base_variant, {}).items()}
+                    diffs = [values[seed] - base[seed] for seed in values if base.get(seed) is not None]
+                    if diffs:
+                        dmean, dse = _mean_se(diffs)
+                        line += f" | vs {baseline} {dmean:+.3f} ± {dse:.3f} ({sum(d > 0 for d in diffs)}/{len(diffs)})"
+                lines.append(line)
     return "\n".join(lines)
 
 
@@ -115,10 +133,11 @@ def main():
     parser.add_argument("--variants", default="supervised,trs")
     parser.add_argument("--targets", default=None, help="Fis-V: TES,PCS (default); demo: final_score")
     parser.add_argument("--ratios", default=None, help="Fis-V: 0.1,0.25 (default); demo: 0.2")
-    parser.add_argument("--seeds", default="0-9")
+    parser.add_argument("--seeds", default="0-9", help="Seeds to run (and to report; --report --seeds all: every seed).")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--results", type=Path, default=REPO_ROOT / "bench" / "results" / "probe_predictors.jsonl")
-    parser.add_argument("--baseline", default="supervised")
+    parser.add_argument("--baselines", default="supervised",
+                        help="Comma-separated VARIANT or VARIANT:PREDICTOR to pair every row against.")
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args()
 
@@ -151,13 +170,14 @@ def main():
         for record_id, result in runner(delayed(_task)(task[0], task[1]) for task in tasks):
             _, _, variant, target, ratio, seed = meta[record_id]
             record = {"id": record_id, "dataset": args.dataset, "variant": variant, "target": target,
-                      "ratio": ratio, "seed": seed, **result}
+                      "ratio": ratio, "seed": seed, "code_version": code_version(parse_variant(variant)[0]), **result}
             append_result(args.results, record)
             results[record_id] = record
             print(f"{variant:40s} {target} {ratio:g} s{seed}: "
                   + ", ".join(f"{name} {value:.3f}" for name, value in mixtures(record).items() if value is not None)
                   + f" ({record['seconds']:.0f} s)", flush=True)
-    print(report(results, args.baseline))
+    seeds = None if args.report and args.seeds == "all" else set(parse_seeds(args.seeds))
+    print(report(results, parse_list(args.baselines, "baselines"), seeds))
 
 
 if __name__ == "__main__":
