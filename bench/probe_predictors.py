@@ -10,6 +10,7 @@ per run; finished runs are never rerun.
     python bench/probe_predictors.py --variants supervised,trs --seeds 0-9            # Fis-V
     python bench/probe_predictors.py --dataset demo --variants supervised,trs --seeds 0-9
     python bench/probe_predictors.py --report --seeds 10-19 --baselines supervised,trs-no-reference
+    python bench/probe_predictors.py --report --confidence --seeds 10-19     # do confidences rank error?
 """
 
 from __future__ import annotations
@@ -60,8 +61,29 @@ def run(config_dict: dict) -> dict:
                                              pools_for(data, method.labelled, index))
         predictors["reference"] = in_scores(mean)
     gate = (fitted.diagnostics or {}).get("gate") or {}
-    return {"truth": data.scores[rows].tolist(), "predictors": predictors, "seconds": fitted.seconds,
-            "validation_spearman": (fitted.validation or {}).get("spearman"), "gate_chosen": gate.get("chosen")}
+    record = {"truth": data.scores[rows].tolist(), "predictors": predictors, "seconds": fitted.seconds,
+              "validation_spearman": (fitted.validation or {}).get("spearman"), "gate_chosen": gate.get("chosen")}
+    if getattr(method, "last_refresh", None):
+        record["pseudo_labels"] = pseudo_label_record(method, data)
+    return record
+
+
+def pseudo_label_record(method, data) -> dict[str, list[float]]:
+    """The last refresh of a ``trs`` run, per unlabelled video (standardised target units): every
+    source's value and confidence, the fused-and-refined pseudo-label, the relative confidence that
+    weighs it, the true target (never used in training) and the mean cosine distance of the video's
+    pooled features to its 5 nearest labelled videos (a label-free confidence candidate)."""
+    refresh = method.last_refresh
+    rows = refresh["rows"]
+    truth = (data.training_target(rows) - method.target_mean) / method.target_std
+    pooled = data.tokens[:, 0].mean(axis=1).astype(np.float64)
+    pooled /= np.linalg.norm(pooled, axis=1, keepdims=True).clip(1e-12)
+    similarity = pooled[rows] @ pooled[method.labelled.numpy()].T
+    nearest = min(5, similarity.shape[1])
+    distance = 1 - np.sort(similarity, axis=1)[:, -nearest:].mean(axis=1)
+    arrays = {name: np.asarray(value, dtype=np.float64) for name, value in refresh.items() if name != "rows"}
+    return {"truth": truth.tolist(), "labelled_distance": distance.tolist(),
+            **{name: value.tolist() for name, value in arrays.items()}}
 
 
 def _task(record_id: str, config: dict) -> tuple[str, dict]:
@@ -127,6 +149,74 @@ def report(results: dict, baselines: list[str], seeds: set[int] | None = None) -
     return "\n".join(lines)
 
 
+def _fifths_ratio(confidence: np.ndarray, error: np.ndarray) -> float:
+    """Mean error of the most confident fifth over that of the least confident fifth."""
+    order = np.argsort(-confidence, kind="stable")
+    parts = np.array_split(order, 5)
+    return float(error[parts[0]].mean() / max(error[parts[-1]].mean(), 1e-12))
+
+
+def _oracle_error_fit(signals: np.ndarray, error: np.ndarray, folds: int = 5, alpha: float = 1.0) -> np.ndarray:
+    """Minus the out-of-fold prediction of ``error`` by a ridge on ``signals`` fitted to the true
+    errors of the other folds: a confidence no run could have (it reads the unlabelled videos'
+    labels), the ceiling of what these signals can say about the error."""
+    order = np.random.default_rng(0).permutation(len(error))
+    predicted = np.zeros(len(error))
+    for held_out in np.array_split(order, folds):
+        train = np.setdiff1d(order, held_out)
+        mean, std = signals[train].mean(0), signals[train].std(0) + 1e-12
+        design = np.c_[np.ones(len(train)), (signals[train] - mean) / std]
+        penalty = alpha * np.eye(design.shape[1])
+        penalty[0, 0] = 0.0
+        weights = np.linalg.solve(design.T @ design + penalty, design.T @ error[train])
+        predicted[held_out] = np.c_[np.ones(len(held_out)), (signals[held_out] - mean) / std] @ weights
+    return -predicted
+
+
+def confidence_candidates(pseudo_labels: dict) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The pseudo-labels' absolute errors and every candidate confidence of a recorded refresh."""
+    arrays = {name: np.asarray(values) for name, values in pseudo_labels.items()}
+    error = np.abs(arrays["pseudo"] - arrays["truth"])
+    candidates = {"the run's (loss weight)": arrays["relative_confidence"]}
+    signals = [arrays["labelled_distance"], arrays["pseudo"], arrays["pseudo"] ** 2]
+    for source in ("teacher", "reference"):
+        if f"{source}_confidence" in arrays:
+            candidates[f"{source} alone"] = arrays[f"{source}_confidence"]
+            signals.append(np.log(arrays[f"{source}_confidence"]))
+    if "teacher_value" in arrays and "reference_value" in arrays:
+        disagreement = np.abs(arrays["teacher_value"] - arrays["reference_value"])
+        candidates["teacher-reference agreement"] = -disagreement
+        signals.append(disagreement)
+    candidates["near labelled videos"] = -arrays["labelled_distance"]
+    candidates["oracle fit of these signals"] = _oracle_error_fit(np.stack(signals, axis=1), error)
+    candidates["oracle: |true target| (unknowable)"] = -np.abs(arrays["truth"])
+    return error, candidates
+
+
+def confidence_report(results: dict, seeds: set[int] | None = None) -> str:
+    """Per cell and variant, how well each candidate confidence ranks pseudo-label error at the last
+    refresh: Spearman(confidence, |error|) (issue 11's target: <= -0.3 at 25 % labels) and the most
+    confident fifth's mean error over the least confident fifth's (target: <= 0.70); mean ± se over seeds."""
+    cells: dict[tuple, dict[str, list[tuple[float, float]]]] = {}
+    for record in results.values():
+        if "pseudo_labels" not in record or (seeds is not None and record["seed"] not in seeds):
+            continue
+        error, candidates = confidence_candidates(record["pseudo_labels"])
+        cell = cells.setdefault((record["dataset"], record["target"], record["ratio"], label(record)), {})
+        for name, confidence in candidates.items():
+            cell.setdefault(name, []).append((spearman(confidence, error), _fifths_ratio(confidence, error)))
+    lines = ["confidence vs |pseudo-label error| at the last refresh: Spearman (mean ± se), "
+             "error of the most / least confident fifth (mean ± se)"]
+    for (dataset, target, ratio, variant), by_name in sorted(cells.items()):
+        lines.append(f"\n{dataset} {target} {ratio:g} {variant}")
+        for name, pairs in by_name.items():
+            rho_mean, rho_se = _mean_se([rho for rho, _ in pairs])
+            ratio_mean, ratio_se = _mean_se([fifths for _, fifths in pairs])
+            lines.append(f"  {name:36s} n={len(pairs):2d} rho {rho_mean:+.3f} ± {rho_se:.3f}  "
+                         f"top/bottom fifth {ratio_mean:.2f} ± {ratio_se:.2f}")
+    return "\n".join(lines)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=["fis-v", "demo"], default="fis-v")
@@ -139,6 +229,8 @@ def main():
     parser.add_argument("--baselines", default="supervised",
                         help="Comma-separated VARIANT or VARIANT:PREDICTOR to pair every row against.")
     parser.add_argument("--report", action="store_true")
+    parser.add_argument("--confidence", action="store_true",
+                        help="Report how well candidate confidences rank the trs runs' pseudo-label errors.")
     args = parser.parse_args()
 
     from train.sweep import parse_list, parse_seeds
@@ -177,7 +269,10 @@ def main():
                   + ", ".join(f"{name} {value:.3f}" for name, value in mixtures(record).items() if value is not None)
                   + f" ({record['seconds']:.0f} s)", flush=True)
     seeds = None if args.report and args.seeds == "all" else set(parse_seeds(args.seeds))
-    print(report(results, parse_list(args.baselines, "baselines"), seeds))
+    if args.confidence:
+        print(confidence_report(results, seeds))
+    else:
+        print(report(results, parse_list(args.baselines, "baselines"), seeds))
 
 
 if __name__ == "__main__":

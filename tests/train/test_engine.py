@@ -138,6 +138,13 @@ def test_each_trs_switch_changes_what_the_student_learns_from(tiny_dataset):
     assert {"teacher_spearman", "reference_spearman", "fused_spearman", "refined_spearman", "pseudo_spearman",
             "confidence_error_spearman", "mae_by_confidence_quintile"} <= set(last)
     assert len(last["mae_by_confidence_quintile"]) == 5
+    # The last refresh's per-video arrays: what the pseudo-labels were and what weighed them.
+    refresh = full.last_refresh
+    assert np.array_equal(refresh["rows"], unlabelled.numpy())
+    assert np.allclose(refresh["pseudo"], full.pseudo[unlabelled].numpy(), atol=1e-6)
+    assert np.isclose(refresh["relative_confidence"].mean(), 1.0)
+    for name in ("teacher_value", "teacher_confidence", "reference_value", "reference_confidence"):
+        assert refresh[name].shape == (len(unlabelled),) and np.isfinite(refresh[name]).all()
     assert float(full.weights[unlabelled].std()) > 0  # confidence weighting is active
     assert float(full.memory.slots["teacher_confidence"][unlabelled].min()) > 0
     assert float(full.memory.slots["reference_confidence"][unlabelled].min()) > 0

@@ -85,6 +85,7 @@ class TRSMethod(SemiSupervisedMethod):
         # The student's targets on unlabelled videos and their loss weights, set at each refresh.
         self.pseudo = torch.zeros(count)
         self.weights = torch.ones(count)
+        self.last_refresh: dict[str, np.ndarray] = {}  # the latest refresh's arrays, per unlabelled video
 
     def _epoch(self, unit: Unit) -> dict:
         if unit.phase == "supervised":  # the student's burn-in: exactly `supervised`
@@ -118,6 +119,10 @@ class TRSMethod(SemiSupervisedMethod):
             stages[refiner.name] = pseudo
         self.pseudo[rows] = torch.from_numpy(pseudo).float()
         self.weights[rows] = torch.from_numpy(labelling.weigh(relative)).float()
+        # Per video, for inspection (bench/probe_confidence.py); not part of the state.
+        self.last_refresh = {"rows": rows.numpy().copy(), "relative_confidence": relative, "pseudo": pseudo,
+                             **{f"{name}_value": value.numpy() for name, (value, _) in estimates.items()},
+                             **{f"{name}_confidence": confidence.numpy() for name, (_, confidence) in estimates.items()}}
         quality = self._record_quality(unit.epoch, stages, pseudo, relative)
 
         losses = self._semi_steps(self._pseudo_label_loss)
