@@ -4,8 +4,11 @@
 For each (variant, cell, seed) on a validation split (the test rows are cut off before training,
 as in ``bench/tune_fisv.py``), records the validation predictions of the student, the EMA teacher
 (semi-supervised methods) and the reference network against the labelled exemplars (``trs``), so
-that any test-time mixture of them can be scored afterwards without training again. One JSONL line
-per run; finished runs are never rerun.
+that any test-time mixture of them can be scored afterwards without training again. ``trs`` runs
+also record their last pseudo-label refresh per unlabelled video (every source's value and
+confidence, the pseudo-label, its weight, the hidden true target), so that ``--confidence`` can
+score candidate confidences against the pseudo-label error. One JSONL line per run; finished runs
+are never rerun.
 
     python bench/probe_predictors.py --variants supervised,trs --seeds 0-9            # Fis-V
     python bench/probe_predictors.py --dataset demo --variants supervised,trs --seeds 0-9
