@@ -207,6 +207,8 @@ def confidence_report(results: dict, seeds: set[int] | None = None) -> str:
         error, candidates = confidence_candidates(record["pseudo_labels"])
         cell = cells.setdefault((record["dataset"], record["target"], record["ratio"], label(record)), {})
         for name, confidence in candidates.items():
+            if np.ptp(confidence) == 0:  # constant (e.g. semi.use_confidence=false): ranks nothing
+                continue
             cell.setdefault(name, []).append((spearman(confidence, error), _fifths_ratio(confidence, error)))
     lines = ["confidence vs |pseudo-label error| at the last refresh: Spearman (mean ± se), "
              "error of the most / least confident fifth (mean ± se)"]
