@@ -68,7 +68,29 @@ def run(config_dict: dict) -> dict:
               "validation_spearman": (fitted.validation or {}).get("spearman"), "gate_chosen": gate.get("chosen")}
     if getattr(method, "last_refresh", None):
         record["pseudo_labels"] = pseudo_label_record(method, data)
+        record["pseudo_labels"]["students_disagreement"] = students_disagreement(config, data, method.last_refresh["rows"])
     return record
+
+
+def students_disagreement(config, data, rows: np.ndarray, students: int = 2) -> list[float]:
+    """Per video of ``rows``: the spread (standard deviation, standardised units) of the
+    predictions of ``students`` `supervised` heads trained on the run's labelled videos with other
+    seeds (initialisation and views): an ensemble's disagreement, the nearest we have to UCVME's
+    co-trained pair (which also couples the two on the unlabelled videos)."""
+    import dataclasses
+
+    import torch
+
+    from train.fitting import fit
+    from train.methods.supervised import predict_in_batches
+
+    index = torch.from_numpy(np.asarray(rows)).long()
+    predictions = []
+    for number in range(1, students + 1):
+        student_config = dataclasses.replace(config, method="supervised", seed=config.seed + 1000 * number)
+        student = fit(student_config, data, progress=False).method  # the same split: it is in `data`
+        predictions.append(predict_in_batches(student.student, index, student.views.canonical)[0].double())
+    return torch.stack(predictions).std(dim=0).tolist()
 
 
 def pseudo_label_record(method, data) -> dict[str, list[float]]:
@@ -191,6 +213,9 @@ def confidence_candidates(pseudo_labels: dict) -> tuple[np.ndarray, dict[str, np
         candidates["teacher-reference agreement"] = -disagreement
         signals.append(disagreement)
     candidates["near labelled videos"] = -arrays["labelled_distance"]
+    if "students_disagreement" in arrays:
+        candidates["two more students' agreement"] = -arrays["students_disagreement"]
+        signals.append(arrays["students_disagreement"])
     candidates["oracle fit of these signals"] = _oracle_error_fit(np.stack(signals, axis=1), error)
     candidates["oracle: |true target| (unknowable)"] = -np.abs(arrays["truth"])
     return error, candidates
