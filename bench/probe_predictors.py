@@ -63,6 +63,8 @@ def run(config_dict: dict) -> dict:
                                              method.views.canonical(method.labelled), method.labelled_targets,
                                              pools_for(data, method.labelled, index))
         predictors["reference"] = in_scores(mean)
+    # The run's own test-time prediction (student, reference and graph shares as configured).
+    predictors["final"] = method.predict_scores(rows).tolist()
     gate = (fitted.diagnostics or {}).get("gate") or {}
     record = {"truth": data.scores[rows].tolist(), "predictors": predictors, "seconds": fitted.seconds,
               "validation_spearman": (fitted.validation or {}).get("spearman"), "gate_chosen": gate.get("chosen")}

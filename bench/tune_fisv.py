@@ -45,11 +45,12 @@ VALIDATION_FRACTION = 0.25
 # configurations compute (trs 2: the graph compares time-aligned tokens by default; trs 3:
 # graph k = 3, strength 3 by default; trs 4: the gate averages 3 cross-fittings by default;
 # trs 5: the reference learns in the semi-supervised phase, 50 burn-in epochs, balanced fusion and
-# half of the test prediction by default (the trs-refsemi-balanced-ref50-test50 variant of 4);
+# half of the test prediction by default (the trs-refsemi-balanced-ref50-test50 variant of 4); trs 6:
+# the graph takes half of the test prediction when the run's pseudo-labels went through it;
 # ridge 2: fixed alpha 100 by default instead of leave-one-out; mean-teacher 2: 5 unlabelled
 # epochs and EMA 0.999 by default, the best of the mt-* variants at version 1; pseudo-label 2:
 # unlabelled weight 0.1 by default, the best of the pl-* variants at version 1).
-CODE_VERSIONS = {"trs": 5, "ridge": 2, "mean-teacher": 2, "pseudo-label": 2}
+CODE_VERSIONS = {"trs": 6, "ridge": 2, "mean-teacher": 2, "pseudo-label": 2}
 
 
 def code_version(method: str) -> int:
@@ -103,6 +104,9 @@ VARIANTS: dict[str, tuple[str, list[str]]] = {
     "trs-no-reference-learning": ("trs", ["reference.semi_training=false"]),
     "trs-frozen-reference": ("trs", ["reference.semi_training=false", "semi.fusion=precision", "reference.epochs=150",
                                      "reference.test_share=0"]),
+    # pseudo-labels given the labelled targets' spread (they are shrunk towards the mean)
+    "trs-spread-std": ("trs", ["semi.pseudo_spread=std"]),
+    "trs-spread-quantiles": ("trs", ["semi.pseudo_spread=quantiles"]),
     # the reference network as a second predictor at test time (half of the prediction)
     "trs-test50": ("trs", ["reference.test_share=0.5"]),
     "trs-refsemi-balanced-ref50-test50": ("trs", ["reference.semi_training=true", "semi.fusion=balanced",

@@ -38,6 +38,7 @@ DatasetKind = Literal["mtl-aqa", "fis-v", "manifest"]
 DifficultyMode = Literal["auto", "on", "off"]
 GraphFeatures = Literal["tokens", "pooled"]
 Fusion = Literal["precision", "balanced"]
+PseudoSpread = Literal["as_is", "std", "quantiles"]
 METHODS = typing.get_args(Method)
 PRESETS = typing.get_args(Preset)
 DATASET_KINDS = typing.get_args(DatasetKind)
@@ -192,6 +193,14 @@ class SemiConfig(CheckedConfig):
     # "tokens": similarity = mean over token positions of the cosine similarity of time-aligned
     # tokens; "pooled": cosine similarity of mean-pooled features.
     graph_features: GraphFeatures = "tokens"
+    # Share of the graph in the test-time prediction, when the run's pseudo-labels went through
+    # the graph (the gate kept it): each scored video is placed on the graph, and its
+    # `graph_neighbours` most similar training videos' values (labels, and the last refined
+    # pseudo-labels) are averaged; the prediction is (1 - share) * (student, blended with the
+    # reference) + share * that mean. 0: off (the `paper` preset). 0.5: on Fis-V validation splits
+    # it beat the run's prediction without it in all four cells, on the seeds it was chosen on
+    # (10-19) and on seeds 0-9 (+0.007 to +0.038 over 20 seeds; bench/graph_share_probe.py).
+    graph_test_share: float = 0.5
     max_confidence_weight: float = 3.0  # per-video loss weights are confidence / mean, clipped
     # How the sources' pseudo-labels are fused: "precision": weighted by their confidences as
     # they are (1 / variance; a source with larger variances counts less everywhere);
@@ -200,6 +209,13 @@ class SemiConfig(CheckedConfig):
     # "balanced" by default since the reference learns in the semi-supervised phase: by raw
     # precision the teacher dominates everywhere (the reference's spread over 32 exemplars is large).
     fusion: Fusion = "balanced"
+    # The pseudo-labels' spread, after the graph: "as_is"; "std": stretched (about their mean) to
+    # the labelled targets' standard deviation and moved to their mean; "quantiles": each
+    # pseudo-label replaced by the labelled targets' quantile at its rank. Pseudo-labels are
+    # shrunk towards the mean (their largest errors are on the videos far from it; README,
+    # "Do the confidences rank pseudo-label error?"), so on unlabelled videos the student is
+    # otherwise pulled towards the mean that the labels do not pull it to.
+    pseudo_spread: PseudoSpread = "as_is"
     # trs's label-only gate (train/methods/gate.py), after the burn-in: k-fold cross-fitting on
     # the labelled videos compares the configured pseudo-labels with teacher-only ones and with
     # the graph off, and keeps the configured option unless another beats its out-of-fold
@@ -239,7 +255,7 @@ class SemiConfig(CheckedConfig):
         require(self.gate_paired_z is None or (math.isfinite(self.gate_paired_z) and self.gate_paired_z >= 0),
                 "gate_paired_z", f"must be a non-negative number of standard errors (or null: the margin rule), "
                 f"got {self.gate_paired_z!r}")
-        _share(self, "ema_decay", "memory_decay", one_allowed=True)
+        _share(self, "ema_decay", "memory_decay", "graph_test_share", one_allowed=True)
 
 
 @dataclass
@@ -358,7 +374,7 @@ def preset_config(preset: str, method: str) -> TrainConfig:
         config.reference = ReferenceConfig(dim=1024, heads=8, dropout=0.1, epochs=50, semi_training=False,
                                            test_share=0.0)
         config.optim = OptimConfig(epochs=150, batch_size=16, unlabelled_batch_size=32, lr=1e-4, weight_decay=1e-2)
-        config.semi = dataclasses.replace(config.semi, semi_epochs=50, fusion="precision")
+        config.semi = dataclasses.replace(config.semi, semi_epochs=50, fusion="precision", graph_test_share=0.0)
     return config
 
 
@@ -479,12 +495,21 @@ def apply_overrides(config: TrainConfig, assignments: list[str] | tuple[str, ...
     return checked if checked is not None else from_dict(TrainConfig, data)
 
 
+# Fields added with a default that changes what a run computes, and the value that a saved
+# configuration without them ran with: read so, an older run folder repeats as it ran and is never
+# taken for a finished run of today's default.
+_ADDED_WITH_NEW_DEFAULTS = {("semi", "graph_test_share"): 0.0}
+
+
 def config_from_json(data: dict, source) -> TrainConfig:
     """A TrainConfig from a saved ``config.json`` (its ``resolved`` section is dropped)."""
     if not isinstance(data, dict):
         raise UserError("not a training configuration (expected a JSON object)", source)
     data = dict(data)
     data.pop("resolved", None)
+    for (section, name), value in _ADDED_WITH_NEW_DEFAULTS.items():
+        if isinstance(data.get(section), dict) and name not in data[section]:
+            data[section] = {**data[section], name: value}
     try:
         return from_dict(TrainConfig, data, source)
     except TypeError as error:

@@ -21,10 +21,14 @@ import numpy as np
 LABELLED_ANCHOR = 100.0  # confidence of a true label relative to a mean pseudo-label confidence of 1
 
 
-def _unit_rows(matrix: np.ndarray, standardise: bool) -> np.ndarray:
-    centred = matrix - matrix.mean(axis=0)
+def _unit_rows(matrix: np.ndarray, standardise: bool, nodes: np.ndarray | None = None) -> np.ndarray:
+    """Rows of ``matrix`` centred (and, with ``standardise``, scaled per column) by the statistics
+    of ``nodes`` (default: ``matrix`` itself), then of unit length."""
+    nodes = matrix if nodes is None else nodes
+    centre = nodes.mean(axis=0)
+    centred = matrix - centre
     if standardise:
-        std = centred.std(axis=0)
+        std = (nodes - centre).std(axis=0)
         centred = centred / np.where(std > 1e-12, std, 1.0)
     norms = np.linalg.norm(centred, axis=1, keepdims=True)
     return centred / np.maximum(norms, 1e-12)
@@ -77,3 +81,28 @@ def refine_on_graph(laplacian: np.ndarray, values: np.ndarray, confidence: np.nd
     # torch's solver: numpy's BLAS may start more threads than the run was given.
     system = torch.from_numpy(np.diag(confidence) + strength * laplacian)
     return torch.linalg.solve(system, torch.from_numpy(confidence * values)).numpy()
+
+
+def similarity_to_nodes(query_tokens: np.ndarray, node_tokens: np.ndarray, features: str = "tokens") -> np.ndarray:
+    """``[queries, nodes]`` similarities of new videos ``[q, T, D]`` to the graph's nodes ``[n, T, D]``,
+    as :func:`token_similarity` (``"tokens"``) or :func:`pooled_similarity` (``"pooled"``) measure
+    them between nodes: centred (and per position standardised) by the nodes' statistics, so a
+    query never changes the nodes' similarities."""
+    query_tokens = np.asarray(query_tokens, dtype=np.float64)
+    node_tokens = np.asarray(node_tokens, dtype=np.float64)
+    if features == "pooled":
+        queries, nodes = query_tokens.mean(axis=1), node_tokens.mean(axis=1)
+        return _unit_rows(queries, False, nodes) @ _unit_rows(nodes, False).T
+    similarity = np.zeros((len(query_tokens), len(node_tokens)))
+    for position in range(node_tokens.shape[1]):
+        nodes = node_tokens[:, position]
+        similarity += _unit_rows(query_tokens[:, position], True, nodes) @ _unit_rows(nodes, True).T
+    return similarity / node_tokens.shape[1]
+
+
+def nearest_node_mean(similarity: np.ndarray, node_values: np.ndarray, neighbours: int) -> np.ndarray:
+    """Per query (a row of ``similarity``), the mean value of its ``neighbours`` most similar nodes
+    (ties: the earlier node): a new video placed on the graph takes its neighbours' value."""
+    neighbours = max(1, min(neighbours, similarity.shape[1]))
+    nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :neighbours]
+    return np.asarray(node_values, dtype=np.float64)[nearest].mean(axis=1)

@@ -58,6 +58,17 @@ class Exemplars:
 
 
 @dataclass
+class GraphNodes:
+    """A ``trs`` run's graph nodes (its training videos), for the graph's share of the prediction."""
+
+    tokens: object  # torch float32 [nodes, num_tokens, dim], standardised canonical view
+    values: object  # torch float32 [nodes], labels and last pseudo-labels (standardised targets)
+    neighbours: int  # semi.graph_neighbours
+    features: str  # semi.graph_features
+    share: float  # semi.graph_test_share
+
+
+@dataclass
 class TrainedRun:
     """What scoring needs from a finished run folder, checked."""
 
@@ -74,6 +85,7 @@ class TrainedRun:
     ridge_weights: np.ndarray | None = None  # float64 [dim] (ridge)
     ridge_bias: float = 0.0
     exemplars: Exemplars | None = None  # trs with reference.test_share > 0
+    graph: GraphNodes | None = None  # trs whose graph shared the predictions (semi.graph_test_share)
 
     @property
     def method(self) -> str:
@@ -194,18 +206,36 @@ def _exemplars(state: dict, config: TrainConfig, num_tokens: int, dim: int, diff
     from train.models import ReferenceNetwork
 
     reference = _build_module(state, "reference", lambda: ReferenceNetwork(dim, config.reference), path)
-    tokens = state.get("exemplar_tokens")
-    if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.float32 or tokens.dim() != 3 or \
-            tuple(tokens.shape[1:]) != (num_tokens, dim) or len(tokens) < 1:
-        shown = f"{tokens.dtype} {list(tokens.shape)}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
-        raise UserError(f"checkpoint exemplar_tokens is {shown}, expected float32 [exemplars, {num_tokens}, {dim}]",
-                        path)
-    if not torch.isfinite(tokens).all():
-        raise UserError("checkpoint exemplar_tokens holds NaN or infinite values", path)
+    tokens = _video_tokens(state, "exemplar_tokens", "exemplars", num_tokens, dim, path)
     count = (len(tokens),)
     targets = torch.from_numpy(_tensor(state, "exemplar_targets", path, _float32(), count))
     difficulty = _tensor(state, "exemplar_difficulty", path, _float64(), count) if difficulty_aware else None
     return Exemplars(reference, tokens, targets, difficulty, config.reference.test_share)
+
+
+def _video_tokens(state: dict, name: str, rows: str, num_tokens: int, dim: int, path: Path):
+    """``state[name]``: finite float32 tokens ``[rows, num_tokens, dim]`` of at least one video."""
+    import torch
+
+    tokens = state.get(name)
+    if not isinstance(tokens, torch.Tensor) or tokens.dtype != torch.float32 or tokens.dim() != 3 or \
+            tuple(tokens.shape[1:]) != (num_tokens, dim) or len(tokens) < 1:
+        shown = f"{tokens.dtype} {list(tokens.shape)}" if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+        raise UserError(f"checkpoint {name} is {shown}, expected float32 [{rows}, {num_tokens}, {dim}]", path)
+    if not torch.isfinite(tokens).all():
+        raise UserError(f"checkpoint {name} holds NaN or infinite values", path)
+    return tokens
+
+
+def _graph_nodes(state: dict, config: TrainConfig, num_tokens: int, dim: int, path: Path) -> GraphNodes:
+    """The graph's nodes a ``trs`` run whose graph shared its predictions places every scored video
+    among (:meth:`train.methods.trs.TRSMethod.prediction_fields`)."""
+    import torch
+
+    tokens = _video_tokens(state, "graph_node_tokens", "nodes", num_tokens, dim, path)
+    values = torch.from_numpy(_tensor(state, "graph_node_values", path, _float32(), (len(tokens),)))
+    return GraphNodes(tokens, values, config.semi.graph_neighbours, config.semi.graph_features,
+                      config.semi.graph_test_share)
 
 
 def load_run(run_dir) -> TrainedRun:
@@ -250,6 +280,14 @@ def load_run(run_dir) -> TrainedRun:
         run.student = _build_student(state, config, num_tokens, len(mean), path)
         if method == "trs" and config.reference.test_share > 0 and state.get("reference") is not None:
             run.exemplars = _exemplars(state, config, num_tokens, len(mean), run.difficulty_aware, path)
+        # The run says whether its graph shared the predictions (checkpoints from before it could
+        # say nothing and predicted without it).
+        share = _number(state, "graph_test_share", path) if method == "trs" and "graph_test_share" in state else 0.0
+        if share not in (0.0, config.semi.graph_test_share):
+            raise UserError(f"checkpoint graph_test_share is {share:g}, the run's {CONFIG} says "
+                            f"{config.semi.graph_test_share:g}", path)
+        if share > 0:
+            run.graph = _graph_nodes(state, config, num_tokens, len(mean), path)
     return run
 
 
@@ -363,12 +401,22 @@ def _with_reference(exemplars: Exemplars, tokens: np.ndarray, value: np.ndarray,
     import torch
 
     from train.methods.pseudo_labels import exemplar_pools, score_against_exemplars
-    from train.methods.trs import blend_with_reference
+    from train.methods.trs import blend_predictions
 
     pools = exemplar_pools(exemplars.difficulty, difficulty, len(exemplars.tokens), len(tokens))
     by_reference, _, _ = score_against_exemplars(exemplars.reference, torch.from_numpy(tokens), exemplars.tokens,
                                                  exemplars.targets, pools)
-    return blend_with_reference(torch.from_numpy(value), by_reference, exemplars.share).numpy()
+    return blend_predictions(torch.from_numpy(value), by_reference, exemplars.share).numpy()
+
+
+def _with_graph(graph: GraphNodes, tokens: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """``value`` blended with the graph's, as :meth:`train.methods.trs.TRSMethod.predict_scores` does."""
+    import torch
+
+    from train.methods.trs import blend_predictions, graph_prediction
+
+    by_graph = graph_prediction(tokens, graph.tokens.numpy(), graph.values.numpy(), graph.neighbours, graph.features)
+    return blend_predictions(torch.from_numpy(value), by_graph, graph.share).numpy()
 
 
 def predict(run: TrainedRun, cache: FeatureCache, keys: list[str] | None = None,
@@ -396,6 +444,8 @@ def predict(run: TrainedRun, cache: FeatureCache, keys: list[str] | None = None,
     value, log_variance = _head_outputs(run, tokens)
     if run.exemplars is not None:
         value = _with_reference(run.exemplars, tokens, value, scale if run.difficulty_aware else None)
+    if run.graph is not None:
+        value = _with_graph(run.graph, tokens, value)
     # SupervisedMethod.predict_scores: de-standardise the target, then undo the difficulty division.
     scores = (value * run.target_std + run.target_mean) * scale
     stds = np.exp(0.5 * log_variance) * run.target_std * scale

@@ -12,7 +12,10 @@ from train.config import HeadConfig, ReferenceConfig, apply_overrides, preset_co
 from train.data import draw_split, prepare_data, resample_tokens
 from train.methods import make_method
 from train.methods.pseudo_labels import confidence_of
-from train.graph import knn_laplacian_from_similarity, pooled_similarity, refine_on_graph, token_similarity
+from train.graph import (
+    knn_laplacian_from_similarity, nearest_node_mean, pooled_similarity, refine_on_graph, similarity_to_nodes,
+    token_similarity,
+)
 from train.models import MixerHead, ReferenceNetwork
 
 
@@ -201,6 +204,28 @@ def test_variable_clip_counts_are_resampled(tmp_path, dataset_writer):
     assert sorted(set(data.clip_counts.tolist())) == [3, 4, 5, 6, 7]
     trainer = _train(config)
     assert np.isfinite(trainer.predict_scores(data.test)).all()
+
+
+@pytest.mark.parametrize("features, between_nodes", [("tokens", token_similarity),
+                                                     ("pooled", lambda tokens: pooled_similarity(tokens.mean(axis=1)))])
+def test_a_new_video_meets_the_graphs_nodes_as_the_nodes_meet_each_other(features, between_nodes):
+    generator = np.random.default_rng(1)
+    nodes = generator.normal(size=(9, 4, 6))
+    assert np.allclose(similarity_to_nodes(nodes, nodes, features), between_nodes(nodes))
+    query = nodes[[3]] + generator.normal(0, 0.01, (1, 4, 6))  # a near copy of node 3
+    similarity = similarity_to_nodes(query, nodes, features)
+    assert similarity.shape == (1, 9) and similarity.argmax() == 3
+    # the nodes' own statistics: adding queries never changes how one query meets the nodes
+    many = np.concatenate([query, generator.normal(size=(5, 4, 6)) * 10])
+    assert np.allclose(similarity_to_nodes(many, nodes, features)[0], similarity[0])
+
+
+def test_a_new_video_takes_the_mean_value_of_its_nearest_nodes():
+    similarity = np.array([[0.9, 0.1, 0.8, 0.7], [0.0, 0.5, 0.5, 0.2]])
+    values = np.array([1.0, 2.0, 3.0, 4.0])
+    assert nearest_node_mean(similarity, values, 2).tolist() == [2.0, 2.5]  # ties: the earlier node first
+    assert nearest_node_mean(similarity, values, 1).tolist() == [1.0, 2.0]
+    assert nearest_node_mean(similarity, values, 10).tolist() == [2.5, 2.5]  # at most every node
 
 
 def test_token_similarity_compares_videos_phase_by_phase():

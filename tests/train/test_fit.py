@@ -11,7 +11,11 @@ import torch
 from train import build_config, fit, train_run
 from train.config import TrainConfig
 from train.methods import make_method
-from train.methods.pseudo_labels import GraphRefiner, build_pseudo_labelling
+from types import SimpleNamespace
+
+from scipy.stats import spearmanr
+
+from train.methods.pseudo_labels import GraphRefiner, SpreadRefiner, build_pseudo_labelling
 
 @pytest.fixture(scope="module")
 def fast(fast_flags) -> list[str]:
@@ -61,6 +65,32 @@ def test_the_graph_switch_decides_whether_the_refiner_is_in_the_list(tiny_datase
     assert [source.name for source in labelling.sources] == ["teacher", "reference"]
 
 
+@pytest.mark.parametrize("mode", ["std", "quantiles"])
+def test_the_spread_refiner_keeps_the_order_and_takes_the_labels_spread(tiny_dataset, mode):
+    config = build_config(overrides=[f"semi.pseudo_spread={mode}"], features=str(tiny_dataset["cache"]),
+                          manifest=str(tiny_dataset["manifest"]))
+    refiners = build_pseudo_labelling(config, 10).refiners
+    assert [type(refiner) for refiner in refiners] == [GraphRefiner, SpreadRefiner]  # after the graph
+    generator = np.random.default_rng(0)
+    targets = generator.normal(0.3, 1.5, size=40)
+    shrunk = 0.2 * generator.normal(size=200) - 0.1  # pseudo-labels shrunk towards (and off) the mean
+    context = SimpleNamespace(labelled_targets=torch.from_numpy(targets))
+    stretched = refiners[-1].refine(context, shrunk, np.ones_like(shrunk))
+    assert spearmanr(stretched, shrunk).statistic == pytest.approx(1.0)
+    assert stretched.mean() == pytest.approx(targets.mean(), abs=0.05)
+    # (quantiles: mid-ranks never reach the labelled extremes, so a little less spread)
+    assert stretched.std() == pytest.approx(targets.std(), rel=0.05 if mode == "std" else 0.1)
+    if mode == "quantiles":
+        assert stretched.min() >= targets.min() and stretched.max() <= targets.max()
+    assert refiners[-1].refine(context, np.full(5, 0.7), np.ones(5)).tolist() == pytest.approx(
+        [0.7] * 5 if mode == "std" else [float(np.quantile(targets, 0.5))] * 5)
+
+
+def test_pseudo_labels_keep_their_spread_by_default(tiny_dataset):
+    config = build_config(features=str(tiny_dataset["cache"]), manifest=str(tiny_dataset["manifest"]))
+    assert not any(isinstance(refiner, SpreadRefiner) for refiner in build_pseudo_labelling(config, 10).refiners)
+
+
 def test_every_method_declares_the_same_interface(tiny_dataset, fast):
     from train.data import prepare_data
 
@@ -75,3 +105,17 @@ def test_every_method_declares_the_same_interface(tiny_dataset, fast):
         assert np.isfinite(method.predict_scores(data.test)).all()
         assert isinstance(method.model_summary(), dict) and isinstance(method.prediction_fields(), dict)
         assert (method.diagnostics() is None) == (name != "trs")
+
+
+def test_a_saved_configuration_from_before_the_graph_shared_predictions_reads_as_it_ran(tiny_dataset):
+    """A config.json without semi.graph_test_share was a run whose graph took no share of the
+    prediction: it reads as 0, so it repeats as it ran and is not today's default."""
+    from aqa.config import to_dict
+    from train.config import config_from_json
+
+    today = build_config(features=str(tiny_dataset["cache"]), manifest=str(tiny_dataset["manifest"]))
+    saved = to_dict(today)
+    assert config_from_json(saved, "config.json").semi.graph_test_share == 0.5
+    older = {**saved, "semi": {name: value for name, value in saved["semi"].items() if name != "graph_test_share"}}
+    assert config_from_json(older, "config.json").semi.graph_test_share == 0.0
+    assert config_from_json(older, "config.json").identity() != today.identity()

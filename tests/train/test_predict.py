@@ -87,6 +87,9 @@ def test_predicting_the_test_videos_of_a_finished_run_reproduces_its_predictions
     assert [row["key"] for row in rows] == test_keys
     stored = stored_predictions(run_dir)
     assert_same_scores({row["key"]: row["pred"] for row in rows}, {key: stored[key] for key in test_keys})
+    if method == "trs":  # the reference's and the graph's shares are both part of these predictions
+        checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+        assert checkpoint["graph_test_share"] == 0.5 and "exemplar_tokens" in checkpoint
     if method == "ridge":
         assert all(row["std"] == "" and row["log_variance"] == "" for row in rows)
     else:
@@ -275,10 +278,19 @@ def _reshape_first_student_tensor(state):
     (_edit_checkpoint(lambda state: state["exemplar_tokens"].__setitem__((0, 0, 0), float("inf"))), "exemplar_tokens"),
     (_edit_checkpoint(lambda state: state.__setitem__("exemplar_targets", state["exemplar_targets"][:-1])),
      "exemplar_targets"),
+    # trs's graph nodes (semi.graph_test_share, on by default when the gate keeps the graph)
+    (_edit_checkpoint(lambda state: state.__delitem__("graph_node_tokens")), "graph_node_tokens"),
+    (_edit_checkpoint(lambda state: state["graph_node_tokens"].__setitem__((1, 0, 0), float("nan"))),
+     "graph_node_tokens"),
+    (_edit_checkpoint(lambda state: state.__setitem__("graph_node_values", state["graph_node_values"][:-1])),
+     "graph_node_values"),
+    (_edit_checkpoint(lambda state: state.__setitem__("graph_test_share", 0.3)), "graph_test_share is 0.3"),
+    (_edit_checkpoint(lambda state: state.__setitem__("graph_test_share", "half")), "graph_test_share"),
 ], ids=["truncated", "a-list", "reshaped-tensor", "missing-tensor", "other-method", "not-final", "no-mean",
         "zero-std", "token-count-text", "nan-target-std", "other-config", "reference-not-a-dict",
         "reference-missing-tensor", "no-exemplar-tokens", "exemplar-tokens-too-few-tokens", "infinite-exemplar-token",
-        "exemplar-targets-one-short"])
+        "exemplar-targets-one-short", "no-graph-node-tokens", "nan-graph-node-token", "graph-node-values-one-short",
+        "other-graph-share", "graph-share-text"])
 def test_a_tampered_or_truncated_checkpoint_is_refused_in_one_line(runs, tiny_dataset, tmp_path, capsys, damage,
                                                                    expected):
     run_dir = shutil.copytree(runs["trs"], tmp_path / "run")

@@ -15,7 +15,7 @@ from aqa.errors import UserError
 from train.config import apply_overrides, preset_config
 from train.data import prepare_data
 from train.methods import make_method
-from train.methods.pseudo_labels import fuse_balanced, fuse_by_confidence
+from train.methods.pseudo_labels import build_pseudo_labelling, fuse_balanced, fuse_by_confidence
 from train.models import regression_loss
 
 FAST = ["optim.epochs=8", "semi.semi_epochs=2", "reference.epochs=3", "head.dim=16", "head.token_hidden=8",
@@ -121,7 +121,7 @@ def test_the_reference_shares_the_test_prediction_only_when_asked(tiny_dataset):
     from train.methods.pseudo_labels import pools_for, score_against_exemplars
     from train.methods.supervised import SupervisedMethod
 
-    config = _config(tiny_dataset, "semi.gate=false", "reference.test_share=0")
+    config = _config(tiny_dataset, "semi.gate=false", "reference.test_share=0", "semi.graph_test_share=0")
     data = prepare_data(config)
     trained = _run(config, data)
     rows = np.concatenate([data.validation, data.test]) if len(data.validation) else np.asarray(data.test)
@@ -138,6 +138,48 @@ def test_the_reference_shares_the_test_prediction_only_when_asked(tiny_dataset):
         mixed = trained.predict_scores(rows)
         assert np.allclose(mixed, (1 - share) * student + share * reference, rtol=1e-6, atol=1e-6)
         assert not np.allclose(mixed, student)
+
+
+def test_the_graph_shares_the_test_prediction_when_the_pseudo_labels_went_through_it(tiny_dataset):
+    """``semi.graph_test_share``: (1 - share) x (student and reference) + share x the mean of the
+    video's ``graph_neighbours`` most similar training videos' labels and last pseudo-labels;
+    nothing when the run's pseudo-labels did not go through the graph."""
+    from train.methods.supervised import SupervisedMethod
+
+    config = _config(tiny_dataset, "semi.gate=false", "reference.test_share=0", "semi.graph_test_share=0.5")
+    data = prepare_data(config)
+    trained = _run(config, data)
+    rows = np.concatenate([data.validation, data.test]) if len(data.validation) else np.asarray(data.test)
+    student = SupervisedMethod.predict_scores(trained, rows)
+    # by hand: cosine similarity of time-aligned tokens, each position standardised over the nodes
+    nodes = np.concatenate([trained.labelled.numpy(), trained.unlabelled.numpy()])
+    values = np.concatenate([trained.labelled_targets.double().numpy(),
+                             trained.pseudo[trained.unlabelled].double().numpy()])
+    tokens = data.tokens[:, 0].astype(np.float64)
+    similarity = np.zeros((len(rows), len(nodes)))
+    for position in range(tokens.shape[1]):
+        node_part = tokens[nodes, position]
+        centre, spread = node_part.mean(axis=0), node_part.std(axis=0)
+        spread = np.where(spread > 1e-12, spread, 1.0)
+
+        def unit(part):
+            part = (part - centre) / spread
+            return part / np.linalg.norm(part, axis=1, keepdims=True)
+        similarity += unit(tokens[rows, position]) @ unit(node_part).T
+    nearest = np.argsort(-similarity, axis=1, kind="stable")[:, :config.semi.graph_neighbours]
+    graph = data.to_score(rows, values[nearest].mean(axis=1) * trained.target_std + trained.target_mean)
+    mixed = trained.predict_scores(rows)
+    assert np.allclose(mixed, 0.5 * student + 0.5 * graph, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(mixed, student)
+    assert trained.prediction_fields()["graph_test_share"] == 0.5
+    assert trained.prediction_fields()["graph_node_tokens"].shape[0] == len(nodes)
+
+    for off in ("semi.graph_test_share=0", "semi.use_graph=false"):
+        trained.config = apply_overrides(config, [off])
+        trained.labelling = build_pseudo_labelling(trained.config, len(data.keys))
+        assert np.array_equal(trained.predict_scores(rows), student), off
+        assert trained.prediction_fields()["graph_test_share"] == 0.0
+        assert "graph_node_tokens" not in trained.prediction_fields()
 
 
 @pytest.mark.parametrize("share", ["0", "0.5"])

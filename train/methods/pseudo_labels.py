@@ -24,6 +24,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 
 from train.config import TrainConfig
 from train.data import TrainingData
@@ -257,6 +258,29 @@ class GraphRefiner:
         return refine_on_graph(self.graph(context.data), node_values, node_confidence, self.strength)[len(anchors):]
 
 
+class SpreadRefiner:
+    """The pseudo-labels given the labelled targets' spread (``semi.pseudo_spread``), keeping their
+    order: ``"std"`` matches mean and standard deviation, ``"quantiles"`` the whole distribution
+    (the labelled targets' quantile at each pseudo-label's mid-rank)."""
+
+    name = "spread"
+
+    def __init__(self, mode: str):
+        self.mode = mode
+
+    def refine(self, context: Context, values: np.ndarray, confidence: np.ndarray) -> np.ndarray:
+        targets = context.labelled_targets.double().numpy()
+        if len(values) < 2 or len(targets) < 2:
+            return values
+        if self.mode == "std":
+            spread = values.std()
+            if spread <= 1e-12:  # all alike: nothing to stretch
+                return values
+            return targets.mean() + (values - values.mean()) * (targets.std() / spread)
+        share = (rankdata(values) - 0.5) / len(values)
+        return np.quantile(targets, share)
+
+
 @dataclass
 class PseudoLabelling:
     """The parts of a TRS refresh, in the order they apply."""
@@ -307,6 +331,8 @@ def build_pseudo_labelling(config: TrainConfig, count: int, option: GateOption |
     if graph is not None:
         refiner.laplacian = graph.laplacian
     refiners: list[Refiner] = [refiner] if option.graph_strength > 0 else []
+    if semi.pseudo_spread != "as_is":
+        refiners.append(SpreadRefiner(semi.pseudo_spread))
 
     def clipped(relative: np.ndarray) -> np.ndarray:  # per-video weights: confidence / mean, clipped
         return np.clip(relative, 0.0, semi.max_confidence_weight)

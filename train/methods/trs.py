@@ -15,7 +15,9 @@
   runs with its choice (the configured option unless another clearly beats it).
 * At test time the student predicts, blended with the reference network against every labelled
   exemplar of the video's pool (``reference.test_share``, half by default; 0: the student alone,
-  the paper's reading). With ``reference.semi_training`` (default) the reference keeps learning
+  the paper's reading), then, when the run's pseudo-labels went through the graph, with the
+  graph: the mean of the video's nearest training videos' labels and last pseudo-labels
+  (``semi.graph_test_share``, half by default). With ``reference.semi_training`` (default) the reference keeps learning
   on pseudo-labelled pairs after each refresh.
 
 The ``semi.use_*`` switches ablate parts; they only change which parts
@@ -37,7 +39,10 @@ from train.data import TrainingData
 from train.methods.baselines import SemiSupervisedMethod
 from train.methods.gate import chosen_option, gate_options, run_gate
 from train.methods.interface import Unit
-from train.methods.pseudo_labels import Context, build_pseudo_labelling, pools_for, score_against_exemplars
+from train.graph import nearest_node_mean, similarity_to_nodes
+from train.methods.pseudo_labels import (
+    Context, GraphRefiner, build_pseudo_labelling, pools_for, score_against_exemplars,
+)
 from train.methods.state_checks import (
     check_entry, check_module_state, check_optimiser_state, check_tensor, require, shown,
 )
@@ -46,10 +51,19 @@ from train.models import ReferenceNetwork, regression_loss
 from train.views import ViewMaker
 
 
-def blend_with_reference(student: torch.Tensor, reference: torch.Tensor, share: float) -> torch.Tensor:
-    """``(1 - share) * student + share * reference`` in float64 (standardised targets): the test-time
-    prediction of a run with ``reference.test_share`` (here and in :mod:`train.predict`)."""
-    return (1 - share) * student.double() + share * reference.double()
+def blend_predictions(main: torch.Tensor, other: torch.Tensor, share: float) -> torch.Tensor:
+    """``(1 - share) * main + share * other`` in float64 (standardised targets): how the test-time
+    prediction takes in the reference (``reference.test_share``) and then the graph
+    (``semi.graph_test_share``), here and in :mod:`train.predict`."""
+    return (1 - share) * main.double() + share * other.double()
+
+
+def graph_prediction(query_tokens: np.ndarray, node_tokens: np.ndarray, node_values: np.ndarray,
+                     neighbours: int, features: str) -> torch.Tensor:
+    """The graph's value of each scored video: the mean of its ``neighbours`` most similar
+    training videos' values (:func:`train.graph.nearest_node_mean`), float64."""
+    similarity = similarity_to_nodes(query_tokens, node_tokens, features)
+    return torch.from_numpy(nearest_node_mean(similarity, node_values, neighbours))
 
 
 class TRSMethod(SemiSupervisedMethod):
@@ -219,29 +233,58 @@ class TRSMethod(SemiSupervisedMethod):
     def _reference_predicts(self) -> bool:
         return self.config.reference.test_share > 0 and self.reference is not None and len(self.labelled) > 0
 
+    def _graph_predicts(self) -> bool:
+        """Whether the graph takes ``semi.graph_test_share`` of the prediction: the run's
+        pseudo-labels went through the graph, and the semi-supervised phase has refreshed them."""
+        return (self.config.semi.graph_test_share > 0 and len(self.unlabelled) > 0
+                and any(isinstance(refiner, GraphRefiner) for refiner in self.labelling.refiners)
+                and any(unit.phase == "semi" for unit in self.units[:self.completed]))
+
+    def _graph_nodes(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The graph's nodes as a scored video meets them: standardised canonical tokens of the
+        labelled then unlabelled training videos, and their values (labels, last pseudo-labels)."""
+        rows = torch.cat([self.labelled, self.unlabelled])
+        values = torch.cat([self.labelled_targets.float(), self.pseudo[self.unlabelled].float()])
+        return self.views.canonical(rows).contiguous(), values
+
     def predict_scores(self, indices) -> np.ndarray:
-        """The student's predictions, blended with the reference network's (``reference.test_share``)."""
+        """The student's predictions, blended with the reference network's (``reference.test_share``)
+        and then with the graph's (``semi.graph_test_share``)."""
         indices = np.ascontiguousarray(indices)
-        if not self._reference_predicts() or len(indices) == 0:
+        by_reference, by_graph = self._reference_predicts(), self._graph_predicts()
+        if not (by_reference or by_graph) or len(indices) == 0:
             return super().predict_scores(indices)
         rows = torch.from_numpy(indices).long()
-        student, _ = predict_in_batches(self.student, rows, self.views.canonical)
-        by_reference, _, _ = score_against_exemplars(
-            self.reference, self.views.canonical(rows), self.views.canonical(self.labelled), self.labelled_targets,
-            pools_for(self.data, self.labelled, rows))
-        blended = blend_with_reference(student.double(), by_reference, self.config.reference.test_share)
-        return self.data.to_score(indices, blended.numpy() * self.target_std + self.target_mean)
+        value, _ = predict_in_batches(self.student, rows, self.views.canonical)
+        value = value.double()
+        if by_reference:
+            reference_value, _, _ = score_against_exemplars(
+                self.reference, self.views.canonical(rows), self.views.canonical(self.labelled), self.labelled_targets,
+                pools_for(self.data, self.labelled, rows))
+            value = blend_predictions(value, reference_value, self.config.reference.test_share)
+        if by_graph:
+            node_tokens, node_values = self._graph_nodes()
+            graph_value = graph_prediction(self.views.canonical(rows).numpy(), node_tokens.numpy(),
+                                           node_values.numpy(), self.config.semi.graph_neighbours,
+                                           self.config.semi.graph_features)
+            value = blend_predictions(value, graph_value, self.config.semi.graph_test_share)
+        return self.data.to_score(indices, value.numpy() * self.target_std + self.target_mean)
 
     def prediction_fields(self) -> dict:
-        """Besides the target standardisation, what the reference's share of a prediction needs
-        (:mod:`train.predict`): the labelled exemplars' standardised canonical tokens, targets and
-        difficulties (the reference network itself is in the state)."""
+        """Besides the target standardisation, what the reference's and the graph's shares of a
+        prediction need (:mod:`train.predict`): the labelled exemplars' standardised canonical
+        tokens, targets and difficulties (the reference network itself is in the state); the
+        graph's nodes' tokens and values."""
         fields = super().prediction_fields()
         if self._reference_predicts():
             fields["exemplar_tokens"] = self.views.canonical(self.labelled).contiguous()
             fields["exemplar_targets"] = self.labelled_targets.clone()
             if self.data.difficulty is not None:
                 fields["exemplar_difficulty"] = torch.from_numpy(self.data.difficulty[self.labelled.numpy()].copy())
+        graph_share = self.config.semi.graph_test_share if self._graph_predicts() else 0.0
+        fields["graph_test_share"] = graph_share  # 0: the graph had no share (the gate dropped it, no unlabelled videos)
+        if graph_share > 0:
+            fields["graph_node_tokens"], fields["graph_node_values"] = self._graph_nodes()
         return fields
 
     # ------------------------------------------------------------ state
