@@ -495,10 +495,11 @@ def apply_overrides(config: TrainConfig, assignments: list[str] | tuple[str, ...
     return checked if checked is not None else from_dict(TrainConfig, data)
 
 
-# Fields added with a default that changes what a run computes, and the value that a saved
-# configuration without them ran with: read so, an older run folder repeats as it ran and is never
-# taken for a finished run of today's default.
-_ADDED_WITH_NEW_DEFAULTS = {("semi", "graph_test_share"): 0.0}
+# Fields added with a default that changes what a method's runs compute, and the value that a
+# saved configuration of that method without them ran with: read so, an older run folder repeats
+# as it ran and is never taken for a finished run of today's default (other methods read the
+# default: the field changes nothing for them, and their finished runs stay finished).
+_ADDED_WITH_NEW_DEFAULTS = {("trs", "semi", "graph_test_share"): 0.0}
 
 
 def config_from_json(data: dict, source) -> TrainConfig:
@@ -507,8 +508,8 @@ def config_from_json(data: dict, source) -> TrainConfig:
         raise UserError("not a training configuration (expected a JSON object)", source)
     data = dict(data)
     data.pop("resolved", None)
-    for (section, name), value in _ADDED_WITH_NEW_DEFAULTS.items():
-        if isinstance(data.get(section), dict) and name not in data[section]:
+    for (method, section, name), value in _ADDED_WITH_NEW_DEFAULTS.items():
+        if data.get("method") == method and isinstance(data.get(section), dict) and name not in data[section]:
             data[section] = {**data[section], name: value}
     try:
         return from_dict(TrainConfig, data, source)

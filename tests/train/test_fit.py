@@ -119,3 +119,9 @@ def test_a_saved_configuration_from_before_the_graph_shared_predictions_reads_as
     older = {**saved, "semi": {name: value for name, value in saved["semi"].items() if name != "graph_test_share"}}
     assert config_from_json(older, "config.json").semi.graph_test_share == 0.0
     assert config_from_json(older, "config.json").identity() != today.identity()
+    # other methods: the field changes nothing, so their older runs stay today's
+    supervised = to_dict(build_config(method="supervised", features=str(tiny_dataset["cache"]),
+                                      manifest=str(tiny_dataset["manifest"])))
+    older = {**supervised, "semi": {name: value for name, value in supervised["semi"].items()
+                                    if name != "graph_test_share"}}
+    assert config_from_json(older, "config.json").identity() == config_from_json(supervised, "x").identity()
