@@ -82,7 +82,8 @@ def main(argv=None) -> int:
                                       np.asarray(record["pseudo_labels"]["pseudo"], dtype=np.float32)])
         graph = graph_prediction(data.tokens[validation, 0], data.tokens[nodes, 0], node_values,
                                  config.semi.graph_neighbours, config.semi.graph_features)
-        graph_kept = "graph" in (record.get("gate_chosen") or "")
+        chosen = record.get("gate_chosen") or ""  # e.g. "teacher+reference, graph 3"; "graph 0": dropped
+        graph_kept = chosen.rpartition("graph ")[2] not in ("", "0")
         cell = cells.setdefault((record["target"], record["ratio"]), {})
         base = spearman(truth, run.numpy())
         cell.setdefault("run's prediction", []).append(base)
