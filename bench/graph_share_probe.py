@@ -30,24 +30,18 @@ from bench.probe_predictors import spearman  # noqa: E402
 from bench.tune_fisv import _mean_se, build  # noqa: E402
 
 
-def parse_seeds(text: str) -> list[int]:
-    seeds = []
-    for part in text.split(","):
-        first, _, last = part.partition("-")
-        seeds += list(range(int(first), int(last or first) + 1))
-    return seeds
-
-
 def main(argv=None) -> int:
     import torch
 
     from train.config import config_from_json
     from train.data import prepare_data
     from train.methods.trs import blend_predictions, graph_prediction
+    from train.sweep import parse_seeds
     from train.tune import without_test
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--results", default=str(Path(__file__).resolve().parent / "results" / "probe_predictors.jsonl"))
+    parser.add_argument("--results",
+                        default=str(Path(__file__).resolve().parent / "results" / "probe_predictors.jsonl"))
     parser.add_argument("--seeds", default="10-19")
     parser.add_argument("--shares", default="0.25,0.5,0.75")
     parser.add_argument("--variant", default="trs")
@@ -93,7 +87,8 @@ def main(argv=None) -> int:
             blended = blend_predictions(run, graph, graph_share).numpy() if graph_kept else run.numpy()
             cell.setdefault(f"graph share {graph_share:g} (Δ)", []).append(spearman(truth, blended) - base)
     for (target, ratio), rows in sorted(cells.items()):
-        print(f"fis-v {target} {ratio:g}: validation Spearman, paired Δ against the run's prediction (mean ± se, wins/n)")
+        print(f"fis-v {target} {ratio:g}: validation Spearman, paired Δ against the run's prediction "
+              "(mean ± se, wins/n)")
         for name, values in rows.items():
             average, se = _mean_se(values)
             wins = f" ({sum(value > 0 for value in values)}/{len(values)})" if "Δ" in name else ""

@@ -17,8 +17,8 @@
   exemplar of the video's pool (``reference.test_share``, half by default; 0: the student alone,
   the paper's reading), then, when the run's pseudo-labels went through the graph, with the
   graph: the mean of the video's nearest training videos' labels and last pseudo-labels
-  (``semi.graph_test_share``, half by default). With ``reference.semi_training`` (default) the reference keeps learning
-  on pseudo-labelled pairs after each refresh.
+  (``semi.graph_test_share``, half by default). With ``reference.semi_training`` (default) the
+  reference keeps learning on pseudo-labelled pairs after each refresh.
 
 The ``semi.use_*`` switches ablate parts; they only change which parts
 :func:`~train.methods.pseudo_labels.build_pseudo_labelling` puts in its lists (and which options
@@ -282,7 +282,8 @@ class TRSMethod(SemiSupervisedMethod):
             if self.data.difficulty is not None:
                 fields["exemplar_difficulty"] = torch.from_numpy(self.data.difficulty[self.labelled.numpy()].copy())
         graph_share = self.config.semi.graph_test_share if self._graph_predicts() else 0.0
-        fields["graph_test_share"] = graph_share  # 0: the graph had no share (the gate dropped it, no unlabelled videos)
+        # 0: the graph had no share (the gate dropped it, or there were no unlabelled videos)
+        fields["graph_test_share"] = graph_share
         if graph_share > 0:
             fields["graph_node_tokens"], fields["graph_node_values"] = self._graph_nodes()
         return fields
