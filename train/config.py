@@ -199,7 +199,7 @@ class SemiConfig(CheckedConfig):
     # pseudo-labels) are averaged; the prediction is (1 - share) * (student, blended with the
     # reference) + share * that mean. 0: off (the `paper` preset). 0.5: on Fis-V validation splits
     # it beat the run's prediction without it in all four cells, on the seeds it was chosen on
-    # (10-19) and on seeds 0-9 (+0.007 to +0.038 over 20 seeds; bench/graph_share_probe.py).
+    # (10-19) and on seeds 0-9 (+0.007 to +0.034 per cell over 20 seeds; bench/graph_share_probe.py).
     graph_test_share: float = 0.5
     max_confidence_weight: float = 3.0  # per-video loss weights are confidence / mean, clipped
     # How the sources' pseudo-labels are fused: "precision": weighted by their confidences as
