@@ -294,7 +294,7 @@ def prepare_data(config: TrainConfig) -> TrainingData:
     num_tokens = config.head.num_tokens or int(min(config.head.max_tokens, max(1, round(float(np.median(clip_counts))))))
 
     check_token_memory(len(keys), int(next(iter(shapes))), num_tokens, int(raw[keys[0]].shape[2]), features_path)
-    tokens = np.stack([resample_tokens(raw[key], num_tokens) for key in keys]).astype(np.float32)
+    tokens = np.stack([resample_tokens(raw[key], num_tokens) for key in keys]).astype(np.float32, copy=False)
     del raw
     scores = np.array([by_key[key].targets.get(target, math.nan) for key in keys], dtype=np.float64)
     difficulty = None

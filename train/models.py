@@ -151,6 +151,15 @@ def regression_loss(value: torch.Tensor, log_variance: torch.Tensor, target: tor
     return (weights * squared).sum() / total, (weights * nll).sum() / total
 
 
+def make_optimiser(parameters, optim) -> torch.optim.AdamW:
+    """The one optimiser every head trains with: AdamW with ``optim``'s learning rate and decay.
+
+    ``foreach``: the multi-tensor update is the per-tensor loop's arithmetic (the same parameters
+    to rounding, tests/train/test_engine.py; bit for bit in every run we compared) with less
+    per-tensor overhead, which counts for heads this small (a few per cent of a step)."""
+    return torch.optim.AdamW(parameters, lr=optim.lr, weight_decay=optim.weight_decay, foreach=True)
+
+
 def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
     """teacher <- decay * teacher + (1 - decay) * student (parameters and buffers)."""
     with torch.no_grad():
@@ -160,4 +169,4 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
             teacher_buffer.copy_(student_buffer)
 
 
-__all__ = ["MixerBlock", "MixerHead", "ReferenceNetwork", "regression_loss", "ema_update"]
+__all__ = ["MixerBlock", "MixerHead", "ReferenceNetwork", "regression_loss", "make_optimiser", "ema_update"]

@@ -16,7 +16,7 @@ from train.graph import (
     knn_laplacian_from_similarity, nearest_node_mean, pooled_similarity, refine_on_graph, similarity_to_nodes,
     token_similarity,
 )
-from train.models import MixerHead, ReferenceNetwork
+from train.models import MixerHead, ReferenceNetwork, make_optimiser
 
 
 @pytest.mark.parametrize("tokens, batch", [(1, 1), (4, 3), (10, 5)])
@@ -236,3 +236,26 @@ def test_token_similarity_compares_videos_phase_by_phase():
     similarity = token_similarity(videos)
     assert np.allclose(similarity, similarity.T) and np.allclose(np.diag(similarity), 1.0)
     assert similarity[0, 1] > 0.9 and similarity[0, 1] > similarity[0, 2] + 0.5
+
+
+def test_the_optimiser_updates_like_the_per_tensor_adamw_loop():
+    """make_optimiser's multi-tensor AdamW is the per-tensor loop's arithmetic (other code path:
+    compared to rounding), with the configured learning rate and weight decay."""
+    optim = preset_config("default", "supervised").optim
+    trained = []
+    for foreach in (True, False):
+        torch.manual_seed(0)
+        head = MixerHead(4, 8, HeadConfig(dim=8, token_hidden=8, channel_hidden=8, dropout=0.0))
+        optimiser = (make_optimiser(head.parameters(), optim) if foreach else
+                     torch.optim.AdamW(head.parameters(), lr=optim.lr, weight_decay=optim.weight_decay, foreach=False))
+        generator = torch.Generator().manual_seed(1)
+        tokens, targets = torch.randn(6, 4, 8, generator=generator), torch.randn(6, generator=generator)
+        for _ in range(20):
+            value, _ = head(tokens)
+            optimiser.zero_grad()
+            ((value - targets) ** 2).mean().backward()
+            optimiser.step()
+        trained.append(torch.cat([parameter.detach().flatten() for parameter in head.parameters()]))
+    group = make_optimiser(MixerHead(4, 8, HeadConfig(dim=8)).parameters(), optim).param_groups[0]
+    assert (group["lr"], group["weight_decay"], group["foreach"]) == (optim.lr, optim.weight_decay, True)
+    torch.testing.assert_close(trained[0], trained[1], rtol=1e-5, atol=1e-6)

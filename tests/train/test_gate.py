@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import threading
 
 import numpy as np
 import pytest
@@ -238,6 +239,74 @@ def test_validation_and_test_labels_never_change_the_gate(tiny_dataset, fast):
     while method.units[method.completed].phase != "gate":
         method.run_unit()
     assert run_gate(method)["estimates"] != outcomes[0]["estimates"]
+
+
+def _method_at_the_gate(config):
+    method = make_method(config, prepare_data(config))
+    while method.units[method.completed].phase != "gate":
+        method.run_unit()
+    return method
+
+
+@pytest.mark.skipif(not gate_module._can_fork(), reason="forked gate workers need fork")
+def test_forked_gate_workers_give_the_outcome_of_the_gate_run_in_process(tiny_dataset, fast):
+    """Each fold job runs on one torch thread wherever it runs: the outcome with the run's two
+    threads (two forked workers) equals the in-process gate's bit for bit, and the run's RNG and
+    thread count are as they were."""
+    config = config_for(tiny_dataset, fast)
+    outcomes, draws = [], []
+    for threads in (1, 2, 3):
+        method = _method_at_the_gate(config)
+        torch.set_num_threads(threads)
+        torch.manual_seed(11)
+        outcomes.append(run_gate(method))
+        draws.append(torch.rand(3))
+        assert torch.get_num_threads() == threads
+        torch.set_num_threads(1)
+    assert outcomes[0]["folds"] * outcomes[0]["repeats"] > 3  # more jobs than workers
+    # From a thread that is not the main one the gate does not fork: the jobs run in that thread.
+    method = _method_at_the_gate(config)
+    in_thread = {}
+    worker = threading.Thread(target=lambda: in_thread.update(threads=torch.get_num_threads(), outcome=run_gate(method)))
+    torch.set_num_threads(2)
+    worker.start()
+    worker.join()
+    torch.set_num_threads(1)
+    assert in_thread["threads"] == 2 and in_thread["outcome"] == outcomes[0]
+    assert outcomes[1] == outcomes[0] and outcomes[2] == outcomes[0]
+    assert all(torch.equal(draw, draws[0]) for draw in draws)
+    assert gate_module._FORKED_GATE is None  # nothing of the run kept once the workers are gone
+
+
+def test_a_failing_fold_job_fails_the_gate_in_a_forked_worker_too(tiny_dataset, fast, monkeypatch):
+    """An error inside a worker reaches the run (the pool does not hang or swallow it)."""
+    def broken(*args, **kwargs):
+        raise RuntimeError("fold job broke")
+
+    monkeypatch.setattr(gate_module, "_label_held_out_fold", broken)
+    method = _method_at_the_gate(config_for(tiny_dataset, fast))
+    for threads in (1, 2):
+        torch.set_num_threads(threads)
+        try:
+            with pytest.raises(RuntimeError, match="fold job broke"):
+                run_gate(method)
+        finally:
+            torch.set_num_threads(1)
+    assert gate_module._FORKED_GATE is None
+
+
+@pytest.mark.skipif(not gate_module._can_fork(), reason="forked gate workers need fork")
+def test_a_gate_worker_that_dies_is_a_clear_error_not_a_hang(tiny_dataset, fast, monkeypatch):
+    import os
+
+    monkeypatch.setattr(gate_module, "_label_held_out_fold", lambda *args, **kwargs: os._exit(9))
+    method = _method_at_the_gate(config_for(tiny_dataset, fast))
+    torch.set_num_threads(2)
+    try:
+        with pytest.raises(UserError, match="worker process of trs's gate died"):
+            run_gate(method)
+    finally:
+        torch.set_num_threads(1)
 
 
 # ------------------------------------------------------------------ state

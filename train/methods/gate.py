@@ -26,14 +26,19 @@ torch RNG, so a gate that keeps the default leaves the run exactly as with ``sem
 from __future__ import annotations
 
 import math
+import multiprocessing
+import threading
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from aqa.errors import UserError
 from aqa.metrics import spearman
 from train.graph import LABELLED_ANCHOR, refine_on_graph
-from train.models import MixerHead, ReferenceNetwork, regression_loss
+from train.models import MixerHead, ReferenceNetwork, make_optimiser, regression_loss
 from train.views import ViewMaker, epoch_batches
 
 GATE_STREAM = 4  # the gate's seed stream (train.methods.supervised.stream_seed)
@@ -96,7 +101,7 @@ def _train_fold_student(method, positions: torch.Tensor, epochs: int, seed: int)
     generator = torch.Generator().manual_seed(seed)
     views = ViewMaker(method.tokens, config.views, generator)
     student = MixerHead(method.data.num_tokens, method.data.feature_dim, config.head)
-    optimiser = torch.optim.AdamW(student.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    optimiser = make_optimiser(student.parameters(), config.optim)
     rows, targets = method.labelled[positions], method.labelled_targets[positions]
     student.train()
     for _ in range(epochs):
@@ -115,7 +120,7 @@ def _train_fold_reference(method, positions: torch.Tensor, epochs: int, seed: in
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     network = ReferenceNetwork(method.data.feature_dim, config.reference)
-    optimiser = torch.optim.AdamW(network.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    optimiser = make_optimiser(network.parameters(), config.optim)
     rows, targets = method.labelled[positions], method.labelled_targets[positions]
     for _ in range(epochs):
         method._reference_steps(network, optimiser, rows, targets, generator)
@@ -149,24 +154,24 @@ def run_gate(method) -> dict:
     student_epochs = min(semi.gate_epochs or config.optim.epochs, config.optim.epochs)
     reference_epochs = min(semi.gate_reference_epochs or config.reference.epochs, config.reference.epochs)
     truth = method.labelled_targets.double().numpy()
+    # Every (repeat, fold) in order: repeat 0 is the single cross-fitting of gate_repeats = 1,
+    # each further one deals new folds.
+    jobs = []
+    for repeat in range(semi.gate_repeats):
+        seed = gate_seed if repeat == 0 else stream_seed(gate_seed, 100 + repeat)
+        fold_of = fold_assignment(count, folds, seed)
+        for fold in range(folds):
+            jobs.append(FoldJob(repeat, np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold),
+                                stream_seed(seed, fold + 1)))
+    with torch.random.fork_rng(devices=[]):  # fold models seed the global RNG; the run's is left as it was
+        held_values = run_fold_jobs(method, options, jobs, student_epochs, reference_epochs if uses_reference else 0)
     per_fold: dict[str, list] = {option.name: [] for option in options}
-    pooled: dict[str, list] = {option.name: [] for option in options}  # one per repeat
-    with torch.random.fork_rng(devices=[]):
-        for repeat in range(semi.gate_repeats):
-            # Repeat 0 is the single cross-fitting of gate_repeats = 1; each further one deals new folds.
-            seed = gate_seed if repeat == 0 else stream_seed(gate_seed, 100 + repeat)
-            fold_of = fold_assignment(count, folds, seed)
-            out_of_fold = {option.name: np.zeros(count) for option in options}
-            for fold in range(folds):
-                held = np.flatnonzero(fold_of == fold)
-                held_values = _label_held_out_fold(method, options, np.flatnonzero(fold_of != fold), held,
-                                                   stream_seed(seed, fold + 1), student_epochs,
-                                                   reference_epochs if uses_reference else 0)
-                for name, values in held_values.items():
-                    out_of_fold[name][held] = values
-                    per_fold[name].append(spearman(truth[held], values))
-            for name, values in out_of_fold.items():
-                pooled[name].append(spearman(truth, values))
+    out_of_fold = [{option.name: np.zeros(count) for option in options} for _ in range(semi.gate_repeats)]
+    for job, values_by_option in zip(jobs, held_values):
+        for name, values in values_by_option.items():
+            out_of_fold[job.repeat][name][job.held] = values
+            per_fold[name].append(spearman(truth[job.held], values))
+    pooled = {option.name: [spearman(truth, repeat[option.name]) for repeat in out_of_fold] for option in options}
     estimates = {name: _mean_or_none(values) for name, values in pooled.items()}
     candidates, start = graph_must_earn_its_place(options, estimates, default, semi.gate_graph_margin, margin)
     names = [option.name for option in candidates]
@@ -205,6 +210,71 @@ def paired_choice(differences: dict[str, dict | None], default: str, z: float) -
     passing = {name: entry["mean"] for name, entry in differences.items()
                if entry is not None and entry["mean"] > 0 and entry["mean"] > z * entry["se"]}
     return max(passing, key=passing.get) if passing else default
+
+
+@dataclass(frozen=True)
+class FoldJob:
+    """One held-out fold of one cross-fitting: fold models train on ``train``, label ``held``."""
+
+    repeat: int
+    train: np.ndarray  # labelled positions the fold models learn from
+    held: np.ndarray  # labelled positions they label
+    seed: int
+
+
+def run_fold_jobs(method, options: list[GateOption], jobs: list[FoldJob], student_epochs: int,
+                  reference_epochs: int) -> list[dict[str, np.ndarray]]:
+    """Each job's held-out values per option (:func:`_label_held_out_fold`), in ``jobs`` order.
+
+    Every job runs on one torch thread, so its numbers do not depend on how many run at once:
+    with ``W = min(torch threads of the run, jobs) > 1`` they run in ``W`` forked worker
+    processes (the run's cores spent on whole folds, which use them far better than two threads
+    inside each small step: bench/bench_train_time.py), otherwise one after the other here::
+
+        run (T torch threads) --fork--> W workers x 1 thread: fold models, held-out values
+                              <-------- values per job, in job order
+    """
+    workers = min(torch.get_num_threads(), len(jobs))
+    if workers > 1 and _can_fork():
+        if any(option.graph_strength > 0 for option in options):
+            method.labelling.graph_laplacian(method.data)  # built once here, not once per worker
+        global _FORKED_GATE
+        _FORKED_GATE = (method, options, jobs, student_epochs, reference_epochs)
+        try:
+            # concurrent.futures, not multiprocessing.Pool: a worker that dies (killed, out of
+            # memory) fails the gate instead of leaving it waiting for a result forever.
+            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                     initializer=torch.set_num_threads, initargs=(1,)) as pool:
+                return list(pool.map(_forked_fold_job, range(len(jobs))))
+        except BrokenProcessPool as error:
+            raise UserError("a worker process of trs's gate died (killed, or out of memory?); "
+                            "`--threads 1` runs the gate in this process") from error
+        finally:
+            _FORKED_GATE = None
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return [_label_held_out_fold(method, options, job.train, job.held, job.seed, student_epochs, reference_epochs)
+                for job in jobs]
+    finally:
+        torch.set_num_threads(threads)
+
+
+_FORKED_GATE: tuple | None = None  # what forked workers inherit from run_fold_jobs: (method, options, jobs, epochs...)
+
+
+def _forked_fold_job(index: int) -> dict[str, np.ndarray]:
+    method, options, jobs, student_epochs, reference_epochs = _FORKED_GATE
+    job = jobs[index]
+    return _label_held_out_fold(method, options, job.train, job.held, job.seed, student_epochs, reference_epochs)
+
+
+def _can_fork() -> bool:
+    """Forked workers share the run's features without copying them. Only where fork exists, and
+    only from the main thread: a run inside a thread (a Dask worker's executor) may share its
+    process with threads holding locks that a forked child would inherit held."""
+    return ("fork" in multiprocessing.get_all_start_methods()
+            and threading.current_thread() is threading.main_thread())
 
 
 def _label_held_out_fold(method, options: list[GateOption], train: np.ndarray, held: np.ndarray, fold_seed: int,

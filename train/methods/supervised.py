@@ -24,7 +24,7 @@ from train.methods.state_checks import (
     STATE_FORMAT, check_entry, check_history, check_identity, check_module_state, check_optimiser_state,
     check_tensor, require,
 )
-from train.models import MixerHead, regression_loss
+from train.models import MixerHead, make_optimiser, regression_loss
 from train.views import ViewMaker, epoch_batches
 
 INFERENCE_BATCH = 256
@@ -88,8 +88,7 @@ class SupervisedMethod:
         self.generator = torch.Generator().manual_seed(stream_seed(self.config.seed, STUDENT_STREAM))
         self.views = ViewMaker(self.tokens, self.config.views, self.generator)
         self.student = MixerHead(self.data.num_tokens, self.data.feature_dim, self.config.head)
-        self.optimiser = torch.optim.AdamW(self.student.parameters(), lr=self.config.optim.lr,
-                                           weight_decay=self.config.optim.weight_decay)
+        self.optimiser = make_optimiser(self.student.parameters(), self.config.optim)
 
     @property
     def finished(self) -> bool:

@@ -47,7 +47,7 @@ from train.methods.state_checks import (
     check_entry, check_module_state, check_optimiser_state, check_tensor, require, shown,
 )
 from train.methods.supervised import REFERENCE_STREAM, SupervisedMethod, predict_in_batches, stream_seed
-from train.models import ReferenceNetwork, regression_loss
+from train.models import ReferenceNetwork, make_optimiser, regression_loss
 from train.views import ViewMaker
 
 
@@ -194,8 +194,7 @@ class TRSMethod(SemiSupervisedMethod):
         # Its own seed stream: the student's burn-in stays identical to `supervised`.
         torch.manual_seed(stream_seed(self.config.seed, REFERENCE_STREAM))
         self.reference = ReferenceNetwork(self.data.feature_dim, self.config.reference)
-        self.reference_optimiser = torch.optim.AdamW(self.reference.parameters(), lr=self.config.optim.lr,
-                                                     weight_decay=self.config.optim.weight_decay)
+        self.reference_optimiser = make_optimiser(self.reference.parameters(), self.config.optim)
 
     def _reference_epoch(self) -> dict:
         """One epoch of relative-score training: each labelled video against random labelled exemplars."""
@@ -344,8 +343,7 @@ class TRSMethod(SemiSupervisedMethod):
         """A reference network and optimiser shaped like the run's, made without consuming its RNG."""
         with torch.random.fork_rng(devices=[]):
             network = ReferenceNetwork(self.data.feature_dim, self.config.reference)
-        optimiser = torch.optim.AdamW(network.parameters(), lr=self.config.optim.lr,
-                                      weight_decay=self.config.optim.weight_decay)
+        optimiser = make_optimiser(network.parameters(), self.config.optim)
         return network, optimiser
 
     def _load_extra_state(self, state: dict):
