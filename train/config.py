@@ -226,6 +226,8 @@ class SemiConfig(CheckedConfig):
     # cross-fitting's estimates are noisy enough to flip the choice both ways (validation splits:
     # it kept a graph that cost 0.17 on the demo's dives and dropped ones that helped on Fis-V);
     # three cost 16 s more at MTL-AQA size (trs 55 s instead of 39 s, bench/bench_train_time.py).
+    # Their 3 x gate_folds fold jobs run in forked one-thread workers when the run has several
+    # threads (train.methods.gate.run_fold_jobs): the gate phase 38 -> 23 s at MTL-AQA size.
     gate_repeats: int = 3
     # Epochs of the fold models (the burn-in recipe otherwise), at most the burn-in's; 0: all of
     # optim.epochs / reference.epochs.

@@ -12,8 +12,6 @@ from __future__ import annotations
 import dataclasses
 import os
 import re
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Callable
 from aqa.errors import UserError
 from aqa.progress import progress_bar
 from train.config import METHODS, TrainConfig, apply_overrides, preset_config
+from train.processes import die_with_parent
 from train.run import finished_config_matches, train_run
 
 
@@ -130,33 +129,6 @@ def plan_sweep(base: TrainConfig, out: str | os.PathLike, targets: list[str | No
     return jobs
 
 
-def _die_with_parent(parent_pid: int, period: float = 0.25) -> None:
-    """In a worker process: kill this process as soon as the sweep (``parent_pid``) is gone.
-
-    A worker is busy in a run for minutes and only notices a dead parent when it next asks for
-    work; after a ``kill -9`` of the sweep it would keep training and writing, racing a rerun. A
-    daemon thread watches the parent (a dead parent's children are re-parented, so ``getppid``
-    changes) and ends the worker at once; the run resumes from its last checkpoint. Started once
-    per worker process.
-    """
-    global _watching_parent
-    if _watching_parent or os.getpid() == parent_pid:  # already watching, or not in a worker
-        return
-    _watching_parent = True
-
-    def watch():
-        while os.getppid() == parent_pid:
-            time.sleep(period)
-        os.kill(os.getpid(), signal.SIGKILL)
-
-    if os.getppid() != parent_pid:  # the sweep died before this worker started
-        os.kill(os.getpid(), signal.SIGKILL)
-    threading.Thread(target=watch, name="die-with-sweep", daemon=True).start()
-
-
-_watching_parent = False
-
-
 def _run_one(job: SweepJob, threads: int, parent_pid: int | None = None,
              checkpoint_seconds: float = 30.0) -> tuple[str, str, float]:
     """One run of the grid, in whatever process a backend runs it: ('done'|'failed', message,
@@ -164,7 +136,7 @@ def _run_one(job: SweepJob, threads: int, parent_pid: int | None = None,
     import torch
 
     if parent_pid is not None:
-        _die_with_parent(parent_pid)
+        die_with_parent(parent_pid)  # the run resumes from its last checkpoint
 
     torch.set_num_threads(max(1, threads))
     started = time.perf_counter()

@@ -309,6 +309,72 @@ def test_a_gate_worker_that_dies_is_a_clear_error_not_a_hang(tiny_dataset, fast,
         torch.set_num_threads(1)
 
 
+_SLOW_GATE = """
+import json, sys, time
+import torch
+from train import build_config
+from train.data import prepare_data
+from train.methods import make_method
+from train.methods import gate
+
+fields, overrides = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+gate._label_held_out_fold = lambda *args, **kwargs: time.sleep(600)  # a fold job that takes its time
+config = build_config(overrides=overrides, **fields)
+method = make_method(config, prepare_data(config))
+while method.units[method.completed].phase != "gate":
+    method.run_unit()
+torch.set_num_threads(2)
+gate.run_gate(method)
+"""
+
+
+@pytest.mark.skipif(not gate_module._can_fork(), reason="forked gate workers need fork")
+def test_a_killed_run_leaves_no_gate_worker_behind(tiny_dataset, fast, tmp_path):
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script = tmp_path / "slow_gate.py"
+    script.write_text(_SLOW_GATE)
+    fields = dict(features=str(tiny_dataset["cache"]), manifest=str(tiny_dataset["manifest"]), method="trs",
+                  ratio=0.5, seed=0, validation_fraction=0.2)
+    repo_root = Path(__file__).resolve().parents[2]
+    run = subprocess.Popen([sys.executable, str(script), json.dumps(fields), json.dumps(fast)], cwd=repo_root,
+                           env={**os.environ, "PYTHONPATH": str(repo_root)})
+
+    def workers() -> list[int]:
+        listed = subprocess.run(["pgrep", "-P", str(run.pid)], capture_output=True, text=True).stdout
+        return [int(pid) for pid in listed.split()]
+
+    try:
+        deadline = time.monotonic() + 120
+        while len(workers()) < 2:
+            assert run.poll() is None and time.monotonic() < deadline, "the gate's workers never started"
+            time.sleep(0.1)
+        forked = workers()
+    finally:
+        run.kill()
+        run.wait()
+    deadline = time.monotonic() + 10
+    alive = forked
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        alive = [pid for pid in forked if _is_running(pid)]
+    assert not alive, f"gate workers {alive} outlived their run"
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[-1][0] != "Z"  # a zombie has ended
+    except FileNotFoundError:
+        return False
+
+
 # ------------------------------------------------------------------ state
 
 

@@ -15,6 +15,9 @@ and before the semi-supervised phase, :func:`run_gate`:
 4. scores each :class:`GateOption` by the Spearman of its pooled out-of-fold values against the
    held-out labels.
 
+Steps 2-3 of each fold of each cross-fitting form one job (:func:`run_fold_jobs`), on one torch
+thread wherever it runs: in forked workers when the run has several threads, in turn otherwise.
+
 The *default* option (the configuration as given) is kept unless another beats it by more than
 ``1 / sqrt(n_labelled)`` (a plain argmax chases fold noise: docs/research/issue11-2026-12-01.md,
 section 2), or, with ``semi.gate_paired_z`` set, unless another's per-fold paired difference from
@@ -27,6 +30,7 @@ from __future__ import annotations
 
 import math
 import multiprocessing
+import os
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -39,6 +43,7 @@ from aqa.errors import UserError
 from aqa.metrics import spearman
 from train.graph import LABELLED_ANCHOR, refine_on_graph
 from train.models import MixerHead, ReferenceNetwork, make_optimiser, regression_loss
+from train.processes import die_with_parent
 from train.views import ViewMaker, epoch_batches
 
 GATE_STREAM = 4  # the gate's seed stream (train.methods.supervised.stream_seed)
@@ -240,16 +245,18 @@ def run_fold_jobs(method, options: list[GateOption], jobs: list[FoldJob], studen
             method.labelling.graph_laplacian(method.data)  # built once here, not once per worker
         global _FORKED_GATE
         _FORKED_GATE = (method, options, jobs, student_epochs, reference_epochs)
+        # concurrent.futures, not multiprocessing.Pool: a worker that dies (killed, out of
+        # memory) fails the gate instead of leaving it waiting for a result forever.
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                   initializer=_start_fold_worker, initargs=(os.getpid(),))
         try:
-            # concurrent.futures, not multiprocessing.Pool: a worker that dies (killed, out of
-            # memory) fails the gate instead of leaving it waiting for a result forever.
-            with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                     initializer=torch.set_num_threads, initargs=(1,)) as pool:
-                return list(pool.map(_forked_fold_job, range(len(jobs))))
+            return list(pool.map(_forked_fold_job, range(len(jobs))))
         except BrokenProcessPool as error:
             raise UserError("a worker process of trs's gate died (killed, or out of memory?); "
                             "`--threads 1` runs the gate in this process") from error
         finally:
+            # On an error or Ctrl-C the jobs not yet started are dropped, not run to the end.
+            pool.shutdown(wait=True, cancel_futures=True)
             _FORKED_GATE = None
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -261,6 +268,11 @@ def run_fold_jobs(method, options: list[GateOption], jobs: list[FoldJob], studen
 
 
 _FORKED_GATE: tuple | None = None  # what forked workers inherit from run_fold_jobs: (method, options, jobs, epochs...)
+
+
+def _start_fold_worker(run_pid: int) -> None:
+    torch.set_num_threads(1)
+    die_with_parent(run_pid)  # a killed run leaves no worker behind
 
 
 def _forked_fold_job(index: int) -> dict[str, np.ndarray]:
