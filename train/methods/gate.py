@@ -31,6 +31,7 @@ from __future__ import annotations
 import math
 import multiprocessing
 import os
+import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -282,11 +283,11 @@ def _forked_fold_job(index: int) -> dict[str, np.ndarray]:
 
 
 def _can_fork() -> bool:
-    """Forked workers share the run's features without copying them. Only where fork exists, and
-    only from the main thread: a run inside a thread (a Dask worker's executor) may share its
-    process with threads holding locks that a forked child would inherit held."""
-    return ("fork" in multiprocessing.get_all_start_methods()
-            and threading.current_thread() is threading.main_thread())
+    """Forked workers share the run's features without copying them. Only on Linux (macOS lists
+    fork, but its system libraries are not safe to use in a forked child), and only from the main
+    thread: a run inside a thread (a Dask worker's executor) may share its process with threads
+    holding locks that a forked child would inherit held."""
+    return sys.platform.startswith("linux") and threading.current_thread() is threading.main_thread()
 
 
 def _label_held_out_fold(method, options: list[GateOption], train: np.ndarray, held: np.ndarray, fold_seed: int,
