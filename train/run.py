@@ -37,6 +37,7 @@ from train.config import TrainConfig, config_from_json
 from train.data import TrainingData, prepare_data
 from train.fitting import FitResult, TrainingDiverged, fit
 from train.methods import CheckpointMismatch, Method, make_method
+from train.processes import keep_freed_memory_in_the_process
 
 CHECKPOINT = run_folder.CHECKPOINT_FILE
 
@@ -160,6 +161,7 @@ def train_run(
     if _check_run_dir(run_dir, config, resume, overwrite) == "done":
         log(f"{run_dir}: already finished with this configuration")
         return read_json(run_dir / METRICS_FILE)
+    keep_freed_memory_in_the_process()  # before the features are read: their buffers are the largest
     data = prepare_data(config)
     config.resolved = {**data.summary(), "software_version": __version__}
     # Inputs are checked; from here on the run folder is written, by this process only.

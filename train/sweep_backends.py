@@ -193,35 +193,6 @@ def threads_per_run(nthreads: int, runs_at_once: int | None) -> int:
 
 
 _cwd_guard = threading.Lock()
-_allocator_tuned = False
-
-# glibc mallopt parameters: bytes of free memory at the top of the heap before it is given back,
-# and the size from which an allocation gets its own mmap.
-_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
-
-
-def keep_freed_memory_in_the_process() -> bool:
-    """Stop glibc giving freed tensor memory back to the kernel after every step, in this process.
-
-    A Dask worker trains in a thread of its executor, not in the main thread as a joblib process
-    does, and glibc's allocator then unmaps and remaps the training step's buffers over and over:
-    on the 2-core machine a LocalCluster sweep spent 62 s of system time on page faults where the
-    same 20 runs under joblib spent 5 s, and each run took 1.7x as long. Fixed thresholds (a
-    gigabyte before trimming, 256 MB before a private mmap) keep those buffers in the heap. Only
-    memory kept for reuse changes, never a number. False where the C library is not glibc.
-    """
-    global _allocator_tuned
-    if _allocator_tuned:
-        return True
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6")
-        tuned = bool(libc.mallopt(_M_TRIM_THRESHOLD, 1 << 30)) and bool(libc.mallopt(_M_MMAP_THRESHOLD, 1 << 28))
-    except (OSError, AttributeError):
-        return False
-    _allocator_tuned = tuned
-    return tuned
 
 
 def run_on_dask_worker(job, threads: int | None, checkpoint_seconds: float, sweep_folder: str,
@@ -239,7 +210,6 @@ def run_on_dask_worker(job, threads: int | None, checkpoint_seconds: float, swee
 
     from train.sweep import _run_one
 
-    keep_freed_memory_in_the_process()
     worker = get_worker()
     if threads is None:
         runs = worker.state.total_resources.get(RUNS_RESOURCE) if limited_by_resource else None
