@@ -5,8 +5,9 @@ run, :func:`train.run.train_run`): glibc's allocator gives the buffers of a trai
 the kernel when they are freed and maps them again at the next step. The heads are small, so that
 churn is a large share of a step: a `trs` run at MTL-AQA size took 2.7 million page faults and 10 s
 of system time, and a Dask worker (which trains in a thread, where it is worse) took 1.7x as long
-as a joblib process. Fixed thresholds keep those buffers in the heap (bench/bench_train_time.py:
-0.3 million faults, 1.9 s of system time, the run 4-7 s shorter). Only memory kept for reuse
+as a joblib process. Fixed thresholds keep those buffers in the heap (``/usr/bin/time`` around
+``pipeline.py train`` on bench/bench_train_time.py's cache: 0.3 million faults, 1.9 s of system
+time, the run 4-7 s shorter; BENCHMARKS.md). Only memory kept for reuse
 changes, never a number.
 
 **Workers end with their parent** (:func:`die_with_parent`): a sweep's workers and the gate's

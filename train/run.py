@@ -161,7 +161,7 @@ def train_run(
     if _check_run_dir(run_dir, config, resume, overwrite) == "done":
         log(f"{run_dir}: already finished with this configuration")
         return read_json(run_dir / METRICS_FILE)
-    keep_freed_memory_in_the_process()  # before the features are read: their buffers are the largest
+    keep_freed_memory_in_the_process()  # once per process, before the run allocates anything
     data = prepare_data(config)
     config.resolved = {**data.summary(), "software_version": __version__}
     # Inputs are checked; from here on the run folder is written, by this process only.

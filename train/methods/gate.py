@@ -262,10 +262,14 @@ def run_fold_jobs(method, options: list[GateOption], jobs: list[FoldJob], studen
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return [_label_held_out_fold(method, options, job.train, job.held, job.seed, student_epochs, reference_epochs)
-                for job in jobs]
+        return [_run_fold_job(method, options, job, student_epochs, reference_epochs) for job in jobs]
     finally:
         torch.set_num_threads(threads)
+
+
+def _run_fold_job(method, options: list[GateOption], job: FoldJob, student_epochs: int,
+                  reference_epochs: int) -> dict[str, np.ndarray]:
+    return _label_held_out_fold(method, options, job.train, job.held, job.seed, student_epochs, reference_epochs)
 
 
 _FORKED_GATE: tuple | None = None  # what forked workers inherit from run_fold_jobs: (method, options, jobs, epochs...)
@@ -278,8 +282,7 @@ def _start_fold_worker(run_pid: int) -> None:
 
 def _forked_fold_job(index: int) -> dict[str, np.ndarray]:
     method, options, jobs, student_epochs, reference_epochs = _FORKED_GATE
-    job = jobs[index]
-    return _label_held_out_fold(method, options, job.train, job.held, job.seed, student_epochs, reference_epochs)
+    return _run_fold_job(method, options, jobs[index], student_epochs, reference_epochs)
 
 
 def _can_fork() -> bool:
