@@ -227,7 +227,8 @@ class SemiConfig(CheckedConfig):
     # it kept a graph that cost 0.17 on the demo's dives and dropped ones that helped on Fis-V);
     # three cost 16 s more at MTL-AQA size (trs 55 s instead of 39 s, bench/bench_train_time.py).
     # Their 3 x gate_folds fold jobs run in forked one-thread workers when the run has several
-    # threads (train.methods.gate.run_fold_jobs): the gate phase 38 -> 23 s at MTL-AQA size.
+    # threads, started beside the burn-in (train.methods.gate.start_gate_early): burn-in, reference
+    # and gate 34 -> 29 s at MTL-AQA size, the run 0.88x (bench/bench_train_time.py, BENCHMARKS.md).
     gate_repeats: int = 3
     # Epochs of the fold models (the burn-in recipe otherwise), at most the burn-in's; 0: all of
     # optim.epochs / reference.epochs.

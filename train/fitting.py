@@ -59,14 +59,15 @@ def train_units(method: Method, progress: bool | None = None,
                        unit="epoch", dynamic_ncols=True, leave=True)
     bar.update(method.completed)
     try:
-        while not method.finished:
-            record = method.run_unit()
-            bar.update(1)
-            shown = {key: (f"{value:.4f}" if isinstance(value, float) else value) for key, value in record.items()
-                     if key not in ("seconds",) and value is not None}
-            bar.set_postfix(shown, refresh=False)
-            if after_unit is not None:
-                after_unit(method, record)
+        with method.session():  # trs's gate workers, started beside the burn-in, end with it
+            while not method.finished:
+                record = method.run_unit()
+                bar.update(1)
+                shown = {key: (f"{value:.4f}" if isinstance(value, float) else value) for key, value in record.items()
+                         if key not in ("seconds",) and value is not None}
+                bar.set_postfix(shown, refresh=False)
+                if after_unit is not None:
+                    after_unit(method, record)
     finally:
         bar.close()
 

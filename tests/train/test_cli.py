@@ -131,6 +131,26 @@ def test_resume_after_an_interruption_reaches_the_same_final_metrics(tiny_datase
         (reference_run / "diagnostics.json").read_text())
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the gate's early workers are forked (Linux)")
+def test_resume_with_two_threads_stopped_while_the_gate_works_beside_the_burn_in(tiny_dataset, tmp_path):
+    """With two threads the gate's fold jobs run in workers during the burn-in; a run stopped there
+    (workers ended) and resumed ends as the uninterrupted run does."""
+    import torch
+
+    two = ("--threads", "2")  # after train_args' --threads 1: the last one counts
+    run_dir = tmp_path / "interrupted"
+    threads = torch.get_num_threads()
+    try:
+        assert main(train_args(tiny_dataset, tmp_path / "whole", *two)) == 0
+        assert main(train_args(tiny_dataset, run_dir, *two, "--stop-after-epoch", "5")) == 3
+        assert main(train_args(tiny_dataset, run_dir, *two, "--resume")) == 0
+    finally:
+        torch.set_num_threads(threads)  # the command set this process's threads
+    assert (run_dir / "predictions.csv").read_text() == (tmp_path / "whole" / "predictions.csv").read_text()
+    assert json.loads((run_dir / "diagnostics.json").read_text()) == json.loads(
+        (tmp_path / "whole" / "diagnostics.json").read_text())
+
+
 def test_resume_after_sigkill_of_a_real_process(tiny_dataset, tmp_path, repo_root):
     args = train_args(tiny_dataset, tmp_path / "killed", "--checkpoint-seconds", "0", "--set", "optim.epochs=60")
     whole = tmp_path / "whole"

@@ -367,6 +367,73 @@ def test_a_killed_run_leaves_no_gate_worker_behind(tiny_dataset, fast, tmp_path)
     assert not alive, f"gate workers {alive} outlived their run"
 
 
+@pytest.mark.skipif(not gate_module._can_fork(), reason="forked gate workers need fork")
+def test_with_several_threads_the_gate_works_beside_the_burn_in_to_the_same_outcome(tiny_dataset, fast):
+    """With two threads the fold jobs start in workers at the first unit, the burn-in runs on one
+    thread meanwhile, and after the gate the run has its two threads and no worker: the gate's
+    outcome and the burn-in equal the one-thread run's bit for bit."""
+    config = config_for(tiny_dataset, fast)
+    seen = []
+    others = _child_processes()  # e.g. an earlier test's joblib workers
+
+    def watch(method, record):
+        seen.append((record["phase"], gate_module._FORKED_GATE is not None, torch.get_num_threads(),
+                     len(_child_processes() - others)))
+
+    torch.set_num_threads(2)
+    try:
+        beside = fit(config, progress=False, after_unit=watch)
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)
+    in_turn = fit(config, progress=False)
+    assert beside.diagnostics["gate"] == in_turn.diagnostics["gate"]
+    burn_in = [entry for entry in seen if entry[0] in ("supervised", "reference")]
+    assert burn_in and all(in_flight and threads == 1 and workers == 2 for _, in_flight, threads, workers in burn_in)
+    semi = [entry for entry in seen if entry[0] == "semi"]
+    assert semi and all(not in_flight and threads == 2 and workers == 0 for _, in_flight, threads, workers in semi)
+
+    def losses(result, phases=("supervised", "reference")):
+        return [{k: v for k, v in record.items() if k != "seconds"} for record in result.method.history
+                if record["phase"] in phases]
+
+    assert losses(beside) == losses(in_turn)
+    assert gate_module._FORKED_GATE is None
+
+
+@pytest.mark.skipif(not gate_module._can_fork(), reason="forked gate workers need fork")
+@pytest.mark.parametrize("stop_in", ["supervised", "reference"])
+def test_a_run_stopped_before_its_gate_ends_the_gate_workers(tiny_dataset, fast, stop_in):
+    """An error (or Ctrl-C, or --stop-after-epoch) during the burn-in ends the early fold jobs'
+    workers and gives the run its threads back; training on later starts them again, to the
+    same outcome."""
+    config = config_for(tiny_dataset, fast)
+    data = prepare_data(config)
+    others = _child_processes()
+
+    def stop(method, record):
+        if record["phase"] == stop_in:
+            raise KeyboardInterrupt
+
+    torch.set_num_threads(2)
+    try:
+        method = make_method(config, data)
+        with pytest.raises(KeyboardInterrupt):
+            fit(config, data, progress=False, method=method, after_unit=stop)
+        assert torch.get_num_threads() == 2
+        assert gate_module._FORKED_GATE is None and not _child_processes() - others
+        resumed = fit(config, data, progress=False, method=method)
+    finally:
+        torch.set_num_threads(1)
+    assert resumed.diagnostics["gate"] == fit(config, data, progress=False).diagnostics["gate"]
+
+
+def _child_processes() -> set[int]:
+    import multiprocessing
+
+    return {process.pid for process in multiprocessing.active_children()}
+
+
 def _is_running(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as stat:

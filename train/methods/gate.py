@@ -16,7 +16,9 @@ and before the semi-supervised phase, :func:`run_gate`:
    held-out labels.
 
 Steps 2-3 of each fold of each cross-fitting form one job (:func:`run_fold_jobs`), on one torch
-thread wherever it runs: in forked workers when the run has several threads, in turn otherwise.
+thread wherever it runs: in forked workers when the run has several threads (started beside the
+burn-in, :func:`start_gate_early`, since the jobs need only the configuration and the labelled
+videos), in turn at the gate otherwise.
 
 The *default* option (the configuration as given) is kept unless another beats it by more than
 ``1 / sqrt(n_labelled)`` (a plain argmax chases fold noise: docs/research/issue11-2026-12-01.md,
@@ -134,32 +136,43 @@ def _train_fold_reference(method, positions: torch.Tensor, epochs: int, seed: in
     return network
 
 
-def run_gate(method) -> dict:
-    """Cross-fit the options on the labelled videos of ``method`` (a TRSMethod after its burn-in).
+@dataclass
+class GatePlan:
+    """What the gate will do for a run, known before any training: its options and fold jobs.
 
-    Returns the outcome (plain data, part of the run's state): per option its estimate (the pooled
-    out-of-fold Spearman, averaged over ``semi.gate_repeats`` cross-fittings) and per-fold
-    Spearman, the margin, the default and the chosen option. (No wall time: a resumed run's
-    diagnostics equal an uninterrupted run's; the gate unit's history record has it.)"""
+    ``decided`` is the outcome already, when there is nothing to cross-fit (too few labelled
+    videos, one option); then ``jobs`` is empty."""
+
+    outcome: dict  # the outcome's fields known in advance
+    options: list[GateOption]
+    jobs: list[FoldJob]
+    student_epochs: int
+    reference_epochs: int  # 0: no option uses the reference network
+    decided: dict | None = None
+
+
+def plan_gate(method) -> GatePlan:
+    """The gate's options and fold jobs for ``method`` (a TRSMethod): they depend only on its
+    configuration and labelled videos, so the jobs may start before the burn-in
+    (:class:`FoldJobsInFlight`)."""
     from train.methods.supervised import stream_seed
 
     config, semi = method.config, method.config.semi
     count = len(method.labelled)
     options = gate_options(config)
     default = options[0]
-    margin = 1.0 / math.sqrt(count)
-    outcome = {"folds": 0, "n_labelled": count, "margin": margin, "default": default.name,
+    outcome = {"folds": 0, "n_labelled": count, "margin": 1.0 / math.sqrt(count), "default": default.name,
                "options": {option.name: option.to_state() for option in options}}
     folds = min(semi.gate_folds, count // 2)  # at least two labelled videos per fold
     if folds < 2 or len(options) == 1:
-        return {**outcome, "chosen": default.name, "estimates": {}, "fold_estimates": {},
-                "reason": "fewer than 4 labelled videos" if folds < 2 else "only one option"}
+        decided = {**outcome, "chosen": default.name, "estimates": {}, "fold_estimates": {},
+                   "reason": "fewer than 4 labelled videos" if folds < 2 else "only one option"}
+        return GatePlan(outcome, options, [], 0, 0, decided)
     gate_seed = stream_seed(config.seed, GATE_STREAM)
     uses_reference = any("reference" in option.sources for option in options)
     # At most the burn-in's epochs (fewer by default, for cost: train.config.SemiConfig).
     student_epochs = min(semi.gate_epochs or config.optim.epochs, config.optim.epochs)
     reference_epochs = min(semi.gate_reference_epochs or config.reference.epochs, config.reference.epochs)
-    truth = method.labelled_targets.double().numpy()
     # Every (repeat, fold) in order: repeat 0 is the single cross-fitting of gate_repeats = 1,
     # each further one deals new folds.
     jobs = []
@@ -169,11 +182,41 @@ def run_gate(method) -> dict:
         for fold in range(folds):
             jobs.append(FoldJob(repeat, np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold),
                                 stream_seed(seed, fold + 1)))
+    outcome = {**outcome, "folds": folds, "repeats": semi.gate_repeats, "student_epochs": student_epochs,
+               "reference_epochs": reference_epochs if uses_reference else 0}
+    return GatePlan(outcome, options, jobs, student_epochs, reference_epochs if uses_reference else 0)
+
+
+def run_gate(method, in_flight: FoldJobsInFlight | None = None) -> dict:
+    """Cross-fit the options on the labelled videos of ``method`` (a TRSMethod after its burn-in).
+
+    Returns the outcome (plain data, part of the run's state): per option its estimate (the pooled
+    out-of-fold Spearman, averaged over ``semi.gate_repeats`` cross-fittings) and per-fold
+    Spearman, the margin, the default and the chosen option. ``in_flight``: the run's fold jobs,
+    started early (:class:`FoldJobsInFlight`); their results are used and their workers closed.
+    (No wall time: a resumed run's diagnostics equal an uninterrupted run's; the gate unit's
+    history record has it.)"""
+    if in_flight is not None:  # started from this run's plan, which has jobs
+        try:
+            return decide(method, in_flight.plan, in_flight.results())
+        finally:
+            in_flight.close()
+    plan = plan_gate(method)
+    if plan.decided is not None:
+        return plan.decided
     with torch.random.fork_rng(devices=[]):  # fold models seed the global RNG; the run's is left as it was
-        held_values = run_fold_jobs(method, options, jobs, student_epochs, reference_epochs if uses_reference else 0)
+        held_values = run_fold_jobs(method, plan)
+    return decide(method, plan, held_values)
+
+
+def decide(method, plan: GatePlan, held_values: list[dict[str, np.ndarray]]) -> dict:
+    """The outcome from each fold job's held-out values per option (in ``plan.jobs`` order)."""
+    semi, options, outcome = method.config.semi, plan.options, plan.outcome
+    count, default, margin = outcome["n_labelled"], options[0], outcome["margin"]
+    truth = method.labelled_targets.double().numpy()
     per_fold: dict[str, list] = {option.name: [] for option in options}
     out_of_fold = [{option.name: np.zeros(count) for option in options} for _ in range(semi.gate_repeats)]
-    for job, values_by_option in zip(jobs, held_values):
+    for job, values_by_option in zip(plan.jobs, held_values):
         for name, values in values_by_option.items():
             out_of_fold[job.repeat][name][job.held] = values
             per_fold[name].append(spearman(truth[job.held], values))
@@ -188,9 +231,7 @@ def run_gate(method) -> dict:
         differences = paired_differences({name: per_fold[name] for name in names}, start.name)
         chosen = paired_choice(differences, start.name, semi.gate_paired_z)
         rule = {"rule": "paired", "z": semi.gate_paired_z, "paired_differences": differences}
-    return {**outcome, "folds": folds, "repeats": semi.gate_repeats, "student_epochs": student_epochs,
-            "reference_epochs": reference_epochs if uses_reference else 0,
-            "estimates": estimates, "fold_estimates": per_fold, **rule, "chosen": chosen}
+    return {**outcome, "estimates": estimates, "fold_estimates": per_fold, **rule, "chosen": chosen}
 
 
 def paired_differences(fold_estimates: dict[str, list], default: str) -> dict[str, dict | None]:
@@ -228,51 +269,100 @@ class FoldJob:
     seed: int
 
 
-def run_fold_jobs(method, options: list[GateOption], jobs: list[FoldJob], student_epochs: int,
-                  reference_epochs: int) -> list[dict[str, np.ndarray]]:
-    """Each job's held-out values per option (:func:`_label_held_out_fold`), in ``jobs`` order.
+def run_fold_jobs(method, plan: GatePlan) -> list[dict[str, np.ndarray]]:
+    """Each job's held-out values per option (:func:`_label_held_out_fold`), in ``plan.jobs`` order.
 
     Every job runs on one torch thread, so its numbers do not depend on how many run at once:
     with ``W = min(torch threads of the run, jobs) > 1`` they run in ``W`` forked worker
-    processes (the run's cores spent on whole folds, which use them far better than two threads
-    inside each small step: bench/bench_train_time.py), otherwise one after the other here::
-
-        run (T torch threads) --fork--> W workers x 1 thread: fold models, held-out values
-                              <-------- values per job, in job order
-    """
-    workers = min(torch.get_num_threads(), len(jobs))
+    processes (:class:`FoldJobsInFlight`), otherwise one after the other here."""
+    workers = min(torch.get_num_threads(), len(plan.jobs))
     if workers > 1 and _can_fork():
-        if any(option.graph_strength > 0 for option in options):
-            method.labelling.graph_laplacian(method.data)  # built once here, not once per worker
-        global _FORKED_GATE
-        _FORKED_GATE = (method, options, jobs, student_epochs, reference_epochs)
-        # concurrent.futures, not multiprocessing.Pool: a worker that dies (killed, out of
-        # memory) fails the gate instead of leaving it waiting for a result forever.
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
-                                   initializer=_start_fold_worker, initargs=(os.getpid(),))
+        in_flight = FoldJobsInFlight(method, plan, workers)
         try:
-            return list(pool.map(_forked_fold_job, range(len(jobs))))
-        except BrokenProcessPool as error:
-            raise UserError("a worker process of trs's gate died (killed, or out of memory?); "
-                            "`--threads 1` runs the gate in this process") from error
+            return in_flight.results()
         finally:
-            # On an error or Ctrl-C the jobs not yet started are dropped, not run to the end.
-            pool.shutdown(wait=True, cancel_futures=True)
-            _FORKED_GATE = None
+            in_flight.close()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        return [_run_fold_job(method, options, job, student_epochs, reference_epochs) for job in jobs]
+        return [_run_fold_job(method, plan, job) for job in plan.jobs]
     finally:
         torch.set_num_threads(threads)
 
 
-def _run_fold_job(method, options: list[GateOption], job: FoldJob, student_epochs: int,
-                  reference_epochs: int) -> dict[str, np.ndarray]:
-    return _label_held_out_fold(method, options, job.train, job.held, job.seed, student_epochs, reference_epochs)
+def start_gate_early(method) -> FoldJobsInFlight | None:
+    """The gate's fold jobs of ``method`` (a TRSMethod before its burn-in), started now in forked
+    workers, while the run trains its burn-in on one thread; None where they would run in this
+    process (one torch thread, or no fork) or there is nothing to cross-fit.
+
+    The jobs need only the configuration and the labelled videos, so starting them early changes
+    none of their numbers; the run's cores are busy meanwhile instead of idle in a burn-in that
+    two threads speed up 1.2x (bench/bench_train_time.py)::
+
+        run: burn-in, reference (1 thread) ........ gate: wait, decide | semi phase (T threads)
+        W = min(T, jobs) workers x 1 thread: fold jobs ---------------->|
+    """
+    threads = torch.get_num_threads()
+    if threads < 2 or not _can_fork():
+        return None
+    plan = plan_gate(method)
+    if not plan.jobs:
+        return None
+    return FoldJobsInFlight(method, plan, min(threads, len(plan.jobs)), run_threads=1)
 
 
-_FORKED_GATE: tuple | None = None  # what forked workers inherit from run_fold_jobs: (method, options, jobs, epochs...)
+class FoldJobsInFlight:
+    """A run's fold jobs, computing in ``workers`` forked one-thread processes.
+
+    ``run_threads``: the run's own torch threads until :meth:`close` (which restores them), for a
+    run that trains meanwhile. :meth:`results` waits for the values; :meth:`close` ends the
+    workers (jobs not started are dropped; a running job ends first) and must follow, also on
+    an error or Ctrl-C. One in flight per process."""
+
+    def __init__(self, method, plan: GatePlan, workers: int, run_threads: int | None = None):
+        global _FORKED_GATE
+        if _FORKED_GATE is not None:
+            raise RuntimeError("another gate's fold jobs are in flight in this process")
+        if any(option.graph_strength > 0 for option in plan.options):
+            method.labelling.graph_laplacian(method.data)  # built once here, not once per worker
+        self.plan = plan
+        self._threads = torch.get_num_threads()
+        self._pool = None
+        _FORKED_GATE = (method, plan)  # what the forked workers inherit, without pickling the run
+        try:
+            # concurrent.futures, not multiprocessing.Pool: a worker that dies (killed, out of
+            # memory) fails the gate instead of leaving it waiting for a result forever.
+            self._pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"),
+                                             initializer=_start_fold_worker, initargs=(os.getpid(),))
+            self._futures = [self._pool.submit(_forked_fold_job, index) for index in range(len(plan.jobs))]
+        except BaseException:
+            self.close()
+            raise
+        if run_threads is not None:
+            torch.set_num_threads(run_threads)
+
+    def results(self) -> list[dict[str, np.ndarray]]:
+        try:
+            return [future.result() for future in self._futures]
+        except BrokenProcessPool as error:
+            raise UserError("a worker process of trs's gate died (killed, or out of memory?); "
+                            "`--threads 1` runs the gate in the run's process") from error
+
+    def close(self) -> None:
+        global _FORKED_GATE
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+        _FORKED_GATE = None
+        torch.set_num_threads(self._threads)
+
+
+def _run_fold_job(method, plan: GatePlan, job: FoldJob) -> dict[str, np.ndarray]:
+    return _label_held_out_fold(method, plan.options, job.train, job.held, job.seed, plan.student_epochs,
+                                plan.reference_epochs)
+
+
+_FORKED_GATE: tuple | None = None  # what forked workers inherit from FoldJobsInFlight: (method, plan)
 
 
 def _start_fold_worker(run_pid: int) -> None:
@@ -281,8 +371,8 @@ def _start_fold_worker(run_pid: int) -> None:
 
 
 def _forked_fold_job(index: int) -> dict[str, np.ndarray]:
-    method, options, jobs, student_epochs, reference_epochs = _FORKED_GATE
-    return _run_fold_job(method, options, jobs[index], student_epochs, reference_epochs)
+    method, plan = _FORKED_GATE
+    return _run_fold_job(method, plan, plan.jobs[index])
 
 
 def _can_fork() -> bool:

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
     import numpy as np
 
     from train.config import TrainConfig
@@ -43,6 +45,11 @@ class Method(Protocol):
 
     def run_unit(self) -> dict:
         """Train the next unit; returns its history record."""
+
+    def session(self) -> AbstractContextManager:
+        """A context for running units: inside it a method may compute beside the caller (trs's gate
+        workers), and leaving it ends that, finished or not (:func:`train.fitting.train_units`).
+        Units run outside it give the same results."""
 
     def predict_scores(self, indices) -> np.ndarray:
         """Predictions for the videos ``indices`` (rows of ``data.keys``), in the score's own units."""

@@ -7,6 +7,8 @@ never loaded: deterministic and instantaneous).
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import torch
 
@@ -67,6 +69,11 @@ class RidgeMethod:
         weights = centred.T @ dual
         bias = target_mean - feature_mean @ weights
         return weights, float(bias), alpha, loo_errors
+
+    @contextlib.contextmanager
+    def session(self):
+        """Nothing to start or end: ridge is fitted when built."""
+        yield self
 
     def predict_scores(self, indices) -> np.ndarray:
         indices = np.asarray(indices)

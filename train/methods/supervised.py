@@ -9,6 +9,8 @@ its checks; a subclass adds phases (:meth:`_plan_units`, :meth:`_epoch`) and sta
 
 from __future__ import annotations
 
+import contextlib
+
 import time
 from collections.abc import Mapping
 from typing import Callable
@@ -136,6 +138,11 @@ class SupervisedMethod:
     def _epoch(self, unit: Unit) -> dict:
         """Train ``unit``; returns its losses."""
         return self._supervised_epoch()
+
+    @contextlib.contextmanager
+    def session(self):
+        """The context :func:`train.fitting.train_units` runs units in (nothing to start or end here)."""
+        yield self
 
     # ------------------------------------------------------------------ inference
 

@@ -27,6 +27,8 @@ the gate starts from).
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 from collections.abc import Mapping
 
@@ -37,7 +39,7 @@ from aqa.metrics import known_pairs, spearman
 from train.config import TrainConfig
 from train.data import TrainingData
 from train.methods.baselines import SemiSupervisedMethod
-from train.methods.gate import chosen_option, gate_options, run_gate
+from train.methods.gate import chosen_option, gate_options, run_gate, start_gate_early
 from train.methods.interface import Unit
 from train.graph import nearest_node_mean, similarity_to_nodes
 from train.methods.pseudo_labels import (
@@ -76,6 +78,9 @@ class TRSMethod(SemiSupervisedMethod):
         self.labelling = build_pseudo_labelling(config, len(data.keys))
         self.memory = self.labelling.memory
         self.gate: dict | None = None  # the gate's outcome (plain data), once it has run
+        self._gate_in_flight = None  # its fold jobs, when started before the burn-in (in a session)
+        self._in_session = False
+        self._gate_start_tried = False  # in this session
         super().__init__(config, data)
 
     def _plan_units(self) -> list[Unit]:
@@ -101,6 +106,28 @@ class TRSMethod(SemiSupervisedMethod):
         self.weights = torch.ones(count)
         self.last_refresh: dict[str, np.ndarray] = {}  # the latest refresh's arrays, per unlabelled video
 
+    @contextlib.contextmanager
+    def session(self):
+        """Units run in here may compute beside the run: with several torch threads the gate's fold
+        jobs start in worker processes at the first unit before the gate, beside the burn-in
+        (:func:`train.methods.gate.start_gate_early`); leaving ends them, finished or not."""
+        self._in_session, self._gate_start_tried = True, False
+        try:
+            yield self
+        finally:
+            self._in_session = False
+            in_flight, self._gate_in_flight = self._gate_in_flight, None
+            if in_flight is not None:
+                in_flight.close()
+
+    def run_unit(self) -> dict:
+        if self._in_session and not self._gate_start_tried:
+            self._gate_start_tried = True
+            gate_at = next((number for number, unit in enumerate(self.units) if unit.phase == "gate"), None)
+            if gate_at is not None and self.completed < gate_at:
+                self._gate_in_flight = start_gate_early(self)
+        return super().run_unit()
+
     def _epoch(self, unit: Unit) -> dict:
         if unit.phase == "supervised":  # the student's burn-in: exactly `supervised`
             return self._supervised_epoch()
@@ -109,7 +136,8 @@ class TRSMethod(SemiSupervisedMethod):
                 self._build_reference()
             return self._reference_epoch()
         if unit.phase == "gate":  # label-only choice of the pseudo-labels (train.methods.gate)
-            self._apply_gate(run_gate(self))
+            in_flight, self._gate_in_flight = self._gate_in_flight, None
+            self._apply_gate(run_gate(self, in_flight))
             return {}
         if unit.epoch == 1:
             self._start_semi_phase()  # the EMA teacher starts as the student; views on the semi generator
