@@ -10,7 +10,6 @@ its checks; a subclass adds phases (:meth:`_plan_units`, :meth:`_epoch`) and sta
 from __future__ import annotations
 
 import contextlib
-
 import time
 from collections.abc import Mapping
 from typing import Callable

@@ -28,7 +28,6 @@ the gate starts from).
 from __future__ import annotations
 
 import contextlib
-
 import math
 from collections.abc import Mapping
 
