@@ -275,8 +275,8 @@ def run_fold_jobs(method, plan: GatePlan) -> list[dict[str, np.ndarray]]:
     Every job runs on one torch thread, so its numbers do not depend on how many run at once:
     with ``W = min(torch threads of the run, jobs) > 1`` they run in ``W`` forked worker
     processes (:class:`FoldJobsInFlight`), otherwise one after the other here."""
-    workers = min(torch.get_num_threads(), len(plan.jobs))
-    if workers > 1 and _can_fork():
+    workers = _forked_workers(len(plan.jobs))
+    if workers:
         in_flight = FoldJobsInFlight(method, plan, workers)
         try:
             return in_flight.results()
@@ -302,13 +302,16 @@ def start_gate_early(method) -> FoldJobsInFlight | None:
         run: burn-in, reference (1 thread) ........ gate: wait, decide | semi phase (T threads)
         W = min(T, jobs) workers x 1 thread: fold jobs ---------------->|
     """
-    threads = torch.get_num_threads()
-    if threads < 2 or not _can_fork():
-        return None
-    plan = plan_gate(method)
-    if not plan.jobs:
-        return None
-    return FoldJobsInFlight(method, plan, min(threads, len(plan.jobs)), run_threads=1)
+    plan = plan_gate(method)  # cheap: seeds and fold assignments
+    workers = _forked_workers(len(plan.jobs))
+    return FoldJobsInFlight(method, plan, workers, run_threads=1) if workers else None
+
+
+def _forked_workers(jobs: int) -> int:
+    """How many forked one-thread workers run ``jobs`` fold jobs: one per torch thread of the run,
+    at most one per job; 0 where they run in this process (one thread, no fork, one job)."""
+    workers = min(torch.get_num_threads(), jobs)
+    return workers if workers > 1 and _can_fork() else 0
 
 
 class FoldJobsInFlight:
