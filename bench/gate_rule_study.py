@@ -1,0 +1,175 @@
+#!/usr/bin/env python
+"""The margin rule against the paired rule (z = 2) for ``trs``'s gate, on many validation splits.
+
+``bench/gate_rules.py`` compares gate rules on runs already made; with 10 seeds per cell the two
+rules almost never disagree, so it cannot tell them apart. This study looks at many more splits
+cheaply: the gate's fold jobs need only the configuration and the labelled videos, so step 1 runs
+the gate alone (no burn-in, no semi-supervised phase) on each validation split and records the
+choice of both rules from the same fold estimates. Step 2 trains the full ``trs`` run both ways
+(``semi.gate_paired_z`` unset / 2) only where they disagree and records the validation Spearman;
+where they agree the runs are identical, so the paired difference is exactly zero there.
+
+Validation splits only (25 % of the training videos held out, as ``bench/tune_fisv.py``; the test
+split is never read): Fis-V (TES/PCS x 10 %/25 %) and the demo's dives (20 %).
+
+    python bench/gate_rule_study.py --dataset demo --seeds 0-199 --jobs 2
+    python bench/gate_rule_study.py --dataset fis-v --seeds 0-49 --jobs 2
+    python bench/gate_rule_study.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.fisv_common import (  # noqa: E402
+    DEFAULT_CACHE, DEFAULT_FISV_DIR, REPO_ROOT, append_result, ensure_fisv_cache, run_in_process,
+)
+from bench.tune_fisv import build  # noqa: E402
+
+RESULTS = REPO_ROOT / "bench" / "results" / "gate_rule_study.jsonl"
+DEMO_CACHE = REPO_ROOT / "features" / "synth-dive.h5"
+DEMO_ROOT = REPO_ROOT / "data" / "synth-dive"
+Z = 2.0
+
+
+def cells(dataset: str) -> list[tuple[str, float]]:
+    if dataset == "demo":
+        return [("final_score", 0.2)]
+    return [(target, ratio) for target in ("TES", "PCS") for ratio in (0.1, 0.25)]
+
+
+def config_of(dataset: str, target: str, ratio: float, seed: int, overrides: list[str] = ()) -> dict:
+    variant = "trs" + "".join(f":{override}" for override in overrides)
+    if dataset == "demo":
+        return build(variant, target, ratio, seed, DEMO_CACHE, DEMO_ROOT, dataset="mtl-aqa")
+    return build(variant, target, ratio, seed, DEFAULT_CACHE, DEFAULT_FISV_DIR)
+
+
+def gate_only(dataset: str, target: str, ratio: float, seed: int) -> dict:
+    """Both rules' choices from one run of the gate's fold jobs on this split (no training)."""
+    import dataclasses
+
+    import torch
+
+    from train.config import config_from_json
+    from train.data import prepare_data
+    from train.methods import make_method
+    from train.methods.gate import decide, plan_gate, run_fold_jobs
+    from train.tune import without_test
+
+    torch.set_num_threads(1)
+    config = config_from_json(config_of(dataset, target, ratio, seed), "study")
+    method = make_method(config, without_test(prepare_data(config)))
+    plan = plan_gate(method)
+    record = {"dataset": dataset, "target": target, "ratio": ratio, "seed": seed, "kind": "gate",
+              "n_labelled": plan.outcome["n_labelled"]}
+    if plan.decided is not None:
+        return {**record, "margin_choice": plan.decided["chosen"], "paired_choice": plan.decided["chosen"]}
+    with torch.random.fork_rng(devices=[]):
+        values = run_fold_jobs(method, plan)
+    margin = decide(method, plan, values)
+    method.config = dataclasses.replace(config, semi=dataclasses.replace(config.semi, gate_paired_z=Z))
+    paired = decide(method, plan, values)
+    return {**record, "default": margin["default"], "estimates": margin["estimates"], "margin": margin["margin"],
+            "margin_choice": margin["chosen"], "paired_choice": paired["chosen"],
+            "paired_differences": paired["paired_differences"]}
+
+
+def full_runs(dataset: str, target: str, ratio: float, seed: int) -> dict:
+    """Validation Spearman of the full trs run under each rule (for a split where they disagree)."""
+    results = {}
+    for name, overrides in (("margin", []), ("paired", [f"semi.gate_paired_z={Z:g}"])):
+        result = run_in_process(config_of(dataset, target, ratio, seed, overrides), threads=1)
+        results[name] = {"validation_spearman": result["validation_spearman"],
+                         "chosen": (result.get("gate") or {}).get("chosen")}
+    return {"dataset": dataset, "target": target, "ratio": ratio, "seed": seed, "kind": "runs", **results}
+
+
+def _task(arguments):
+    kind, *rest = arguments
+    return gate_only(*rest) if kind == "gate" else full_runs(*rest)
+
+
+def load(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def report(records: list[dict]) -> str:
+    """Per cell: splits, how often each rule keeps the graph, disagreements, and the paired rule's
+    validation Spearman minus the margin rule's, averaged over every split of the cell (zero where
+    they agree) and over the disagreements alone."""
+    gates = {(r["dataset"], r["target"], r["ratio"], r["seed"]): r for r in records if r["kind"] == "gate"}
+    runs = {(r["dataset"], r["target"], r["ratio"], r["seed"]): r for r in records if r["kind"] == "runs"}
+    lines = ["| dataset | cell | splits | graph kept (margin / paired) | disagreements | measured | "
+             "Δ paired − margin over disagreements | Δ per split (all splits) |", "|---|---|---|---|---|---|---|---|"]
+    by_cell: dict[tuple, list] = {}
+    for key, record in gates.items():
+        by_cell.setdefault(key[:3], []).append(record)
+    for (dataset, target, ratio), group in sorted(by_cell.items()):
+        def kept(choice):
+            return "graph 0" not in choice
+        disagreements = [r for r in group if r["margin_choice"] != r["paired_choice"]]
+        deltas = []
+        for r in disagreements:
+            run = runs.get((dataset, target, ratio, r["seed"]))
+            if run is not None:
+                deltas.append(run["paired"]["validation_spearman"] - run["margin"]["validation_spearman"])
+        measured = len(deltas)
+        over = f"{np.mean(deltas):+.3f} ({', '.join(f'{d:+.3f}' for d in deltas)})" if deltas else ""
+        per_split = f"{np.sum(deltas) / len(group):+.4f}" if measured == len(disagreements) else "incomplete"
+        lines.append(f"| {dataset} | {target} {ratio:g} | {len(group)} | {sum(kept(r['margin_choice']) for r in group)}"
+                     f" / {sum(kept(r['paired_choice']) for r in group)} | {len(disagreements)} | {measured} | {over} "
+                     f"| {per_split} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    from train.sweep import parse_seeds
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--dataset", choices=["demo", "fis-v"], default="demo")
+    parser.add_argument("--seeds", default="0-49")
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--report", action="store_true")
+    args = parser.parse_args(argv)
+    records = load(args.results)
+    if args.report:
+        print(report(records))
+        return 0
+    if args.dataset == "demo" and not DEMO_CACHE.is_file():
+        sys.exit(f"error: {DEMO_CACHE}: no demo features (run make extract first)")
+    if args.dataset == "fis-v":
+        ensure_fisv_cache(DEFAULT_FISV_DIR, DEFAULT_CACHE)
+    done = {(r["kind"], r["dataset"], r["target"], r["ratio"], r["seed"]) for r in records}
+    seeds = parse_seeds(args.seeds)
+    tasks = [("gate", args.dataset, target, ratio, seed) for seed in seeds for target, ratio in cells(args.dataset)
+             if ("gate", args.dataset, target, ratio, seed) not in done]
+    with ProcessPoolExecutor(args.jobs) as pool:
+        for record in pool.map(_task, tasks):
+            append_result(args.results, record)
+            records.append(record)
+    disagreements = [("runs", r["dataset"], r["target"], r["ratio"], r["seed"]) for r in records
+                     if r["kind"] == "gate" and r["dataset"] == args.dataset and r["seed"] in seeds
+                     and r["margin_choice"] != r["paired_choice"]
+                     and ("runs", r["dataset"], r["target"], r["ratio"], r["seed"]) not in done]
+    print(f"{len(disagreements)} split(s) where the rules disagree: training both ways", flush=True)
+    with ProcessPoolExecutor(args.jobs) as pool:
+        for record in pool.map(_task, disagreements):
+            append_result(args.results, record)
+    print(report(load(args.results)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
