@@ -38,6 +38,8 @@ RESULTS = REPO_ROOT / "bench" / "results" / "gate_rule_study.jsonl"
 DEMO_CACHE = REPO_ROOT / "features" / "synth-dive.h5"
 DEMO_ROOT = REPO_ROOT / "data" / "synth-dive"
 Z = 2.0
+GRAPH_MARGIN = -0.5  # the second question: the graph's own margin (semi.gate_graph_margin)
+RULES = {"paired": f"semi.gate_paired_z={Z:g}", "graph_margin": f"semi.gate_graph_margin={GRAPH_MARGIN:g}"}
 
 
 def cells(dataset: str) -> list[tuple[str, float]]:
@@ -83,19 +85,42 @@ def gate_only(dataset: str, target: str, ratio: float, seed: int) -> dict:
             "paired_differences": paired["paired_differences"]}
 
 
-def full_runs(dataset: str, target: str, ratio: float, seed: int) -> dict:
+def graph_margin_choice(record: dict) -> str:
+    """What ``semi.gate_graph_margin = GRAPH_MARGIN`` chooses from a gate record's estimates."""
+    from train.config import preset_config
+    from train.methods.gate import gate_options, graph_must_earn_its_place, margin_choice
+
+    if "estimates" not in record:
+        return record["margin_choice"]
+    options = gate_options(preset_config("default", "trs"))
+    default = next(option for option in options if option.name == record["default"])
+    candidates, start = graph_must_earn_its_place(options, record["estimates"], default, GRAPH_MARGIN,
+                                                  record["margin"])
+    return margin_choice({option.name: record["estimates"][option.name] for option in candidates}, start.name,
+                         record["margin"])
+
+
+def rule_choice(record: dict, rule: str) -> str:
+    return record["paired_choice"] if rule == "paired" else graph_margin_choice(record)
+
+
+def full_runs(dataset: str, target: str, ratio: float, seed: int, rules=("margin", "paired")) -> dict:
     """Validation Spearman of the full trs run under each rule (for a split where they disagree)."""
     results = {}
-    for name, overrides in (("margin", []), ("paired", [f"semi.gate_paired_z={Z:g}"])):
+    for name in rules:
+        overrides = [] if name == "margin" else [RULES[name]]
         result = run_in_process(config_of(dataset, target, ratio, seed, overrides), threads=1)
         results[name] = {"validation_spearman": result["validation_spearman"],
                          "chosen": (result.get("gate") or {}).get("chosen")}
-    return {"dataset": dataset, "target": target, "ratio": ratio, "seed": seed, "kind": "runs", **results}
+    kind = "runs" if tuple(rules) == ("margin", "paired") else "runs-" + "-".join(rules)
+    return {"dataset": dataset, "target": target, "ratio": ratio, "seed": seed, "kind": kind, **results}
 
 
 def _task(arguments):
     kind, *rest = arguments
-    return gate_only(*rest) if kind == "gate" else full_runs(*rest)
+    if kind == "gate":
+        return gate_only(*rest)
+    return full_runs(*rest) if kind == "runs" else full_runs(*rest, rules=tuple(kind.split("-")[1:]))
 
 
 def load(path: Path) -> list[dict]:
@@ -104,31 +129,43 @@ def load(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def report(records: list[dict]) -> str:
-    """Per cell: splits, how often each rule keeps the graph, disagreements, and the paired rule's
+def outcomes(records: list[dict], rule: str) -> dict[tuple, float]:
+    """Per split where ``rule`` and the margin rule disagree: the rule's validation Spearman minus
+    the margin rule's, from whichever records trained them (a margin run is the same run in any)."""
+    margin, other = {}, {}
+    for record in records:
+        if record["kind"].startswith("runs"):
+            key = (record["dataset"], record["target"], record["ratio"], record["seed"])
+            if "margin" in record:
+                margin[key] = record["margin"]["validation_spearman"]
+            if rule in record:
+                other[key] = record[rule]["validation_spearman"]
+    return {key: other[key] - margin[key] for key in other if key in margin}
+
+
+def report(records: list[dict], rule: str = "paired") -> str:
+    """Per cell: splits, how often each rule keeps the graph, disagreements, and ``rule``'s
     validation Spearman minus the margin rule's, averaged over every split of the cell (zero where
     they agree) and over the disagreements alone."""
     gates = {(r["dataset"], r["target"], r["ratio"], r["seed"]): r for r in records if r["kind"] == "gate"}
-    runs = {(r["dataset"], r["target"], r["ratio"], r["seed"]): r for r in records if r["kind"] == "runs"}
-    lines = ["| dataset | cell | splits | graph kept (margin / paired) | disagreements | measured | "
-             "Δ paired − margin over disagreements | Δ per split (all splits) |", "|---|---|---|---|---|---|---|---|"]
+    deltas_by_key = outcomes(records, rule)
+    lines = [f"Rule: {RULES[rule]} against the margin rule",
+             "| dataset | cell | splits | graph kept (margin / rule) | disagreements | measured | "
+             "Δ rule − margin over disagreements | Δ per split (all splits) |", "|---|---|---|---|---|---|---|---|"]
     by_cell: dict[tuple, list] = {}
     for key, record in gates.items():
         by_cell.setdefault(key[:3], []).append(record)
     for (dataset, target, ratio), group in sorted(by_cell.items()):
         def kept(choice):
             return "graph 0" not in choice
-        disagreements = [r for r in group if r["margin_choice"] != r["paired_choice"]]
-        deltas = []
-        for r in disagreements:
-            run = runs.get((dataset, target, ratio, r["seed"]))
-            if run is not None:
-                deltas.append(run["paired"]["validation_spearman"] - run["margin"]["validation_spearman"])
+        disagreements = [r for r in group if r["margin_choice"] != rule_choice(r, rule)]
+        deltas = [deltas_by_key[(dataset, target, ratio, r["seed"])] for r in disagreements
+                  if (dataset, target, ratio, r["seed"]) in deltas_by_key]
         measured = len(deltas)
         over = f"{np.mean(deltas):+.3f} ({', '.join(f'{d:+.3f}' for d in deltas)})" if deltas else ""
         per_split = f"{np.sum(deltas) / len(group):+.4f}" if measured == len(disagreements) else "incomplete"
         lines.append(f"| {dataset} | {target} {ratio:g} | {len(group)} | {sum(kept(r['margin_choice']) for r in group)}"
-                     f" / {sum(kept(r['paired_choice']) for r in group)} | {len(disagreements)} | {measured} | {over} "
+                     f" / {sum(kept(rule_choice(r, rule)) for r in group)} | {len(disagreements)} | {measured} | {over} "
                      f"| {per_split} |")
     return "\n".join(lines)
 
@@ -141,11 +178,13 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", default="0-49")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--rule", choices=sorted(RULES), default="paired",
+                        help="the rule compared with the margin rule (paired: z = 2; graph_margin: g = -0.5)")
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args(argv)
     records = load(args.results)
     if args.report:
-        print(report(records))
+        print(report(records, args.rule))
         return 0
     if args.dataset == "demo" and not DEMO_CACHE.is_file():
         sys.exit(f"error: {DEMO_CACHE}: no demo features (run make extract first)")
@@ -159,15 +198,23 @@ def main(argv=None) -> int:
         for record in pool.map(_task, tasks):
             append_result(args.results, record)
             records.append(record)
-    disagreements = [("runs", r["dataset"], r["target"], r["ratio"], r["seed"]) for r in records
-                     if r["kind"] == "gate" and r["dataset"] == args.dataset and r["seed"] in seeds
-                     and r["margin_choice"] != r["paired_choice"]
-                     and ("runs", r["dataset"], r["target"], r["ratio"], r["seed"]) not in done]
-    print(f"{len(disagreements)} split(s) where the rules disagree: training both ways", flush=True)
+    measured = outcomes(records, args.rule)
+    trained = {key for record in records if record["kind"].startswith("runs") and "margin" in record
+               for key in [(record["dataset"], record["target"], record["ratio"], record["seed"])]}
+    disagreements = []
+    for r in records:
+        key = (r["dataset"], r["target"], r["ratio"], r["seed"])
+        if (r["kind"] == "gate" and r["dataset"] == args.dataset and r["seed"] in seeds
+                and r["margin_choice"] != rule_choice(r, args.rule) and key not in measured):
+            # a margin run already made (for another rule) is reused: the same run
+            rules = (args.rule,) if key in trained else ("margin", args.rule)
+            kind = "runs" if rules == ("margin", "paired") else "runs-" + "-".join(rules)
+            disagreements.append((kind, *key))
+    print(f"{len(disagreements)} split(s) where the rules disagree: training them", flush=True)
     with ProcessPoolExecutor(args.jobs) as pool:
         for record in pool.map(_task, disagreements):
             append_result(args.results, record)
-    print(report(load(args.results)))
+    print(report(load(args.results), args.rule))
     return 0
 
 
