@@ -211,8 +211,9 @@ def main(argv=None) -> int:
         return 0
     if args.dataset == "fis-v":
         ensure_fisv_cache(DEFAULT_FISV_DIR, DEFAULT_CACHE)
-    first, _, last = args.seeds.partition("-")
-    seeds = range(int(first), int(last or first) + 1)
+    from train.sweep import parse_seeds
+
+    seeds = parse_seeds(args.seeds)
     done = {(r["dataset"], r["target"], r["ratio"], r["seed"], r["variant"]) for r in load(args.results)}
     tasks = [(args.dataset, target, ratio, seed, variant) for seed in seeds for target, ratio in cells(args.dataset)
              for variant in args.variants.split(",") if (args.dataset, target, ratio, seed, variant) not in done]
