@@ -389,8 +389,8 @@ def _head_outputs(run: TrainedRun, tokens: np.ndarray) -> tuple[np.ndarray, np.n
     if count % INFERENCE_BATCH == 1:
         # A batch of one row takes the matrix-vector path, whose sums round differently from the
         # matrix-matrix one of the trainer's batches: score the last video beside a copy of itself.
-        # This keeps most CPUs at the trainer's digits; another batch shape may still round its
-        # sums differently on some (float32 rounding, tests/train/test_predict.py).
+        # That kept the trainer's digits on the CPUs it was written on; on others any change of batch
+        # shape may still round differently (float32 rounding; tests/train/test_predict.py).
         inputs = torch.cat([inputs, inputs[-1:]])
     value, log_variance = predict_in_batches(run.student, torch.arange(len(inputs)), lambda rows: inputs[rows])
     return value[:count].double().numpy(), log_variance[:count].double().numpy()
