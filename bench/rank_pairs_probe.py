@@ -42,7 +42,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.fisv_common import append_result, ensure_fisv_cache, DEFAULT_CACHE, DEFAULT_FISV_DIR, REPO_ROOT  # noqa: E402
-from bench.gate_rule_study import cells, config_of  # noqa: E402
+from bench.gate_rule_study import DEMO_CACHE, cells, config_of, load  # noqa: E402
 from bench.tune_fisv import _mean_se  # noqa: E402
 
 RESULTS = REPO_ROOT / "bench" / "results" / "rank_pairs.jsonl"
@@ -101,7 +101,6 @@ def rank_method_class():
                 squared, nll = regression_loss(value, log_variance, targets)
                 order = (targets[:, None] > targets[None, :]).float()
                 rank = pair_loss(value, order, targets[:, None] != targets[None, :])
-                self._current_batch = unlabelled
                 loss_on_unlabelled = unlabelled_loss(unlabelled)
                 if self.rank_unlabelled:
                     rank = rank + self._unlabelled_rank_loss(unlabelled, truth_of)
@@ -166,12 +165,6 @@ def run(arguments) -> dict:
             "gate_chosen": (fitted.method.gate or {}).get("chosen"), "rank_counts": counts}
 
 
-def load(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
 def report(records: list[dict]) -> str:
     by = {(r["dataset"], r["target"], r["ratio"], r["seed"], r["variant"]): r for r in records}
     lines = ["| cell | variant | Δ validation ρ vs trs (mean ± se) | wins | n | trusted pairs (correct) |",
@@ -209,6 +202,8 @@ def main(argv=None) -> int:
     if args.report:
         print(report(load(args.results)))
         return 0
+    if args.dataset == "demo" and not DEMO_CACHE.is_file():
+        sys.exit(f"error: {DEMO_CACHE}: no demo features (run make extract first)")
     if args.dataset == "fis-v":
         ensure_fisv_cache(DEFAULT_FISV_DIR, DEFAULT_CACHE)
     from train.sweep import parse_seeds
