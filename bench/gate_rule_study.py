@@ -9,6 +9,9 @@ choice of both rules from the same fold estimates. Step 2 trains the full ``trs`
 (``semi.gate_paired_z`` unset / 2) only where they disagree and records the validation Spearman;
 where they agree the runs are identical, so the paired difference is exactly zero there.
 
+``--rule graph_margin`` (session 11) and ``--rule fisher`` (session 13: the margin rule on Fisher's z
+scale, ``semi.gate_scale=fisher``) ask the same of other rules, applied offline to the same records.
+
 Validation splits only (25 % of the training videos held out, as ``bench/tune_fisv.py``; the test
 split is never read): Fis-V (TES/PCS x 10 %/25 %) and the demo's dives (20 %).
 
@@ -39,7 +42,8 @@ DEMO_CACHE = REPO_ROOT / "features" / "synth-dive.h5"
 DEMO_ROOT = REPO_ROOT / "data" / "synth-dive"
 Z = 2.0
 GRAPH_MARGIN = -0.5  # the second question: the graph's own margin (semi.gate_graph_margin)
-RULES = {"paired": f"semi.gate_paired_z={Z:g}", "graph_margin": f"semi.gate_graph_margin={GRAPH_MARGIN:g}"}
+RULES = {"paired": f"semi.gate_paired_z={Z:g}", "graph_margin": f"semi.gate_graph_margin={GRAPH_MARGIN:g}",
+         "fisher": "semi.gate_scale=fisher"}  # the third question (session 13): the margin on Fisher's z scale
 
 
 def cells(dataset: str) -> list[tuple[str, float]]:
@@ -85,23 +89,28 @@ def gate_only(dataset: str, target: str, ratio: float, seed: int) -> dict:
             "paired_differences": paired["paired_differences"]}
 
 
-def graph_margin_choice(record: dict) -> str:
-    """What ``semi.gate_graph_margin = GRAPH_MARGIN`` chooses from a gate record's estimates."""
+def offline_choice(record: dict, graph_margin: float | None = None, scale: str = "spearman") -> str:
+    """What the margin rule with ``semi.gate_graph_margin = graph_margin`` and ``semi.gate_scale =
+    scale`` chooses from a gate record's estimates (the product's own functions, as ``decide``)."""
     from train.config import preset_config
-    from train.methods.gate import gate_options, graph_must_earn_its_place, margin_choice
+    from train.methods.gate import gate_margin, gate_options, graph_must_earn_its_place, margin_choice, on_scale
 
     if "estimates" not in record:
         return record["margin_choice"]
     options = gate_options(preset_config("default", "trs"))
     default = next(option for option in options if option.name == record["default"])
-    candidates, start = graph_must_earn_its_place(options, record["estimates"], default, GRAPH_MARGIN,
-                                                  record["margin"])
-    return margin_choice({option.name: record["estimates"][option.name] for option in candidates}, start.name,
-                         record["margin"])
+    compared = on_scale(record["estimates"], scale)
+    margin = gate_margin(record["n_labelled"], scale)
+    candidates, start = graph_must_earn_its_place(options, compared, default, graph_margin, margin)
+    return margin_choice({option.name: compared[option.name] for option in candidates}, start.name, margin)
 
 
 def rule_choice(record: dict, rule: str) -> str:
-    return record["paired_choice"] if rule == "paired" else graph_margin_choice(record)
+    if rule == "paired":
+        return record["paired_choice"]
+    if rule == "fisher":
+        return offline_choice(record, scale="fisher")
+    return offline_choice(record, graph_margin=GRAPH_MARGIN)
 
 
 def full_runs(dataset: str, target: str, ratio: float, seed: int, rules=("margin", "paired")) -> dict:
@@ -179,7 +188,8 @@ def main(argv=None) -> int:
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--results", type=Path, default=RESULTS)
     parser.add_argument("--rule", choices=sorted(RULES), default="paired",
-                        help="the rule compared with the margin rule (paired: z = 2; graph_margin: g = -0.5)")
+                        help="the rule compared with the margin rule (paired: z = 2; graph_margin: g = -0.5; "
+                             "fisher: the margin on Fisher's z scale)")
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args(argv)
     records = load(args.results)

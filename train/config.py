@@ -39,6 +39,7 @@ DifficultyMode = Literal["auto", "on", "off"]
 GraphFeatures = Literal["tokens", "pooled"]
 Fusion = Literal["precision", "balanced"]
 PseudoSpread = Literal["as_is", "std", "quantiles"]
+GateScale = Literal["spearman", "fisher"]
 METHODS = typing.get_args(Method)
 PRESETS = typing.get_args(Preset)
 DATASET_KINDS = typing.get_args(DatasetKind)
@@ -247,6 +248,11 @@ class SemiConfig(CheckedConfig):
     # on validation splits it was no better than the margin rule (z = 1, 1.5 worse; research
     # log, session 4).
     gate_paired_z: float | None = None
+    # The scale the margin rule (and the graph's own margin) compares estimates on. "spearman":
+    # the estimates as they are, margin 1/sqrt(n). "fisher": atanh of the estimates, margin
+    # sqrt(1.06 / (n - 3)), the spread of a Spearman on Fisher's z scale (Fieller, Hartley and
+    # Pearson 1957), which unlike 1/sqrt(n) holds for correlations far from zero.
+    gate_scale: GateScale = "spearman"
 
     def check(self) -> None:
         _non_negative(self, "semi_epochs", "unlabelled_weight", "graph_strength", "gate_epochs",
@@ -258,6 +264,8 @@ class SemiConfig(CheckedConfig):
         require(self.gate_paired_z is None or (math.isfinite(self.gate_paired_z) and self.gate_paired_z >= 0),
                 "gate_paired_z", f"must be a non-negative number of standard errors (or null: the margin rule), "
                 f"got {self.gate_paired_z!r}")
+        require(self.gate_scale == "spearman" or self.gate_paired_z is None, "gate_scale",
+                f"{self.gate_scale!r} applies to the margin rule; unset gate_paired_z to use it")
         _share(self, "ema_decay", "memory_decay", "graph_test_share", one_allowed=True)
 
 

@@ -18,7 +18,8 @@ from train.data import prepare_data
 from train.methods import CheckpointMismatch, make_method
 from train.methods import gate as gate_module
 from train.methods.gate import (
-    GateOption, gate_options, graph_must_earn_its_place, margin_choice, paired_choice, paired_differences, run_gate,
+    GateOption, gate_margin, gate_options, graph_must_earn_its_place, margin_choice, on_scale, paired_choice,
+    paired_differences, run_gate,
 )
 from train.methods.pseudo_labels import GraphRefiner
 
@@ -152,6 +153,41 @@ def test_a_run_with_the_paired_rule_records_it_and_chooses_one_of_its_options(ti
     assert outcome["chosen"] == paired_choice(outcome["paired_differences"], outcome["default"], 0.0)
     never = fit(config_for(tiny_dataset, fast, "semi.gate_paired_z=1e6"), progress=False).diagnostics["gate"]
     assert never["chosen"] == never["default"] and never["fold_estimates"] == outcome["fold_estimates"]
+
+
+def test_on_the_fisher_scale_a_lead_between_high_correlations_counts_for_more():
+    assert gate_margin(45, "spearman") == pytest.approx(1 / 45 ** 0.5)
+    assert gate_margin(45, "fisher") == pytest.approx((1.06 / 42) ** 0.5)
+    assert gate_margin(3, "fisher") == pytest.approx(1.06 ** 0.5)  # never a division by zero
+    # The demo's test seed 0 (45 labelled dives): no graph 0.593 against the graph's 0.463.
+    dives = {"graph": 0.463, "no graph": 0.593}
+    assert margin_choice(on_scale(dives, "spearman"), "graph", gate_margin(45, "spearman")) == "graph"
+    assert margin_choice(on_scale(dives, "fisher"), "graph", gate_margin(45, "fisher")) == "no graph"
+    # The same lead between low correlations is not enough on either scale.
+    low = {"graph": 0.10, "no graph": 0.23}
+    for scale in ("spearman", "fisher"):
+        assert margin_choice(on_scale(low, scale), "graph", gate_margin(45, scale)) == "graph"
+    # atanh keeps the order, keeps undefined estimates undefined and stays finite at +-1.
+    values = on_scale({"a": -1.0, "b": 0.0, "c": 0.5, "d": 1.0, "e": None}, "fisher")
+    assert values["a"] < values["b"] == 0.0 < values["c"] < values["d"] < 4 and values["e"] is None
+    assert on_scale({"a": 0.3}, "spearman") == {"a": 0.3}
+
+
+def test_a_run_on_the_fisher_scale_records_it_and_decides_from_the_same_folds(tiny_dataset, fast, gated):
+    outcome = fit(config_for(tiny_dataset, fast, "semi.gate_scale=fisher"), progress=False).diagnostics["gate"]
+    default = gated["on"].diagnostics["gate"]
+    assert "scale" not in default  # a default run's outcome is as before
+    assert outcome["scale"] == "fisher" and outcome["margin"] == gate_margin(outcome["n_labelled"], "fisher")
+    assert outcome["fold_estimates"] == default["fold_estimates"] and outcome["estimates"] == default["estimates"]
+    assert outcome["chosen"] == margin_choice(on_scale(outcome["estimates"], "fisher"), outcome["default"],
+                                              outcome["margin"])
+
+
+@pytest.mark.parametrize("flags, field", [(["semi.gate_scale=kendall"], "gate_scale"),
+                                          (["semi.gate_scale=fisher", "semi.gate_paired_z=2"], "gate_scale")])
+def test_a_gate_scale_that_is_unknown_or_beside_the_paired_rule_is_a_user_error(tiny_dataset, fast, flags, field):
+    with pytest.raises(UserError, match=field):
+        config_for(tiny_dataset, fast, *flags)
 
 
 @pytest.mark.parametrize("value", ["-1", "nan", "inf"])

@@ -22,7 +22,7 @@ videos), in turn at the gate otherwise.
 
 The *default* option (the configuration as given) is kept unless another beats it by more than
 ``1 / sqrt(n_labelled)`` (a plain argmax chases fold noise: docs/research/issue11-2026-12-01.md,
-section 2), or, with ``semi.gate_paired_z`` set, unless another's per-fold paired difference from
+section 2; with ``semi.gate_scale = "fisher"``, atanh of the estimates by ``sqrt(1.06 / (n - 3))``), or, with ``semi.gate_paired_z`` set, unless another's per-fold paired difference from
 it is more than that many standard errors above zero (:func:`paired_choice`). Validation and test
 videos are never looked at; the gate draws from its own generators and restores the global
 torch RNG, so a gate that keeps the default leaves the run exactly as with ``semi.gate=false``.
@@ -95,6 +95,26 @@ def fold_assignment(count: int, folds: int, seed: int) -> np.ndarray:
     return fold_of
 
 
+FISHER_CLIP = 0.999  # atanh is infinite at |rho| = 1
+
+
+def gate_margin(count: int, scale: str) -> float:
+    """The margin an option must beat the default by, on the rule's scale, with ``count`` labelled
+    videos: 1/sqrt(n) (the spread of a Spearman near zero) or, on Fisher's z scale, sqrt(1.06 / (n - 3))
+    (the spread of atanh of a Spearman, Fieller, Hartley and Pearson 1957)."""
+    if scale == "fisher":
+        return math.sqrt(1.06 / max(count - 3, 1))
+    return 1.0 / math.sqrt(count)
+
+
+def on_scale(estimates: dict[str, float | None], scale: str) -> dict[str, float | None]:
+    """The estimates as the rule compares them: as they are, or atanh of them (clipped to +-0.999)."""
+    if scale != "fisher":
+        return dict(estimates)
+    return {name: None if value is None else math.atanh(min(max(value, -FISHER_CLIP), FISHER_CLIP))
+            for name, value in estimates.items()}
+
+
 def margin_choice(scores: dict[str, float | None], default: str, margin: float) -> str:
     """``default`` unless the best-scoring option beats it by more than ``margin`` (None scores lose)."""
     value = {name: (-math.inf if score is None else score) for name, score in scores.items()}
@@ -161,8 +181,10 @@ def plan_gate(method) -> GatePlan:
     count = len(method.labelled)
     options = gate_options(config)
     default = options[0]
-    outcome = {"folds": 0, "n_labelled": count, "margin": 1.0 / math.sqrt(count), "default": default.name,
+    outcome = {"folds": 0, "n_labelled": count, "margin": gate_margin(count, semi.gate_scale), "default": default.name,
                "options": {option.name: option.to_state() for option in options}}
+    if semi.gate_scale != "spearman":  # default runs' outcomes stay as they were
+        outcome["scale"] = semi.gate_scale
     folds = min(semi.gate_folds, count // 2)  # at least two labelled videos per fold
     if folds < 2 or len(options) == 1:
         decided = {**outcome, "chosen": default.name, "estimates": {}, "fold_estimates": {},
@@ -222,11 +244,12 @@ def decide(method, plan: GatePlan, held_values: list[dict[str, np.ndarray]]) -> 
             per_fold[name].append(spearman(truth[job.held], values))
     pooled = {option.name: [spearman(truth, repeat[option.name]) for repeat in out_of_fold] for option in options}
     estimates = {name: _mean_or_none(values) for name, values in pooled.items()}
-    candidates, start = graph_must_earn_its_place(options, estimates, default, semi.gate_graph_margin, margin)
+    compared = on_scale(estimates, semi.gate_scale)
+    candidates, start = graph_must_earn_its_place(options, compared, default, semi.gate_graph_margin, margin)
     names = [option.name for option in candidates]
     rule: dict = {"rule": "margin"}
     if semi.gate_paired_z is None:
-        chosen = margin_choice({name: estimates[name] for name in names}, start.name, margin)
+        chosen = margin_choice({name: compared[name] for name in names}, start.name, margin)
     else:
         differences = paired_differences({name: per_fold[name] for name in names}, start.name)
         chosen = paired_choice(differences, start.name, semi.gate_paired_z)
