@@ -52,8 +52,13 @@ def cells(dataset: str) -> list[tuple[str, float]]:
     return [(target, ratio) for target in ("TES", "PCS") for ratio in (0.1, 0.25)]
 
 
+# The rule every question is asked against: the margin rule as it was before session 13 (the
+# default since is its Fisher-scale form, the third question), so the records stay comparable.
+BASELINE = ["semi.gate_scale=spearman"]
+
+
 def config_of(dataset: str, target: str, ratio: float, seed: int, overrides: list[str] = ()) -> dict:
-    variant = "trs" + "".join(f":{override}" for override in overrides)
+    variant = "trs:" + ";".join([*BASELINE, *overrides])  # later assignments win
     if dataset == "demo":
         return build(variant, target, ratio, seed, DEMO_CACHE, DEMO_ROOT, dataset="mtl-aqa")
     return build(variant, target, ratio, seed, DEFAULT_CACHE, DEFAULT_FISV_DIR)

@@ -173,21 +173,22 @@ def test_on_the_fisher_scale_a_lead_between_high_correlations_counts_for_more():
     assert on_scale({"a": 0.3}, "spearman") == {"a": 0.3}
 
 
-def test_a_run_on_the_fisher_scale_records_it_and_decides_from_the_same_folds(tiny_dataset, fast, gated):
-    outcome = fit(config_for(tiny_dataset, fast, "semi.gate_scale=fisher"), progress=False).diagnostics["gate"]
+def test_the_gate_decides_on_the_fisher_scale_by_default_and_on_either_from_the_same_folds(tiny_dataset, fast,
+                                                                                          gated):
     default = gated["on"].diagnostics["gate"]
-    assert "scale" not in default  # a default run's outcome is as before
-    assert outcome["scale"] == "fisher" and outcome["margin"] == gate_margin(outcome["n_labelled"], "fisher")
-    assert outcome["fold_estimates"] == default["fold_estimates"] and outcome["estimates"] == default["estimates"]
-    assert outcome["chosen"] == margin_choice(on_scale(outcome["estimates"], "fisher"), outcome["default"],
-                                              outcome["margin"])
+    plain = fit(config_for(tiny_dataset, fast, "semi.gate_scale=spearman"), progress=False).diagnostics["gate"]
+    for outcome, scale in ((default, "fisher"), (plain, "spearman")):
+        assert outcome["rule"] == "margin" and outcome["scale"] == scale
+        assert outcome["margin"] == gate_margin(outcome["n_labelled"], scale)
+        assert outcome["chosen"] == margin_choice(on_scale(outcome["estimates"], scale), outcome["default"],
+                                                  outcome["margin"])
+    assert plain["fold_estimates"] == default["fold_estimates"] and plain["estimates"] == default["estimates"]
 
 
-@pytest.mark.parametrize("flags, field", [(["semi.gate_scale=kendall"], "gate_scale"),
-                                          (["semi.gate_scale=fisher", "semi.gate_paired_z=2"], "gate_scale")])
-def test_a_gate_scale_that_is_unknown_or_beside_the_paired_rule_is_a_user_error(tiny_dataset, fast, flags, field):
-    with pytest.raises(UserError, match=field):
-        config_for(tiny_dataset, fast, *flags)
+@pytest.mark.parametrize("value", ["kendall", "", "Fisher"])
+def test_an_unknown_gate_scale_is_a_user_error(tiny_dataset, fast, value):
+    with pytest.raises(UserError, match="gate_scale"):
+        config_for(tiny_dataset, fast, f"semi.gate_scale={value}")
 
 
 @pytest.mark.parametrize("value", ["-1", "nan", "inf"])
@@ -211,7 +212,7 @@ def test_the_gate_runs_after_the_burn_in_and_records_its_decision(gated):
     assert set(phases[:gate_at]) == {"supervised", "reference"} and set(phases[gate_at + 1:]) == {"semi"}
     outcome = gated["on"].diagnostics["gate"]
     n = len(method.labelled)
-    assert outcome["n_labelled"] == n and outcome["margin"] == pytest.approx(1 / np.sqrt(n))
+    assert outcome["n_labelled"] == n and outcome["margin"] == pytest.approx(np.sqrt(1.06 / (n - 3)))  # Fisher's z
     assert outcome["folds"] == 3 and outcome["default"] == "teacher+reference, graph 3"
     assert set(outcome["estimates"]) == set(outcome["options"]) == set(outcome["fold_estimates"])
     assert outcome["repeats"] == 3  # the default: three cross-fittings of 3 folds each

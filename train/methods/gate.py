@@ -21,9 +21,12 @@ burn-in, :func:`start_gate_early`, since the jobs need only the configuration an
 videos), in turn at the gate otherwise.
 
 The *default* option (the configuration as given) is kept unless another beats it by more than
-``1 / sqrt(n_labelled)`` (a plain argmax chases fold noise: docs/research/issue11-2026-12-01.md,
-section 2; with ``semi.gate_scale = "fisher"``, atanh of the estimates by ``sqrt(1.06 / (n - 3))``), or, with ``semi.gate_paired_z`` set, unless another's per-fold paired difference from
-it is more than that many standard errors above zero (:func:`paired_choice`). Validation and test
+a margin (a plain argmax chases fold noise: docs/research/issue11-2026-12-01.md, section 2): on
+Fisher's z scale (``semi.gate_scale = "fisher"``, the default), atanh of its estimate must beat the
+default's by ``sqrt(1.06 / (n_labelled - 3))``, the spread of a Spearman on that scale; with
+``"spearman"`` the estimates themselves by ``1 / sqrt(n_labelled)`` (research log, session 13).
+With ``semi.gate_paired_z`` set, it is kept unless another's per-fold paired difference from it
+is more than that many standard errors above zero (:func:`paired_choice`). Validation and test
 videos are never looked at; the gate draws from its own generators and restores the global
 torch RNG, so a gate that keeps the default leaves the run exactly as with ``semi.gate=false``.
 """
@@ -183,8 +186,6 @@ def plan_gate(method) -> GatePlan:
     default = options[0]
     outcome = {"folds": 0, "n_labelled": count, "margin": gate_margin(count, semi.gate_scale), "default": default.name,
                "options": {option.name: option.to_state() for option in options}}
-    if semi.gate_scale != "spearman":  # default runs' outcomes stay as they were
-        outcome["scale"] = semi.gate_scale
     folds = min(semi.gate_folds, count // 2)  # at least two labelled videos per fold
     if folds < 2 or len(options) == 1:
         decided = {**outcome, "chosen": default.name, "estimates": {}, "fold_estimates": {},
@@ -247,7 +248,7 @@ def decide(method, plan: GatePlan, held_values: list[dict[str, np.ndarray]]) -> 
     compared = on_scale(estimates, semi.gate_scale)
     candidates, start = graph_must_earn_its_place(options, compared, default, semi.gate_graph_margin, margin)
     names = [option.name for option in candidates]
-    rule: dict = {"rule": "margin"}
+    rule: dict = {"rule": "margin", "scale": semi.gate_scale}
     if semi.gate_paired_z is None:
         chosen = margin_choice({name: compared[name] for name in names}, start.name, margin)
     else:
