@@ -46,9 +46,9 @@ RULES = {"paired": f"semi.gate_paired_z={Z:g}", "graph_margin": f"semi.gate_grap
          "fisher": "semi.gate_scale=fisher"}  # the third question (session 13): the margin on Fisher's z scale
 
 
-def cells(dataset: str) -> list[tuple[str, float]]:
+def cells(dataset: str, demo_ratio: float = 0.2) -> list[tuple[str, float]]:
     if dataset == "demo":
-        return [("final_score", 0.2)]
+        return [("final_score", demo_ratio)]
     return [(target, ratio) for target in ("TES", "PCS") for ratio in (0.1, 0.25)]
 
 
@@ -195,6 +195,8 @@ def main(argv=None) -> int:
     parser.add_argument("--rule", choices=sorted(RULES), default="paired",
                         help="the rule compared with the margin rule (paired: z = 2; graph_margin: g = -0.5; "
                              "fisher: the margin on Fisher's z scale)")
+    parser.add_argument("--demo-ratio", type=float, default=0.2,
+                        help="labelled share of the dives' validation splits (0.2: the studies of sessions 11-13)")
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args(argv)
     records = load(args.results)
@@ -207,7 +209,8 @@ def main(argv=None) -> int:
         ensure_fisv_cache(DEFAULT_FISV_DIR, DEFAULT_CACHE)
     done = {(r["kind"], r["dataset"], r["target"], r["ratio"], r["seed"]) for r in records}
     seeds = parse_seeds(args.seeds)
-    tasks = [("gate", args.dataset, target, ratio, seed) for seed in seeds for target, ratio in cells(args.dataset)
+    tasks = [("gate", args.dataset, target, ratio, seed) for seed in seeds
+             for target, ratio in cells(args.dataset, args.demo_ratio)
              if ("gate", args.dataset, target, ratio, seed) not in done]
     with ProcessPoolExecutor(args.jobs) as pool:
         for record in pool.map(_task, tasks):
