@@ -115,7 +115,7 @@ def _legend_labels(rows, dataset, target):
         plt.close(figure)
 
 
-def test_rho_plot_draws_the_paper_points_only_for_mtl_aqa_final_score(tmp_path, make_run):
+def test_rho_plot_draws_the_paper_points_for_mtl_aqa_final_score_and_the_synthetic_dives_only(tmp_path, make_run):
     runs = _runs(
         tmp_path,
         make_run,
@@ -135,6 +135,13 @@ def test_rho_plot_draws_the_paper_points_only_for_mtl_aqa_final_score(tmp_path, 
     assert "Spearman" in axes.get_ylabel() and "labelled" in axes.get_xlabel()
     labels, _ = _legend_labels(rows, "fis-v", "TES")
     assert not any(PAPER_LABEL in label for label in labels)
+    labels, _ = _legend_labels(rows, "MTL-AQA", "difficulty")
+    assert not any(PAPER_LABEL in label for label in labels)
+    # The synthetic dives (MTL-AQA's layout, calibrated to its curve) show them as MTL-AQA's.
+    for synthetic in ("synth-dive", "synth-dive-s21"):
+        labels, _ = _legend_labels(rows, synthetic, "final_score")
+        assert [label for label in labels if PAPER_LABEL in label] == [
+            f"{method} (on MTL-AQA, {PAPER_LABEL})" for method in ("TRS", "CoRe", "S4AQA")]
 
 
 def test_paired_differences_against_the_baseline_seed_by_seed(tmp_path, make_run):
