@@ -1,0 +1,194 @@
+#!/usr/bin/env python
+"""Does masked-clip pretraining on the unlabelled videos help the head? Validation splits only.
+
+S4AQA's route to unlabelled videos is representation learning: recover masked segments of a
+video's feature sequence from the rest. On frozen clip features our reading is a pretraining of
+the student's own layers before its burn-in::
+
+    tokens [B, T, D] --input norm--> --projection--> [B, T, dim] --mask half the positions-->
+        (a learnt mask vector in their place) --mixer blocks--> --final norm--> --decoder-->
+        [B, T, D]: mean squared error, at the masked positions only, against the tokens'
+        features standardised per token (layer norm without affine)
+
+600 steps of batches of 32 weak views (``STEPS``, ``BATCH``, ``MASK_SHARE``: fixed before any
+run); AdamW with the run's learning rate and weight decay; then the decoder and the mask vector
+are dropped and the burn-in trains as ``supervised`` does (the score layer as initialised). The
+global torch RNG is restored after the pretraining, so the burn-in's dropout draws are those of
+plain ``supervised``; the pretraining draws from its own generator.
+
+Variants: ``supervised`` (as today), ``supervised-mask`` (pretraining on every training video,
+labelled and unlabelled; never a validation or test video), ``supervised-mask-labelled`` (the
+same steps on the labelled videos only: a control for pretraining as a mere regulariser).
+
+A probe (bench only; the pre-registration and results are in docs/research/issue11-2026-12-01.md,
+session 14). One JSONL line per run in ``bench/results/masked_pretrain.jsonl``.
+
+    python bench/masked_pretrain_probe.py --dataset demo --seeds 0-9 --jobs 2
+    python bench/masked_pretrain_probe.py --dataset fis-v --seeds 0-9 --jobs 2
+    python bench/masked_pretrain_probe.py --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.fisv_common import DEFAULT_CACHE, DEFAULT_FISV_DIR, REPO_ROOT, append_result, ensure_fisv_cache  # noqa: E402
+from bench.gate_rule_study import DEMO_CACHE, DEMO_ROOT, cells, load  # noqa: E402
+from bench.tune_fisv import _mean_se, build  # noqa: E402
+
+RESULTS = REPO_ROOT / "bench" / "results" / "masked_pretrain.jsonl"
+VARIANTS = {"supervised": None, "supervised-mask": "training", "supervised-mask-labelled": "labelled"}
+STEPS = 600
+BATCH = 32
+MASK_SHARE = 0.5
+PRETRAIN_STREAM = 11  # the pretraining's own seed stream (train.methods.supervised.stream_seed)
+
+
+def masked_method_class(videos: str | None):
+    """``SupervisedMethod`` whose student is pretrained by masked-token recovery on ``videos``."""
+    import torch
+    from torch import nn
+    from torch.nn import functional as F
+
+    from train.methods.supervised import SupervisedMethod, stream_seed
+    from train.models import make_optimiser
+    from train.views import ViewMaker, epoch_batches
+
+    class MaskedSupervised(SupervisedMethod):
+        def _build(self):
+            super()._build()
+            self.pretraining_loss = None
+            if videos is not None:
+                rng_state = torch.get_rng_state()
+                self.pretraining_loss = self._pretrain()
+                torch.set_rng_state(rng_state)
+
+        def _pretrain(self) -> list[float]:
+            student = self.student
+            generator = torch.Generator().manual_seed(stream_seed(self.config.seed, PRETRAIN_STREAM))
+            torch.manual_seed(stream_seed(self.config.seed, PRETRAIN_STREAM))  # dropout inside (restored after)
+            views = ViewMaker(self.tokens, self.config.views, generator)
+            pool = self.labelled if videos == "labelled" else torch.cat([self.labelled, self.unlabelled])
+            dim = student.project.out_features
+            mask_vector = nn.Parameter(torch.zeros(dim))
+            decoder = nn.Linear(dim, self.data.feature_dim)
+            parameters = [*student.input_norm.parameters(), *student.project.parameters(),
+                          *student.blocks.parameters(), *student.norm.parameters(), mask_vector,
+                          *decoder.parameters()]
+            optimiser = make_optimiser(parameters, self.config.optim)
+            student.train()
+            losses, steps = [], 0
+            while steps < STEPS:
+                for batch in epoch_batches(pool, BATCH, 1, generator):
+                    if steps == STEPS:
+                        break
+                    tokens = views.weak(batch)
+                    count, num_tokens, feature_dim = tokens.shape
+                    masked_count = max(1, round(MASK_SHARE * num_tokens))
+                    order = torch.rand((count, num_tokens), generator=generator).argsort(dim=1)
+                    masked = torch.zeros((count, num_tokens), dtype=torch.bool)
+                    masked.scatter_(1, order[:, :masked_count], True)
+                    hidden = student.project(student.input_dropout(student.input_norm(tokens)))
+                    hidden = torch.where(masked[..., None], mask_vector.expand_as(hidden), hidden)
+                    recovered = decoder(student.norm(student.blocks(hidden)))
+                    target = F.layer_norm(tokens, (feature_dim,))
+                    loss = ((recovered - target) ** 2)[masked].mean()
+                    optimiser.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimiser.step()
+                    losses.append(loss.item())
+                    steps += 1
+            student.train(False)
+            return [round(sum(losses[:50]) / 50, 5), round(sum(losses[-50:]) / 50, 5)]
+
+    return MaskedSupervised
+
+
+def run(arguments) -> dict:
+    dataset, target, ratio, seed, variant = arguments
+    import torch
+
+    from train.config import config_from_json
+    from train.data import prepare_data
+    from train.fitting import fit
+    from train.methods import METHOD_CLASSES
+    from train.tune import without_test
+
+    torch.set_num_threads(1)
+    METHOD_CLASSES["supervised"] = masked_method_class(VARIANTS[variant])  # this process only
+    if dataset == "demo":
+        plain = build("supervised", target, ratio, seed, DEMO_CACHE, DEMO_ROOT, dataset="mtl-aqa")
+    else:
+        plain = build("supervised", target, ratio, seed, DEFAULT_CACHE, DEFAULT_FISV_DIR)
+    config = config_from_json(plain, "probe")
+    fitted = fit(config, without_test(prepare_data(config)), progress=False)
+    return {"dataset": dataset, "target": target, "ratio": ratio, "seed": seed, "variant": variant,
+            "validation_spearman": fitted.validation["spearman"], "seconds": fitted.seconds,
+            "pretraining_loss": fitted.method.pretraining_loss}
+
+
+def report(records: list[dict]) -> str:
+    by = {(r["dataset"], r["target"], r["ratio"], r["seed"], r["variant"]): r for r in records}
+    comparisons = [("supervised-mask", "supervised"), ("supervised-mask-labelled", "supervised"),
+                   ("supervised-mask", "supervised-mask-labelled")]
+    lines = ["| cell | comparison | Δ validation ρ (mean ± se) | wins | n | baseline ρ |", "|---|---|---|---|---|---|"]
+    cell_means = {pair: [] for pair in comparisons}
+    for cell in sorted({key[:3] for key in by}):
+        for variant, baseline in comparisons:
+            diffs, base = [], []
+            for (d, t, r, s, v), record in by.items():
+                if (d, t, r) == cell and v == variant and (d, t, r, s, baseline) in by:
+                    other = by[(d, t, r, s, baseline)]["validation_spearman"]
+                    diffs.append(record["validation_spearman"] - other)
+                    base.append(other)
+            if not diffs:
+                continue
+            mean, se = _mean_se(diffs)
+            cell_means[(variant, baseline)].append(mean)
+            lines.append(f"| {cell[0]} {cell[1]} {cell[2]:g} | {variant} − {baseline} | {mean:+.4f} ± {se:.4f} | "
+                         f"{sum(d > 0 for d in diffs)}/{len(diffs)} | {len(diffs)} | {sum(base) / len(base):.3f} |")
+    for (variant, baseline), means in cell_means.items():
+        if means:
+            lines.append(f"| mean over {len(means)} cells | {variant} − {baseline} | {sum(means) / len(means):+.4f} "
+                         f"(lowest cell {min(means):+.4f}) | | | |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=["fis-v", "demo"], default="fis-v")
+    parser.add_argument("--seeds", default="0-9")
+    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--results", type=Path, default=RESULTS)
+    parser.add_argument("--report", action="store_true")
+    args = parser.parse_args(argv)
+    if args.report:
+        print(report(load(args.results)))
+        return 0
+    if args.dataset == "demo" and not DEMO_CACHE.is_file():
+        sys.exit(f"error: {DEMO_CACHE}: no demo features (run make extract first)")
+    if args.dataset == "fis-v":
+        ensure_fisv_cache(DEFAULT_FISV_DIR, DEFAULT_CACHE)
+    from train.sweep import parse_seeds
+
+    seeds = parse_seeds(args.seeds)
+    done = {(r["dataset"], r["target"], r["ratio"], r["seed"], r["variant"]) for r in load(args.results)}
+    tasks = [(args.dataset, target, ratio, seed, variant) for seed in seeds for target, ratio in cells(args.dataset)
+             for variant in args.variants.split(",") if (args.dataset, target, ratio, seed, variant) not in done]
+    with ProcessPoolExecutor(args.jobs) as pool:
+        for record in pool.map(run, tasks):
+            append_result(args.results, record)
+            print(json.dumps({k: record[k] for k in ("target", "ratio", "seed", "variant", "validation_spearman",
+                                                     "seconds", "pretraining_loss")}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
