@@ -43,62 +43,104 @@ from bench.gate_rule_study import DEMO_CACHE, DEMO_ROOT, cells, load  # noqa: E4
 from bench.tune_fisv import _mean_se, build  # noqa: E402
 
 RESULTS = REPO_ROOT / "bench" / "results" / "masked_pretrain.jsonl"
-VARIANTS = {"supervised": None, "supervised-mask": "training", "supervised-mask-labelled": "labelled"}
+# variant -> (when: None / "pretrain" (before the burn-in) / "joint" (added to every burn-in step),
+# which videos the masked-recovery task sees: "training" (labelled and unlabelled) or "labelled")
+VARIANTS = {"supervised": (None, None), "supervised-mask": ("pretrain", "training"),
+            "supervised-mask-labelled": ("pretrain", "labelled"), "supervised-aux": ("joint", "training"),
+            "supervised-aux-labelled": ("joint", "labelled")}
 STEPS = 600
 BATCH = 32
 MASK_SHARE = 0.5
+AUX_WEIGHT = 1.0  # the joint variants' weight of the recovery loss
 PRETRAIN_STREAM = 11  # the pretraining's own seed stream (train.methods.supervised.stream_seed)
 
 
-def masked_method_class(videos: str | None):
-    """``SupervisedMethod`` whose student is pretrained by masked-token recovery on ``videos``."""
+def masked_method_class(when: str | None, videos: str | None):
+    """``SupervisedMethod`` whose student learns masked-token recovery on ``videos``, before its
+    burn-in (``when="pretrain"``) or beside it, in every step (``"joint"``)."""
     import torch
     from torch import nn
     from torch.nn import functional as F
 
     from train.methods.supervised import SupervisedMethod, stream_seed
-    from train.models import make_optimiser
+    from train.models import make_optimiser, regression_loss
     from train.views import ViewMaker, epoch_batches
+
+    def recovery_loss(student, decoder, mask_vector, tokens, generator) -> torch.Tensor:
+        """Mean squared error of the masked tokens' standardised features, recovered from the rest."""
+        count, num_tokens, feature_dim = tokens.shape
+        masked_count = max(1, round(MASK_SHARE * num_tokens))
+        order = torch.rand((count, num_tokens), generator=generator).argsort(dim=1)
+        masked = torch.zeros((count, num_tokens), dtype=torch.bool)
+        masked.scatter_(1, order[:, :masked_count], True)
+        hidden = student.project(student.input_dropout(student.input_norm(tokens)))
+        hidden = torch.where(masked[..., None], mask_vector.expand_as(hidden), hidden)
+        recovered = decoder(student.norm(student.blocks(hidden)))
+        target = F.layer_norm(tokens, (feature_dim,))
+        return ((recovered - target) ** 2)[masked].mean()
 
     class MaskedSupervised(SupervisedMethod):
         def _build(self):
             super()._build()
             self.pretraining_loss = None
-            if videos is not None:
-                rng_state = torch.get_rng_state()
+            if when is None:
+                return
+            rng_state = torch.get_rng_state()
+            self.aux_generator = torch.Generator().manual_seed(stream_seed(self.config.seed, PRETRAIN_STREAM))
+            torch.manual_seed(stream_seed(self.config.seed, PRETRAIN_STREAM))
+            self.aux_views = ViewMaker(self.tokens, self.config.views, self.aux_generator)
+            self.aux_pool = self.labelled if videos == "labelled" else torch.cat([self.labelled, self.unlabelled])
+            self.mask_vector = nn.Parameter(torch.zeros(self.student.project.out_features))
+            self.decoder = nn.Linear(self.student.project.out_features, self.data.feature_dim)
+            self.aux_optimiser = make_optimiser([self.mask_vector, *self.decoder.parameters()], self.config.optim)
+            self.aux_rng = torch.get_rng_state()  # the auxiliary forward's own dropout stream
+            torch.set_rng_state(rng_state)
+            self.aux_losses = []
+            if when == "pretrain":  # its dropout draws from the pretraining's stream, then the run's is restored
+                torch.set_rng_state(self.aux_rng)
                 self.pretraining_loss = self._pretrain()
                 torch.set_rng_state(rng_state)
 
+        def _supervised_epoch(self) -> dict:
+            if when != "joint":
+                return super()._supervised_epoch()
+            self.student.train()
+            totals = {"loss": 0.0, "aux_loss": 0.0}
+            batches = epoch_batches(self.labelled, self.config.optim.batch_size,
+                                    self.config.optim.min_steps_per_epoch, self.generator)
+            for batch in batches:
+                value, log_variance = self.student(self.views.weak(batch))
+                squared, nll = regression_loss(value, log_variance, self._labelled_targets(batch))
+                picked = self.aux_pool[torch.randint(0, len(self.aux_pool), (BATCH,), generator=self.aux_generator)]
+                main_rng = torch.get_rng_state()
+                torch.set_rng_state(self.aux_rng)
+                aux = recovery_loss(self.student, self.decoder, self.mask_vector, self.aux_views.weak(picked),
+                                    self.aux_generator)
+                self.aux_rng = torch.get_rng_state()
+                torch.set_rng_state(main_rng)
+                self.aux_optimiser.zero_grad(set_to_none=True)
+                self._step(squared + nll + AUX_WEIGHT * aux, self.student, self.optimiser)
+                self.aux_optimiser.step()
+                totals["loss"] += squared.item() / len(batches)
+                totals["aux_loss"] += aux.item() / len(batches)
+            self.aux_losses.append(totals["aux_loss"])  # first and latest epoch's mean, as reported
+            self.pretraining_loss = [round(self.aux_losses[0], 5), round(self.aux_losses[-1], 5)]
+            return totals
+
         def _pretrain(self) -> list[float]:
             student = self.student
-            generator = torch.Generator().manual_seed(stream_seed(self.config.seed, PRETRAIN_STREAM))
-            torch.manual_seed(stream_seed(self.config.seed, PRETRAIN_STREAM))  # dropout inside (restored after)
-            views = ViewMaker(self.tokens, self.config.views, generator)
-            pool = self.labelled if videos == "labelled" else torch.cat([self.labelled, self.unlabelled])
-            dim = student.project.out_features
-            mask_vector = nn.Parameter(torch.zeros(dim))
-            decoder = nn.Linear(dim, self.data.feature_dim)
             parameters = [*student.input_norm.parameters(), *student.project.parameters(),
-                          *student.blocks.parameters(), *student.norm.parameters(), mask_vector,
-                          *decoder.parameters()]
+                          *student.blocks.parameters(), *student.norm.parameters(), self.mask_vector,
+                          *self.decoder.parameters()]
             optimiser = make_optimiser(parameters, self.config.optim)
             student.train()
             losses, steps = [], 0
             while steps < STEPS:
-                for batch in epoch_batches(pool, BATCH, 1, generator):
+                for batch in epoch_batches(self.aux_pool, BATCH, 1, self.aux_generator):
                     if steps == STEPS:
                         break
-                    tokens = views.weak(batch)
-                    count, num_tokens, feature_dim = tokens.shape
-                    masked_count = max(1, round(MASK_SHARE * num_tokens))
-                    order = torch.rand((count, num_tokens), generator=generator).argsort(dim=1)
-                    masked = torch.zeros((count, num_tokens), dtype=torch.bool)
-                    masked.scatter_(1, order[:, :masked_count], True)
-                    hidden = student.project(student.input_dropout(student.input_norm(tokens)))
-                    hidden = torch.where(masked[..., None], mask_vector.expand_as(hidden), hidden)
-                    recovered = decoder(student.norm(student.blocks(hidden)))
-                    target = F.layer_norm(tokens, (feature_dim,))
-                    loss = ((recovered - target) ** 2)[masked].mean()
+                    loss = recovery_loss(student, self.decoder, self.mask_vector, self.aux_views.weak(batch),
+                                         self.aux_generator)
                     optimiser.zero_grad(set_to_none=True)
                     loss.backward()
                     optimiser.step()
@@ -121,7 +163,7 @@ def run(arguments) -> dict:
     from train.tune import without_test
 
     torch.set_num_threads(1)
-    METHOD_CLASSES["supervised"] = masked_method_class(VARIANTS[variant])  # this process only
+    METHOD_CLASSES["supervised"] = masked_method_class(*VARIANTS[variant])  # this process only
     if dataset == "demo":
         plain = build("supervised", target, ratio, seed, DEMO_CACHE, DEMO_ROOT, dataset="mtl-aqa")
     else:
@@ -136,7 +178,8 @@ def run(arguments) -> dict:
 def report(records: list[dict]) -> str:
     by = {(r["dataset"], r["target"], r["ratio"], r["seed"], r["variant"]): r for r in records}
     comparisons = [("supervised-mask", "supervised"), ("supervised-mask-labelled", "supervised"),
-                   ("supervised-mask", "supervised-mask-labelled")]
+                   ("supervised-mask", "supervised-mask-labelled"), ("supervised-aux", "supervised"),
+                   ("supervised-aux-labelled", "supervised"), ("supervised-aux", "supervised-aux-labelled")]
     lines = ["| cell | comparison | Δ validation ρ (mean ± se) | wins | n | baseline ρ |", "|---|---|---|---|---|---|"]
     cell_means = {pair: [] for pair in comparisons}
     for cell in sorted({key[:3] for key in by}):
