@@ -55,11 +55,49 @@ class MixerHead(nn.Module):
         self.head = nn.Linear(config.dim, 2)
         self.num_tokens = num_tokens
 
+    def token_states(self, tokens: torch.Tensor, masked: torch.Tensor | None = None,
+                     mask_vector: torch.Tensor | None = None) -> torch.Tensor:
+        """The normed token states ``[batch, T, dim]`` the score is pooled from; positions where
+        ``masked`` ``[batch, T]`` is true enter the blocks as ``mask_vector`` (:class:`MaskedRecovery`)."""
+        hidden = self.project(self.input_dropout(self.input_norm(tokens)))
+        if masked is not None:
+            hidden = torch.where(masked[..., None], mask_vector.expand_as(hidden), hidden)
+        return self.norm(self.blocks(hidden))
+
     def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        hidden = self.blocks(self.project(self.input_dropout(self.input_norm(tokens))))
-        pooled = self.norm(hidden).mean(dim=1)
-        output = self.head(pooled)
+        output = self.head(self.token_states(tokens).mean(dim=1))
         return output[:, 0], output[:, 1].clamp(-10.0, 10.0)
+
+
+class MaskedRecovery(nn.Module):
+    """Masked-clip recovery, a second task for a :class:`MixerHead` (``optim.recovery_weight``).
+
+    Our reading, on frozen clip features, of S4AQA's segment-feature recovery::
+
+        clip tokens [B, T, D] --head's input norm + projection--> [B, T, dim]
+            --a share of the positions replaced by mask_vector--> head's blocks + norm
+            --decoder--> [B, T, D]: squared error at the masked positions against the tokens'
+            features standardised per token (layer norm without affine)
+
+    The head must infer a clip from its neighbours. Measured as a regulariser on the labelled
+    videos (research log, session 14); the mask vector and decoder are used only in training.
+    """
+
+    def __init__(self, dim: int, in_dim: int, mask_share: float):
+        super().__init__()
+        self.mask_vector = nn.Parameter(torch.zeros(dim))
+        self.decoder = nn.Linear(dim, in_dim)
+        self.mask_share = mask_share
+
+    def loss(self, head: MixerHead, tokens: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        count, num_tokens, feature_dim = tokens.shape
+        masked_count = max(1, round(self.mask_share * num_tokens))
+        order = torch.rand((count, num_tokens), generator=generator).argsort(dim=1)
+        masked = torch.zeros((count, num_tokens), dtype=torch.bool)
+        masked.scatter_(1, order[:, :masked_count], True)
+        recovered = self.decoder(head.token_states(tokens, masked, self.mask_vector))
+        target = F.layer_norm(tokens, (feature_dim,))
+        return ((recovered - target) ** 2)[masked].mean()
 
 
 class ReferenceNetwork(nn.Module):
@@ -169,4 +207,4 @@ def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
             teacher_buffer.copy_(student_buffer)
 
 
-__all__ = ["MixerBlock", "MixerHead", "ReferenceNetwork", "regression_loss", "make_optimiser", "ema_update"]
+__all__ = ["MixerBlock", "MixerHead", "MaskedRecovery", "ReferenceNetwork", "regression_loss", "make_optimiser", "ema_update"]

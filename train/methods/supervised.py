@@ -25,12 +25,14 @@ from train.methods.state_checks import (
     STATE_FORMAT, check_entry, check_history, check_identity, check_module_state, check_optimiser_state,
     check_tensor, require,
 )
-from train.models import MixerHead, make_optimiser, regression_loss
+from train.models import MaskedRecovery, MixerHead, make_optimiser, regression_loss
 from train.views import ViewMaker, epoch_batches
 
 INFERENCE_BATCH = 256
 # Seed streams: every random source is derived from the run seed and its own stream number.
 STUDENT_STREAM, REFERENCE_STREAM, SEMI_STREAM = 1, 2, 3  # trs's gate: 4 (train.methods.gate)
+# Masked-clip recovery (optim.recovery_weight): the stream bench/masked_pretrain_probe.py measured it with.
+RECOVERY_STREAM = 11
 # Phases in which the student does not change (no validation ρ, no kept test predictions).
 STUDENT_FIXED_PHASES = ("reference", "gate")
 
@@ -90,6 +92,24 @@ class SupervisedMethod:
         self.views = ViewMaker(self.tokens, self.config.views, self.generator)
         self.student = MixerHead(self.data.num_tokens, self.data.feature_dim, self.config.head)
         self.optimiser = make_optimiser(self.student.parameters(), self.config.optim)
+        self.recovery: MaskedRecovery | None = None
+        if self.config.optim.recovery_weight > 0:
+            self._build_recovery()
+
+    def _build_recovery(self):
+        """The recovery task's module, optimiser and streams. It draws its batches, masks and views
+        from its own generator and its dropout from its own torch RNG state (swapped in around its
+        forward pass), so the score loss's draws are exactly those of a run without it."""
+        run_rng = torch.get_rng_state()
+        seed = stream_seed(self.config.seed, RECOVERY_STREAM)
+        self.recovery_generator = torch.Generator().manual_seed(seed)
+        torch.manual_seed(seed)
+        self.recovery_views = ViewMaker(self.tokens, self.config.views, self.recovery_generator)
+        optim = self.config.optim
+        self.recovery = MaskedRecovery(self.config.head.dim, self.data.feature_dim, optim.recovery_mask_share)
+        self.recovery_optimiser = make_optimiser(self.recovery.parameters(), optim)
+        self.recovery_rng = torch.get_rng_state()
+        torch.set_rng_state(run_rng)
 
     @property
     def finished(self) -> bool:
@@ -112,12 +132,35 @@ class SupervisedMethod:
         totals = {"loss": 0.0}
         batches = epoch_batches(self.labelled, self.config.optim.batch_size, self.config.optim.min_steps_per_epoch,
                                 self.generator)
+        if self.recovery is not None:
+            totals["recovery_loss"] = 0.0
         for batch in batches:
             value, log_variance = self.student(self.views.weak(batch))
             squared, nll = regression_loss(value, log_variance, self._labelled_targets(batch))
-            self._step(squared + nll, self.student, self.optimiser)
+            loss = squared + nll
+            if self.recovery is not None:
+                recovery = self._recovery_loss()
+                loss = loss + self.config.optim.recovery_weight * recovery
+                self.recovery_optimiser.zero_grad(set_to_none=True)
+                totals["recovery_loss"] += recovery.item() / len(batches)
+            self._step(loss, self.student, self.optimiser)
+            if self.recovery is not None:
+                self.recovery_optimiser.step()
             totals["loss"] += squared.item() / len(batches)
         return totals
+
+    def _recovery_loss(self) -> torch.Tensor:
+        """The masked-clip recovery loss on ``optim.recovery_batch`` labelled videos drawn with replacement."""
+        drawn = torch.randint(0, len(self.labelled), (self.config.optim.recovery_batch,),
+                              generator=self.recovery_generator)
+        run_rng = torch.get_rng_state()
+        torch.set_rng_state(self.recovery_rng)
+        try:
+            return self.recovery.loss(self.student, self.recovery_views.weak(self.labelled[drawn]),
+                                      self.recovery_generator)
+        finally:
+            self.recovery_rng = torch.get_rng_state()
+            torch.set_rng_state(run_rng)
 
     def run_unit(self) -> dict:
         unit = self.units[self.completed]
@@ -168,8 +211,15 @@ class SupervisedMethod:
             "history": self.history,
             "epoch_predictions": [(epoch, torch.from_numpy(pred)) for epoch, pred in self.epoch_predictions],
             "diagnostics": self.pseudo_label_quality,
+            **self._recovery_state(),
             **self._extra_state(),
         }
+
+    def _recovery_state(self) -> dict:
+        if self.recovery is None:
+            return {}
+        return {"recovery": self.recovery.state_dict(), "recovery_optimiser": self.recovery_optimiser.state_dict(),
+                "recovery_generator": self.recovery_generator.get_state(), "recovery_rng": self.recovery_rng}
 
     def _extra_state(self) -> dict:
         return {}
@@ -202,6 +252,11 @@ class SupervisedMethod:
                     f"epoch_predictions names epoch {epoch!r} of {completed} finished")
             check_tensor(predicted, test_template, f"epoch_predictions of epoch {epoch}")
         check_entry(state, "diagnostics", dict)
+        if self.recovery is not None:
+            check_module_state(state.get("recovery"), self.recovery, "recovery")
+            check_optimiser_state(state.get("recovery_optimiser"), self.recovery_optimiser, "recovery_optimiser")
+            check_tensor(state.get("recovery_generator"), self.recovery_generator.get_state(), "recovery_generator")
+            check_tensor(state.get("recovery_rng"), self.recovery_rng, "recovery_rng")
         self._check_extra_state(state, done)
 
     def _check_extra_state(self, state: Mapping, done: list[Unit]) -> None:
@@ -218,6 +273,11 @@ class SupervisedMethod:
         self.history = list(state["history"])
         self.epoch_predictions = [(int(epoch), pred.numpy()) for epoch, pred in state["epoch_predictions"]]
         self.pseudo_label_quality = dict(state["diagnostics"])
+        if self.recovery is not None:
+            self.recovery.load_state_dict(state["recovery"])
+            self.recovery_optimiser.load_state_dict(state["recovery_optimiser"])
+            self.recovery_generator.set_state(state["recovery_generator"])
+            self.recovery_rng = state["recovery_rng"].clone()
         self._load_extra_state(state)
 
     def _load_extra_state(self, state: dict):
