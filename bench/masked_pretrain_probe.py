@@ -10,15 +10,18 @@ the student's own layers before its burn-in::
         [B, T, D]: mean squared error, at the masked positions only, against the tokens'
         features standardised per token (layer norm without affine)
 
-600 steps of batches of 32 weak views (``STEPS``, ``BATCH``, ``MASK_SHARE``: fixed before any
-run); AdamW with the run's learning rate and weight decay; then the decoder and the mask vector
-are dropped and the burn-in trains as ``supervised`` does (the score layer as initialised). The
-global torch RNG is restored after the pretraining, so the burn-in's dropout draws are those of
-plain ``supervised``; the pretraining draws from its own generator.
+600 steps of batches of 32 weak views, half the tokens masked (``STEPS``, ``BATCH``, the mask
+share: fixed before any run); AdamW with the run's learning rate and weight decay; then the decoder
+and the mask vector are dropped and the burn-in trains as ``supervised`` does (the score layer as
+initialised). The global torch RNG is restored after the pretraining, so the burn-in's dropout
+draws are those of plain ``supervised``; the pretraining draws from its own generator.
 
 Variants: ``supervised`` (as today), ``supervised-mask`` (pretraining on every training video,
 labelled and unlabelled; never a validation or test video), ``supervised-mask-labelled`` (the
-same steps on the labelled videos only: a control for pretraining as a mere regulariser).
+same steps on the labelled videos only: a control for pretraining as a mere regulariser), and the
+same task trained jointly with the score instead (weight 1 in every burn-in step, no pretraining):
+``supervised-aux`` (batches from every training video) and ``supervised-aux-labelled`` (from the
+labelled ones: the product's ``--set optim.recovery_weight=1``, which this probe's runs became).
 
 A probe (bench only; the pre-registration and results are in docs/research/issue11-2026-12-01.md,
 session 14). One JSONL line per run in ``bench/results/masked_pretrain.jsonl``.
@@ -50,97 +53,55 @@ VARIANTS = {"supervised": (None, None), "supervised-mask": ("pretrain", "trainin
             "supervised-aux-labelled": ("joint", "labelled")}
 STEPS = 600
 BATCH = 32
-MASK_SHARE = 0.5
-AUX_WEIGHT = 1.0  # the joint variants' weight of the recovery loss
-PRETRAIN_STREAM = 11  # the pretraining's own seed stream (train.methods.supervised.stream_seed)
+# The pretraining's steps and batch; the mask share (0.5), the joint variants' weight (1) and batch
+# (32) and the seed stream (11) are optim.recovery_* and RECOVERY_STREAM, whose values these were.
 
 
 def masked_method_class(when: str | None, videos: str | None):
-    """``SupervisedMethod`` whose student learns masked-token recovery on ``videos``, before its
-    burn-in (``when="pretrain"``) or beside it, in every step (``"joint"``)."""
+    """``SupervisedMethod`` whose student learns masked-token recovery (the product's
+    ``optim.recovery_weight`` machinery, :class:`train.models.MaskedRecovery`) on ``videos``:
+    before its burn-in (``when="pretrain"``) or beside it, in every step (``"joint"``; the run's
+    config sets the weight, see :func:`run`)."""
     import torch
-    from torch import nn
-    from torch.nn import functional as F
 
-    from train.methods.supervised import SupervisedMethod, stream_seed
-    from train.models import make_optimiser, regression_loss
-    from train.views import ViewMaker, epoch_batches
-
-    def recovery_loss(student, decoder, mask_vector, tokens, generator) -> torch.Tensor:
-        """Mean squared error of the masked tokens' standardised features, recovered from the rest."""
-        count, num_tokens, feature_dim = tokens.shape
-        masked_count = max(1, round(MASK_SHARE * num_tokens))
-        order = torch.rand((count, num_tokens), generator=generator).argsort(dim=1)
-        masked = torch.zeros((count, num_tokens), dtype=torch.bool)
-        masked.scatter_(1, order[:, :masked_count], True)
-        hidden = student.project(student.input_dropout(student.input_norm(tokens)))
-        hidden = torch.where(masked[..., None], mask_vector.expand_as(hidden), hidden)
-        recovered = decoder(student.norm(student.blocks(hidden)))
-        target = F.layer_norm(tokens, (feature_dim,))
-        return ((recovered - target) ** 2)[masked].mean()
+    from train.methods.supervised import SupervisedMethod
+    from train.models import make_optimiser
+    from train.views import epoch_batches
 
     class MaskedSupervised(SupervisedMethod):
         def _build(self):
             super()._build()
             self.pretraining_loss = None
-            if when is None:
-                return
-            rng_state = torch.get_rng_state()
-            self.aux_generator = torch.Generator().manual_seed(stream_seed(self.config.seed, PRETRAIN_STREAM))
-            torch.manual_seed(stream_seed(self.config.seed, PRETRAIN_STREAM))
-            self.aux_views = ViewMaker(self.tokens, self.config.views, self.aux_generator)
-            self.aux_pool = self.labelled if videos == "labelled" else torch.cat([self.labelled, self.unlabelled])
-            self.mask_vector = nn.Parameter(torch.zeros(self.student.project.out_features))
-            self.decoder = nn.Linear(self.student.project.out_features, self.data.feature_dim)
-            self.aux_optimiser = make_optimiser([self.mask_vector, *self.decoder.parameters()], self.config.optim)
-            self.aux_rng = torch.get_rng_state()  # the auxiliary forward's own dropout stream
-            torch.set_rng_state(rng_state)
-            self.aux_losses = []
-            if when == "pretrain":  # its dropout draws from the pretraining's stream, then the run's is restored
-                torch.set_rng_state(self.aux_rng)
+            if when == "pretrain":
+                self._build_recovery()
+            if videos == "training":
+                self.recovery_pool = torch.cat([self.labelled, self.unlabelled])
+            if when == "pretrain":  # its dropout draws from the task's own stream; then the run's is restored
+                run_rng = torch.get_rng_state()
+                torch.set_rng_state(self.recovery_rng)
                 self.pretraining_loss = self._pretrain()
-                torch.set_rng_state(rng_state)
+                torch.set_rng_state(run_rng)
+                self.recovery = None  # the burn-in trains as `supervised` does
 
         def _supervised_epoch(self) -> dict:
-            if when != "joint":
-                return super()._supervised_epoch()
-            self.student.train()
-            totals = {"loss": 0.0, "aux_loss": 0.0}
-            batches = epoch_batches(self.labelled, self.config.optim.batch_size,
-                                    self.config.optim.min_steps_per_epoch, self.generator)
-            for batch in batches:
-                value, log_variance = self.student(self.views.weak(batch))
-                squared, nll = regression_loss(value, log_variance, self._labelled_targets(batch))
-                picked = self.aux_pool[torch.randint(0, len(self.aux_pool), (BATCH,), generator=self.aux_generator)]
-                main_rng = torch.get_rng_state()
-                torch.set_rng_state(self.aux_rng)
-                aux = recovery_loss(self.student, self.decoder, self.mask_vector, self.aux_views.weak(picked),
-                                    self.aux_generator)
-                self.aux_rng = torch.get_rng_state()
-                torch.set_rng_state(main_rng)
-                self.aux_optimiser.zero_grad(set_to_none=True)
-                self._step(squared + nll + AUX_WEIGHT * aux, self.student, self.optimiser)
-                self.aux_optimiser.step()
-                totals["loss"] += squared.item() / len(batches)
-                totals["aux_loss"] += aux.item() / len(batches)
-            self.aux_losses.append(totals["aux_loss"])  # first and latest epoch's mean, as reported
-            self.pretraining_loss = [round(self.aux_losses[0], 5), round(self.aux_losses[-1], 5)]
+            totals = super()._supervised_epoch()
+            if when == "joint":  # first and latest epoch's mean recovery loss, as reported
+                first = next(record["recovery_loss"] for record in [*self.history, totals] if "recovery_loss" in record)
+                self.pretraining_loss = [round(first, 5), round(totals["recovery_loss"], 5)]
             return totals
 
         def _pretrain(self) -> list[float]:
             student = self.student
             parameters = [*student.input_norm.parameters(), *student.project.parameters(),
-                          *student.blocks.parameters(), *student.norm.parameters(), self.mask_vector,
-                          *self.decoder.parameters()]
+                          *student.blocks.parameters(), *student.norm.parameters(), *self.recovery.parameters()]
             optimiser = make_optimiser(parameters, self.config.optim)
             student.train()
             losses, steps = [], 0
             while steps < STEPS:
-                for batch in epoch_batches(self.aux_pool, BATCH, 1, self.aux_generator):
+                for batch in epoch_batches(self.recovery_pool, BATCH, 1, self.recovery_generator):
                     if steps == STEPS:
                         break
-                    loss = recovery_loss(student, self.decoder, self.mask_vector, self.aux_views.weak(batch),
-                                         self.aux_generator)
+                    loss = self.recovery.loss(student, self.recovery_views.weak(batch), self.recovery_generator)
                     optimiser.zero_grad(set_to_none=True)
                     loss.backward()
                     optimiser.step()
@@ -164,10 +125,12 @@ def run(arguments) -> dict:
 
     torch.set_num_threads(1)
     METHOD_CLASSES["supervised"] = masked_method_class(*VARIANTS[variant])  # this process only
+    # The joint variants are the product's option (mask share and batch: its defaults, the probe's).
+    variant_config = "supervised:optim.recovery_weight=1" if VARIANTS[variant][0] == "joint" else "supervised"
     if dataset == "demo":
-        plain = build("supervised", target, ratio, seed, DEMO_CACHE, DEMO_ROOT, dataset="mtl-aqa")
+        plain = build(variant_config, target, ratio, seed, DEMO_CACHE, DEMO_ROOT, dataset="mtl-aqa")
     else:
-        plain = build("supervised", target, ratio, seed, DEFAULT_CACHE, DEFAULT_FISV_DIR)
+        plain = build(variant_config, target, ratio, seed, DEFAULT_CACHE, DEFAULT_FISV_DIR)
     config = config_from_json(plain, "probe")
     fitted = fit(config, without_test(prepare_data(config)), progress=False)
     return {"dataset": dataset, "target": target, "ratio": ratio, "seed": seed, "variant": variant,

@@ -110,6 +110,9 @@ class SupervisedMethod:
         self.recovery_optimiser = make_optimiser(self.recovery.parameters(), optim)
         self.recovery_rng = torch.get_rng_state()
         torch.set_rng_state(run_rng)
+        # The videos the task sees: the labelled ones (drawn from all training videos it helped
+        # less: research log, session 14).
+        self.recovery_pool = self.labelled
 
     @property
     def finished(self) -> bool:
@@ -150,13 +153,13 @@ class SupervisedMethod:
         return totals
 
     def _recovery_loss(self) -> torch.Tensor:
-        """The masked-clip recovery loss on ``optim.recovery_batch`` labelled videos drawn with replacement."""
-        drawn = torch.randint(0, len(self.labelled), (self.config.optim.recovery_batch,),
+        """The masked-clip recovery loss on ``optim.recovery_batch`` videos of the pool, drawn with replacement."""
+        drawn = torch.randint(0, len(self.recovery_pool), (self.config.optim.recovery_batch,),
                               generator=self.recovery_generator)
         run_rng = torch.get_rng_state()
         torch.set_rng_state(self.recovery_rng)
         try:
-            return self.recovery.loss(self.student, self.recovery_views.weak(self.labelled[drawn]),
+            return self.recovery.loss(self.student, self.recovery_views.weak(self.recovery_pool[drawn]),
                                       self.recovery_generator)
         finally:
             self.recovery_rng = torch.get_rng_state()
