@@ -30,19 +30,17 @@ is not part of the product. Results: one JSONL line per run in ``bench/results/r
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.fisv_common import append_result, ensure_fisv_cache, DEFAULT_CACHE, DEFAULT_FISV_DIR, REPO_ROOT  # noqa: E402
-from bench.gate_rule_study import DEMO_CACHE, cells, config_of, load  # noqa: E402
+from bench.fisv_common import REPO_ROOT  # noqa: E402
+from bench.gate_rule_study import config_of  # noqa: E402
+from bench.probe_cli import probe_main  # noqa: E402
 from bench.tune_fisv import _mean_se  # noqa: E402
 
 RESULTS = REPO_ROOT / "bench" / "results" / "rank_pairs.jsonl"
@@ -191,33 +189,7 @@ def report(records: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--dataset", choices=["fis-v", "demo"], default="fis-v")
-    parser.add_argument("--seeds", default="0-9")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--results", type=Path, default=RESULTS)
-    parser.add_argument("--report", action="store_true")
-    args = parser.parse_args(argv)
-    if args.report:
-        print(report(load(args.results)))
-        return 0
-    if args.dataset == "demo" and not DEMO_CACHE.is_file():
-        sys.exit(f"error: {DEMO_CACHE}: no demo features (run make extract first)")
-    if args.dataset == "fis-v":
-        ensure_fisv_cache(DEFAULT_FISV_DIR, DEFAULT_CACHE)
-    from train.sweep import parse_seeds
-
-    seeds = parse_seeds(args.seeds)
-    done = {(r["dataset"], r["target"], r["ratio"], r["seed"], r["variant"]) for r in load(args.results)}
-    tasks = [(args.dataset, target, ratio, seed, variant) for seed in seeds for target, ratio in cells(args.dataset)
-             for variant in args.variants.split(",") if (args.dataset, target, ratio, seed, variant) not in done]
-    with ProcessPoolExecutor(args.jobs) as pool:
-        for record in pool.map(run, tasks):
-            append_result(args.results, record)
-            print(json.dumps({k: record[k] for k in ("target", "ratio", "seed", "variant", "validation_spearman",
-                                                     "seconds")}), flush=True)
-    return 0
+    return probe_main(argv, __doc__, list(VARIANTS), RESULTS, run, report, shown=("seconds",))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from train.graph import (
     token_similarity,
 )
 from train.models import MixerHead, ReferenceNetwork, make_optimiser
+from training import train_to_end
 
 
 @pytest.mark.parametrize("tokens, batch", [(1, 1), (4, 3), (10, 5)])
@@ -112,30 +113,17 @@ def _config(tiny_dataset, *overrides, method="trs"):
     return apply_overrides(config, fast + list(overrides))
 
 
-def _train(config):
-    # One thread for speed on tiny tensors, restored afterwards so no later test inherits it.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        trainer = make_method(config, prepare_data(config))
-        while not trainer.finished:
-            trainer.run_unit()
-    finally:
-        torch.set_num_threads(threads)
-    return trainer
-
-
 def test_trs_burn_in_is_exactly_the_supervised_model(tiny_dataset):
-    supervised = _train(_config(tiny_dataset, method="supervised"))
+    supervised = train_to_end(_config(tiny_dataset, method="supervised"))
     # The student alone at test time: the reference's share would mix in another model.
-    trs = _train(_config(tiny_dataset, "semi.semi_epochs=0", "reference.test_share=0"))
+    trs = train_to_end(_config(tiny_dataset, "semi.semi_epochs=0", "reference.test_share=0"))
     rows = np.arange(len(supervised.data.keys))
     assert np.array_equal(supervised.predict_scores(rows), trs.predict_scores(rows))
-    assert not np.array_equal(supervised.predict_scores(rows), _train(_config(tiny_dataset)).predict_scores(rows))
+    assert not np.array_equal(supervised.predict_scores(rows), train_to_end(_config(tiny_dataset)).predict_scores(rows))
 
 
 def test_each_trs_switch_changes_what_the_student_learns_from(tiny_dataset):
-    full = _train(_config(tiny_dataset))
+    full = train_to_end(_config(tiny_dataset))
     unlabelled = full.unlabelled
     last = full.pseudo_label_quality["refreshes"][-1]
     assert {"teacher_spearman", "reference_spearman", "fused_spearman", "refined_spearman", "pseudo_spearman",
@@ -154,19 +142,19 @@ def test_each_trs_switch_changes_what_the_student_learns_from(tiny_dataset):
     rows = np.arange(len(full.data.keys))
     full_predictions = full.predict_scores(rows)
 
-    no_confidence = _train(_config(tiny_dataset, "semi.use_confidence=false"))
+    no_confidence = train_to_end(_config(tiny_dataset, "semi.use_confidence=false"))
     assert torch.equal(no_confidence.weights[unlabelled], torch.ones(len(unlabelled)))
 
-    no_graph = _train(_config(tiny_dataset, "semi.use_graph=false"))
+    no_graph = train_to_end(_config(tiny_dataset, "semi.use_graph=false"))
     assert "refined_spearman" not in no_graph.pseudo_label_quality["refreshes"][-1]
     assert no_graph.labelling.refiners == []
 
-    no_reference = _train(_config(tiny_dataset, "semi.use_reference=false"))
+    no_reference = train_to_end(_config(tiny_dataset, "semi.use_reference=false"))
     assert no_reference.reference is None
     assert "reference_spearman" not in no_reference.pseudo_label_quality["refreshes"][-1]
     assert all(unit.phase != "reference" for unit in no_reference.units)
 
-    no_memory = _train(_config(tiny_dataset, "semi.use_memory=false"))
+    no_memory = train_to_end(_config(tiny_dataset, "semi.use_memory=false"))
     assert float(no_memory.memory.slots["teacher_confidence"].abs().sum()) == 0
 
     for ablated in (no_confidence, no_graph, no_reference, no_memory):
@@ -187,11 +175,11 @@ def test_memory_keeps_the_most_confident_output(tiny_dataset):
 
 
 def test_ridge_leave_one_out_chooses_from_the_grid(tiny_dataset):
-    trainer = _train(_config(tiny_dataset, "ridge.alpha=auto", method="ridge"))
+    trainer = train_to_end(_config(tiny_dataset, "ridge.alpha=auto", method="ridge"))
     assert trainer.alpha in trainer.config.ridge.alphas
     assert set(trainer.loo_errors) == set(trainer.config.ridge.alphas)
     assert trainer.loo_errors[trainer.alpha] == min(trainer.loo_errors.values())
-    fixed = _train(_config(tiny_dataset, "ridge.alpha=123", method="ridge"))
+    fixed = train_to_end(_config(tiny_dataset, "ridge.alpha=123", method="ridge"))
     assert fixed.alpha == 123 and not fixed.loo_errors
 
 
@@ -202,7 +190,7 @@ def test_variable_clip_counts_are_resampled(tmp_path, dataset_writer):
     data = prepare_data(config)
     assert data.tokens.shape[1:3] == (1, 4)  # median 5, capped at 4
     assert sorted(set(data.clip_counts.tolist())) == [3, 4, 5, 6, 7]
-    trainer = _train(config)
+    trainer = train_to_end(config)
     assert np.isfinite(trainer.predict_scores(data.test)).all()
 
 

@@ -16,6 +16,7 @@ from train.data import prepare_data
 from train.methods import make_method
 from train.models import MaskedRecovery, MixerHead
 from cli_checks import expect_one_line_error
+from training import train_to_end
 
 FAST = ["optim.epochs=6", "head.dim=16", "head.token_hidden=8", "head.channel_hidden=16"]
 
@@ -25,18 +26,6 @@ def _config(tiny_dataset, *overrides, method="supervised"):
     config = dataclasses.replace(config, features=str(tiny_dataset["cache"]), dataset="manifest",
                                  manifest=str(tiny_dataset["manifest"]), ratio=0.5, seed=0)
     return apply_overrides(config, FAST + list(overrides))
-
-
-def _train(config):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        method = make_method(config, prepare_data(config))
-        while not method.finished:
-            method.run_unit()
-    finally:
-        torch.set_num_threads(threads)
-    return method
 
 
 @pytest.mark.parametrize("num_tokens, share, expected", [(4, 0.5, 2), (5, 0.5, 2), (1, 0.5, 1), (10, 0.05, 1)])
@@ -83,9 +72,9 @@ def test_recovery_changes_the_model_but_draws_nothing_from_the_runs_own_streams(
     # trs: its burn-in is the labelled-only phase; the run stops after it (the semi phase's
     # draws would differ once the students differ).
     stop = ["semi.semi_epochs=0", "semi.gate=false", "semi.use_reference=false"] if method_name == "trs" else []
-    plain = _train(_config(tiny_dataset, *stop, method=method_name))
+    plain = train_to_end(_config(tiny_dataset, *stop, method=method_name))
     rng_after_plain = torch.get_rng_state()
-    with_recovery = _train(_config(tiny_dataset, *stop, "optim.recovery_weight=1", method=method_name))
+    with_recovery = train_to_end(_config(tiny_dataset, *stop, "optim.recovery_weight=1", method=method_name))
     rng_after_recovery = torch.get_rng_state()
     assert torch.equal(plain.generator.get_state(), with_recovery.generator.get_state())
     assert torch.equal(rng_after_plain, rng_after_recovery), "dropout drew from the run's RNG"
