@@ -168,8 +168,9 @@ class OptimConfig(CheckedConfig):
     # unlabelled videos (drawn from all training videos it helped less): on validation splits
     # (research log, session 14; bench/masked_pretrain_probe.py) weight 1 gave `supervised`
     # +0.014 (seeds 10-19) and +0.013 (seeds 20-29) over the dives and Fis-V's four cells, per-cell
-    # means from -0.008 to +0.038. Off until every table is re-measured with it. The semi-supervised
-    # phases and trs's gate fold students train without it.
+    # means from -0.008 to +0.038; `trs` +0.004 (dives +0.024, Fis-V -0.007 to +0.006). Off until
+    # every table is re-measured with it. The semi-supervised phases and trs's gate fold students
+    # train without it.
     recovery_weight: float = 0.0
     recovery_mask_share: float = 0.5  # share of each video's clip tokens masked (at least one)
     recovery_batch: int = 32
