@@ -3,7 +3,8 @@
 A probe runs ``run((dataset, target, ratio, seed, variant))`` for every variant on the cells of
 ``--dataset`` (:func:`bench.gate_rule_study.cells`) and seeds, in ``--jobs`` processes, appending one
 JSONL record per run to ``--results`` and skipping runs already there; ``--report`` prints
-``report(records)`` instead. Validation splits only: the runs never read a test split.
+``report(records)`` instead (``--report-seeds``: of those seeds only). Validation splits only: the
+runs never read a test split.
 """
 
 from __future__ import annotations
@@ -30,16 +31,21 @@ def probe_main(argv, description: str, variants: Sequence[str], results: Path, r
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--results", type=Path, default=results)
     parser.add_argument("--report", action="store_true")
+    parser.add_argument("--report-seeds", help="report only these seeds (e.g. 20-29; default: every seed recorded)")
     args = parser.parse_args(argv)
+    from train.sweep import parse_seeds
+
     if args.report:
-        print(report(load(args.results)))
+        records = load(args.results)
+        if args.report_seeds:
+            wanted = set(parse_seeds(args.report_seeds))
+            records = [record for record in records if record["seed"] in wanted]
+        print(report(records))
         return 0
     if args.dataset == "demo" and not DEMO_CACHE.is_file():
         sys.exit(f"error: {DEMO_CACHE}: no demo features (run make extract first)")
     if args.dataset == "fis-v":
         ensure_fisv_cache(DEFAULT_FISV_DIR, DEFAULT_CACHE)
-    from train.sweep import parse_seeds
-
     seeds = parse_seeds(args.seeds)
     done = {(r["dataset"], r["target"], r["ratio"], r["seed"], r["variant"]) for r in load(args.results)}
     tasks = [(args.dataset, target, ratio, seed, variant) for seed in seeds for target, ratio in cells(args.dataset)
