@@ -121,9 +121,10 @@ def test_resume_in_the_burn_in_with_recovery_is_bit_identical_and_predict_reads_
 
 
 @pytest.mark.parametrize("edit, fragment", [
-    (lambda state: state.pop("recovery_rng"), "recovery_rng"),
-    (lambda state: state["recovery"].__setitem__("mask_vector", torch.zeros(3)), "recovery"),
-    (lambda state: state.__setitem__("recovery_generator", state["recovery_generator"][:10]), "recovery_generator"),
+    (lambda state: state.pop("recovery_rng"), "has no 'recovery_rng' entry"),
+    (lambda state: state["recovery"].__setitem__("mask_vector", torch.zeros(3)), "recovery mask_vector"),
+    (lambda state: state.__setitem__("recovery_generator", state["recovery_generator"][:10]),
+     "recovery_generator is a torch.uint8 tensor of shape [10]"),
 ])
 def test_a_checkpoint_with_a_bad_recovery_entry_is_refused(tiny_dataset, fast_flags, tmp_path, capsys, edit, fragment):
     run = tmp_path / "run"
