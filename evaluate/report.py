@@ -47,6 +47,7 @@ class EvaluationReport:
     best_rows: list[dict[str, Any]] | None
     best_class_rows: list[dict[str, Any]] | None
     paired_rows: list[dict[str, Any]]
+    gate_rows: list[dict[str, Any]]  # trs runs: what their label-only gates chose, per cell
     out_dir: Path
     written: list[Path]
     text: str  # the tables for the terminal
@@ -115,6 +116,7 @@ def evaluate_runs(config: EvaluateConfig, warn: Callable[[str], None] = _stderr)
     paired_rows = summary_module.paired_differences(
         runs, config.baseline, config.bootstrap_resamples, config.bootstrap_seed, config.confidence
     )
+    gate_rows = summary_module.gate_rows(runs)
     best_rows = best_class_rows = None
     if config.best_on_test:
         best_rows, best_class_rows = summary_module.summarise(
@@ -128,7 +130,10 @@ def evaluate_runs(config: EvaluateConfig, warn: Callable[[str], None] = _stderr)
     texts = [_terminal_text(rows, class_rows, False, config.confidence)]
     if paired_rows:
         texts.append(_paired_text(paired_rows, config))
-    written += _write_summary(out_dir, "summary", runs, rows, class_rows, skipped, config, False, paired_rows)
+    if gate_rows:
+        texts.append(_gate_text(gate_rows))
+    written += _write_summary(out_dir, "summary", runs, rows, class_rows, skipped, config, False, paired_rows,
+                              gate_rows)
     if best_rows is not None:
         texts.append(_terminal_text(best_rows, best_class_rows, True, config.confidence))
         written += _write_summary(
@@ -143,6 +148,7 @@ def evaluate_runs(config: EvaluateConfig, warn: Callable[[str], None] = _stderr)
         best_rows=best_rows,
         best_class_rows=best_class_rows,
         paired_rows=paired_rows,
+        gate_rows=gate_rows,
         out_dir=out_dir,
         written=written,
         text="\n\n".join(texts),
@@ -188,7 +194,18 @@ def _paired_text(paired_rows, config: EvaluateConfig) -> str:
     return "\n".join([_paired_title(config), summary_module.format_table(header, body, left=PAIRED_LEFT)])
 
 
-def _markdown(rows, class_rows, skipped, best_on_test: bool, config: EvaluateConfig, paired_rows=()) -> str:
+GATE_TITLE = "The label-only gate of trs: the option each run chose (README, \"How we read TRS\")"
+GATE_NOTE = ("Undecided: the run kept the configured option although another scored higher out of fold, by "
+             "less than the margin; with that few labelled videos the gate cannot tell the two apart.")
+
+
+def _gate_text(gate_rows) -> str:
+    header, body = summary_module.gate_table_cells(gate_rows)
+    return "\n".join([GATE_TITLE, summary_module.format_table(header, body, left=(0, 1, 2, 4, 7)), GATE_NOTE])
+
+
+def _markdown(rows, class_rows, skipped, best_on_test: bool, config: EvaluateConfig, paired_rows=(),
+              gate_rows=()) -> str:
     header, body = summary_module.table_cells(rows, best_on_test, config.confidence)
     lines = [f"# {summary_module.title(best_on_test, config.confidence)}", ""]
     if best_on_test:
@@ -228,13 +245,17 @@ def _markdown(rows, class_rows, skipped, best_on_test: bool, config: EvaluateCon
             "Wins: seeds on which the method's ρ beat the baseline's. Same split: every pair's split.json "
             "lists the same labelled and test videos.",
         ]
+    if gate_rows:
+        header, body = summary_module.gate_table_cells(gate_rows)
+        lines += ["", f"## {GATE_TITLE}", "", summary_module.markdown_table(header, body, (0, 1, 2, 4, 7)), "", GATE_NOTE]
     if skipped:
         lines += ["", "## Runs not evaluated", ""]
         lines += [f"- {entry['problem']}" for entry in skipped]
     return "\n".join(lines) + "\n"
 
 
-def _write_summary(out_dir, stem, runs, rows, class_rows, skipped, config, best_on_test, paired_rows=()) -> list[Path]:
+def _write_summary(out_dir, stem, runs, rows, class_rows, skipped, config, best_on_test, paired_rows=(),
+                   gate_rows=()) -> list[Path]:
     written = []
     cell_columns = summary_module.CELL_COLUMNS + (summary_module.BEST_EXTRA_COLUMNS if best_on_test else ())
     written.append(summary_module.write_csv(out_dir / f"{stem}.csv", rows, cell_columns, best_on_test))
@@ -244,6 +265,7 @@ def _write_summary(out_dir, stem, runs, rows, class_rows, skipped, config, best_
     companions = (
         (f"{stem}_per_class.csv", class_rows, summary_module.CLASS_COLUMNS, best_on_test),
         (f"{stem}_paired.csv", paired_rows, summary_module.PAIRED_COLUMNS, False),
+        (f"{stem}_gate.csv", gate_rows, summary_module.GATE_COLUMNS, False),
     )
     for name, companion_rows, columns, prefixed in companions:
         if companion_rows:
@@ -261,8 +283,9 @@ def _write_summary(out_dir, stem, runs, rows, class_rows, skipped, config, best_
     }
     if not best_on_test:
         document["paired"] = list(paired_rows)
+        document["gate"] = list(gate_rows)
     written.append(write_json(out_dir / f"{stem}.json", document))
-    markdown = _markdown(rows, class_rows, skipped, best_on_test, config, paired_rows)
+    markdown = _markdown(rows, class_rows, skipped, best_on_test, config, paired_rows, gate_rows)
     written.append(summary_module._atomic_write_text(out_dir / f"{stem}.md", markdown))
     return written
 

@@ -47,6 +47,9 @@ class RunEvaluation:
     split_digest: str | None = None  # labelled + test keys; None without split.json
     best_on_test: dict[str, Any] | None = None
     notes: list[str] = field(default_factory=list)
+    # trs: what its label-only gate chose and how clearly (metrics.json's gate_choice, gate_verdict)
+    gate_choice: str | None = None
+    gate_verdict: str | None = None
 
     # The identity's fields, which the summaries group and label runs by.
     dataset = property(lambda self: self.identity.dataset)
@@ -186,6 +189,8 @@ def evaluate_run(folder: Path, best_on_test: bool = False, write_back: bool = Tr
         predicted=test.predicted,
         groups=test.groups,
         split_digest=split_digest,
+        gate_choice=_text_or_none(stored, "gate_choice"),
+        gate_verdict=_text_or_none(stored, "gate_verdict"),
     )
     stored_rho = stored.get("spearman") if stored else None
     if isinstance(stored_rho, (int, float)) and (
@@ -201,6 +206,12 @@ def evaluate_run(folder: Path, best_on_test: bool = False, write_back: bool = Tr
     if write_back:
         _write_metrics(folder / run_folder.METRICS_FILE, stored, identity, run)
     return run
+
+
+def _text_or_none(stored: dict | None, name: str) -> str | None:
+    """A text field of metrics.json, or None where it is absent or not text."""
+    value = stored.get(name) if stored else None
+    return value if isinstance(value, str) and value else None
 
 
 def _finite_or_null(value: Any) -> Any:

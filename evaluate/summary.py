@@ -37,7 +37,9 @@ CELL_COLUMNS = (
 BEST_EXTRA_COLUMNS = ("epoch_mean", "gain_over_final_mean", "gain_over_final_std")
 MEASURE_PREFIXES = ("rho", "rl2", "mse", "epoch", "gain")
 CLASS_COLUMNS = ("dataset", "target", "method", "ratio", "class", "n_seeds", "n_samples", "rho_mean", "rho_std")
-RUN_COLUMNS = ("run", "dataset", "target", "method", "ratio", "seed", "n_test", "rho", "rl2", "mse", "rho_fisher_z")
+RUN_COLUMNS = ("run", "dataset", "target", "method", "ratio", "seed", "n_test", "rho", "rl2", "mse", "rho_fisher_z",
+               "gate_choice", "gate_verdict")
+GATE_COLUMNS = ("dataset", "target", "method", "ratio", "gate_choice", "n_runs", "n_undecided", "seeds")
 
 
 def _mean(values: list[float]) -> float | None:
@@ -148,12 +150,42 @@ def run_rows(runs: list[RunEvaluation], best_on_test: bool = False) -> list[dict
             "rl2": measures["rl2"],
             "mse": measures["mse"],
             "rho_fisher_z": measures.get("spearman_fisher_z"),
+            "gate_choice": run.gate_choice,
+            "gate_verdict": run.gate_verdict,
         }
         if best_on_test:
             row["epoch"] = measures["epoch"]
             row["n_epochs"] = measures["n_epochs"]
         rows.append(row)
     return rows
+
+
+def gate_rows(runs: list[RunEvaluation]) -> list[dict[str, Any]]:
+    """Per cell and option, how many runs' label-only gates (trs) chose it, how many of those
+    kept the configured option without being able to tell it from a higher-scoring one
+    (``"kept, undecided"``), and their seeds; runs without a gate are left out."""
+    chosen: dict[tuple, list[RunEvaluation]] = defaultdict(list)
+    for run in runs:
+        if run.gate_choice is not None:
+            chosen[(*run.cell, run.gate_choice)].append(run)
+    rows = []
+    for key in sorted(chosen, key=lambda key: (key[:4], -len(chosen[key]), key[4])):
+        members = sorted(chosen[key], key=lambda run: (run.seed is None, run.seed or 0, run.name))
+        rows.append({
+            "dataset": key[0], "target": key[1], "method": key[2], "ratio": key[3], "gate_choice": key[4],
+            "n_runs": len(members),
+            "n_undecided": sum(run.gate_verdict == "kept, undecided" for run in members),
+            "seeds": [run.seed for run in members],
+        })
+    return rows
+
+
+def gate_table_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
+    header = ["dataset", "target", "method", "ratio", "gate's choice", "runs", "of them undecided", "seeds"]
+    body = [[row["dataset"], row["target"], row["method"], format_ratio(row["ratio"]), row["gate_choice"],
+             str(row["n_runs"]), str(row["n_undecided"]), ",".join(str(seed) for seed in row["seeds"])]
+            for row in rows]
+    return header, body
 
 
 def paired_differences(

@@ -37,6 +37,7 @@ from train.config import TrainConfig, config_from_json
 from train.data import TrainingData, prepare_data
 from train.fitting import FitResult, TrainingDiverged, fit
 from train.methods import CheckpointMismatch, Method, make_method
+from train.methods.gate import describe_outcome
 from train.processes import keep_freed_memory_in_the_process
 
 CHECKPOINT = run_folder.CHECKPOINT_FILE
@@ -227,6 +228,9 @@ def _train_in_locked_run_folder(config: TrainConfig, run_dir: Path, data: Traini
     metrics = _metrics(result, wall())
     _write_run_files(work, result, metrics, wall())
     _publish_run_folder(work, run_dir)
+    gate = (result.diagnostics or {}).get("gate")
+    if gate:
+        log(describe_outcome(gate))
     return metrics
 
 

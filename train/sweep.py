@@ -152,6 +152,8 @@ def _run_one(job: SweepJob, threads: int, parent_pid: int | None = None,
     rho = metrics.get("spearman")
     shown = "undefined" if rho is None else f"{rho:.4f}"
     note = ", resumed after " + resumed[0].rsplit(" after ", 1)[-1] if resumed else ""
+    if metrics.get("gate_choice"):  # trs: what its label-only gate chose (train.methods.gate.VERDICTS)
+        note += f", gate: {metrics['gate_choice']} ({metrics.get('gate_verdict')})"
     return "done", f"spearman {shown}{note}", time.perf_counter() - started
 
 

@@ -30,6 +30,7 @@ def write_run(
     nested_config: bool = True,
     with_group_column: bool = True,
     stored_spearman: float | None | str = "same",
+    extra_metrics: dict | None = None,
 ) -> dict:
     """Write one complete run folder; returns the test arrays for direct checks."""
     # str hashes change between processes; crc32 keeps every generated run the same on every machine.
@@ -72,6 +73,7 @@ def write_run(
         stored_spearman = spearman(test_true, predicted) if np.isfinite(predicted).all() else None
     metrics = dict(identity, spearman=stored_spearman, rl2=1.0, mse=2.0, n_test=n_test, n_labelled=n_labelled,
                    n_unlabelled=n_train - n_labelled, preset="quick", wall_seconds=3.5)  # fmt: skip
+    metrics.update(extra_metrics or {})  # e.g. trs's gate_choice and gate_verdict
     (folder / "metrics.json").write_text(json.dumps(metrics))
     epoch_predictions = None
     if epochs:

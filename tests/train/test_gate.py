@@ -12,14 +12,15 @@ import numpy as np
 import pytest
 import torch
 
+from aqa.config import read_json
 from aqa.errors import UserError
 from train import build_config, fit
 from train.data import prepare_data
 from train.methods import CheckpointMismatch, make_method
 from train.methods import gate as gate_module
 from train.methods.gate import (
-    GateOption, gate_margin, gate_options, graph_must_earn_its_place, margin_choice, on_scale, paired_choice,
-    paired_differences, run_gate,
+    VERDICTS, GateOption, describe_outcome, gate_margin, gate_options, gate_verdict, graph_must_earn_its_place,
+    margin_choice, on_scale, paired_choice, paired_differences, run_gate,
 )
 from train.methods.pseudo_labels import GraphRefiner
 
@@ -183,6 +184,64 @@ def test_the_gate_decides_on_the_fisher_scale_by_default_and_on_either_from_the_
         assert outcome["chosen"] == margin_choice(on_scale(outcome["estimates"], scale), outcome["default"],
                                                   outcome["margin"])
     assert plain["fold_estimates"] == default["fold_estimates"] and plain["estimates"] == default["estimates"]
+
+
+def margin_outcome(estimates: dict, chosen: str, n: int = 45, scale: str = "fisher") -> dict:
+    """An outcome as :func:`~train.methods.gate.decide` records it under the margin rule."""
+    return {"n_labelled": n, "margin": gate_margin(n, scale), "default": "graph", "chosen": chosen,
+            "estimates": estimates, "rule": "margin", "scale": scale}
+
+
+def test_the_verdict_says_whether_the_gate_switched_kept_the_best_or_could_not_tell():
+    # The demo's test seed 0 (45 labelled dives), on both scales: switched on Fisher's, undecided on Spearman's.
+    dives = {"graph": 0.463, "no graph": 0.593}
+    assert gate_verdict(margin_outcome(dives, "no graph")) == "switched"
+    undecided = margin_outcome(dives, "graph", scale="spearman")
+    assert gate_verdict(undecided) == "kept, undecided"
+    assert gate_verdict(margin_outcome({"graph": 0.6, "no graph": 0.5}, "graph")) == "kept"
+    assert gate_verdict(margin_outcome({"graph": 0.5, "no graph": 0.5}, "graph")) == "kept"  # a tie is no lead
+    assert gate_verdict(margin_outcome({"graph": None, "no graph": 0.1}, "graph", n=4)) == "kept, undecided"
+    assert gate_verdict(margin_outcome({"graph": 0.2, "no graph": None}, "graph")) == "kept"
+    decided = {"n_labelled": 3, "default": "graph", "chosen": "graph", "estimates": {}, "reason": "fewer than 4 labelled videos"}
+    assert gate_verdict(decided) == "kept, not cross-fitted"
+    paired = {"n_labelled": 45, "default": "graph", "chosen": "graph", "estimates": dives, "rule": "paired", "z": 2.0,
+              "paired_differences": {"no graph": {"mean": 0.13, "se": 0.07, "folds": 9}}}
+    assert gate_verdict(paired) == "kept, undecided"
+    paired["paired_differences"]["no graph"]["mean"] = -0.01
+    assert gate_verdict(paired) == "kept"
+    assert set(VERDICTS) == {"switched", "kept", "kept, undecided", "kept, not cross-fitted"}
+
+
+def test_the_description_names_the_choice_the_estimates_and_the_margin():
+    text = describe_outcome(margin_outcome({"graph": 0.463, "no graph": 0.593}, "no graph"))
+    assert text == ("gate (45 labelled videos): chose 'no graph' (out of fold 0.593) over the configured 'graph' "
+                    "(0.463; margin 0.159 on Fisher's z)")
+    text = describe_outcome(margin_outcome({"graph": 0.463, "no graph": 0.593}, "graph", scale="spearman"))
+    assert text == ("gate (45 labelled videos): kept the configured 'graph' (0.463 out of fold); 'no graph' "
+                    "scored 0.593, ahead by 0.130 (margin 0.149 on the Spearman scale): too few labelled videos "
+                    "to tell them apart")
+    text = describe_outcome(margin_outcome({"graph": 0.6, "no graph": None}, "graph"))
+    assert text == "gate (45 labelled videos): kept the configured 'graph', the best out of fold (0.600)"
+    decided = {"n_labelled": 3, "default": "graph", "chosen": "graph", "estimates": {}, "reason": "fewer than 4 labelled videos"}
+    assert describe_outcome(decided) == "gate (3 labelled videos): kept the configured 'graph' (fewer than 4 labelled videos)"
+    paired = {"n_labelled": 45, "default": "graph", "chosen": "graph", "estimates": {"graph": 0.4, "no graph": 0.5},
+              "rule": "paired", "z": 2.0, "paired_differences": {"no graph": {"mean": 0.1, "se": 0.07, "folds": 9}}}
+    assert "ahead by 0.100 (paired rule, z = 2)" in describe_outcome(paired)
+
+
+def test_a_run_reports_its_gate_in_the_log_and_metrics(tiny_dataset, fast, tmp_path):
+    from train.run import train_run
+
+    messages: list[str] = []
+    metrics = train_run(config_for(tiny_dataset, fast), tmp_path / "run", progress=False, log=messages.append)
+    outcome = read_json(tmp_path / "run" / "diagnostics.json")["gate"]
+    assert metrics["gate_choice"] == outcome["chosen"] and metrics["gate_verdict"] == gate_verdict(outcome)
+    assert messages[-1] == describe_outcome(outcome)
+    messages.clear()
+    off = train_run(config_for(tiny_dataset, fast, "semi.gate=false"), tmp_path / "off", progress=False,
+                    log=messages.append)
+    assert "gate_choice" not in off and "gate_verdict" not in off
+    assert not any(message.startswith("gate") for message in messages)
 
 
 @pytest.mark.parametrize("value", ["kendall", "", "Fisher"])

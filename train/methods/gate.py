@@ -125,6 +125,73 @@ def margin_choice(scores: dict[str, float | None], default: str, margin: float) 
     return best if value[best] - value[default] > margin else default
 
 
+VERDICTS = {
+    "switched": "another option beat the configured one out of fold",
+    "kept": "the configured option scored best out of fold",
+    "kept, undecided": "another option scored higher out of fold, by less than the margin: with this many "
+                       "labelled videos the gate cannot tell them apart, and keeps the configured one",
+    "kept, not cross-fitted": "nothing to cross-fit (too few labelled videos, or one option)",
+}
+
+
+def _leader(outcome: dict) -> tuple[str | None, float]:
+    """The option that scored best out of fold on the rule's scale, and its lead over the default
+    there (paired rule: the largest mean per-fold difference); ``(None, 0)`` when none leads."""
+    default = outcome["default"]
+    if outcome.get("rule") == "paired":
+        means = {name: entry["mean"] for name, entry in (outcome.get("paired_differences") or {}).items()
+                 if entry is not None}
+        best = max(means, key=means.get, default=None)
+        return (best, means[best]) if best is not None and means[best] > 0 else (None, 0.0)
+    compared = on_scale(outcome.get("estimates") or {}, outcome.get("scale", "spearman"))
+    if compared.get(default) is None:
+        scored = {name: value for name, value in compared.items() if value is not None}
+        best = max(scored, key=scored.get, default=None)
+        return (best, math.inf) if best is not None else (None, 0.0)
+    others = {name: value for name, value in compared.items() if name != default and value is not None}
+    best = max(others, key=others.get, default=None)
+    if best is None or others[best] <= compared[default]:
+        return None, 0.0
+    return best, others[best] - compared[default]
+
+
+def gate_verdict(outcome: dict) -> str:
+    """How the gate's choice came about, one of :data:`VERDICTS` (``metrics.json``'s ``gate_verdict``)."""
+    if not outcome.get("estimates"):
+        return "kept, not cross-fitted"
+    if outcome["chosen"] != outcome["default"]:
+        return "switched"
+    return "kept, undecided" if _leader(outcome)[0] is not None else "kept"
+
+
+def describe_outcome(outcome: dict) -> str:
+    """The gate's choice in one line for the run's log: what it chose and how clearly."""
+    default, chosen, count = outcome["default"], outcome["chosen"], outcome["n_labelled"]
+    verdict = gate_verdict(outcome)
+    head = f"gate ({count} labelled videos): "
+    if verdict == "kept, not cross-fitted":
+        return head + f"kept the configured '{default}' ({outcome.get('reason', 'nothing to cross-fit')})"
+    estimates = outcome["estimates"]
+
+    def shown(name: str) -> str:
+        value = estimates.get(name)
+        return "undefined" if value is None else f"{value:.3f}"
+
+    if outcome.get("rule") == "paired":
+        scale = f"paired rule, z = {outcome['z']:g}"
+    else:
+        scale = "on Fisher's z" if outcome.get("scale") == "fisher" else "on the Spearman scale"
+        scale = f"margin {outcome['margin']:.3f} {scale}"
+    if verdict == "switched":
+        return (head + f"chose '{chosen}' (out of fold {shown(chosen)}) over the configured '{default}' "
+                f"({shown(default)}; {scale})")
+    if verdict == "kept":
+        return head + f"kept the configured '{default}', the best out of fold ({shown(default)})"
+    leader, lead = _leader(outcome)
+    return (head + f"kept the configured '{default}' ({shown(default)} out of fold); '{leader}' scored "
+            f"{shown(leader)}, ahead by {lead:.3f} ({scale}): too few labelled videos to tell them apart")
+
+
 def _train_fold_student(method, positions: torch.Tensor, epochs: int, seed: int) -> MixerHead:
     """The burn-in recipe (:meth:`SupervisedMethod._supervised_epoch`) on the labelled ``positions`` only."""
     config = method.config

@@ -38,7 +38,7 @@ from aqa.metrics import known_pairs, spearman
 from train.config import TrainConfig
 from train.data import TrainingData
 from train.methods.baselines import SemiSupervisedMethod
-from train.methods.gate import chosen_option, gate_options, run_gate, start_gate_early
+from train.methods.gate import chosen_option, gate_options, gate_verdict, run_gate, start_gate_early
 from train.methods.interface import Unit
 from train.graph import nearest_node_mean, similarity_to_nodes
 from train.methods.pseudo_labels import (
@@ -417,4 +417,7 @@ class TRSMethod(SemiSupervisedMethod):
         summary = super().model_summary()
         if self.reference is not None:
             summary["reference_parameters"] = sum(p.numel() for p in self.reference.parameters())
+        if self.gate is not None:  # what the label-only gate chose, and how clearly (train.methods.gate.VERDICTS)
+            summary["gate_choice"] = self.gate["chosen"]
+            summary["gate_verdict"] = gate_verdict(self.gate)
         return summary
