@@ -200,7 +200,9 @@ def test_the_verdict_says_whether_the_gate_switched_kept_the_best_or_could_not_t
     assert gate_verdict(undecided) == "kept, undecided"
     assert gate_verdict(margin_outcome({"graph": 0.6, "no graph": 0.5}, "graph")) == "kept"
     assert gate_verdict(margin_outcome({"graph": 0.5, "no graph": 0.5}, "graph")) == "kept"  # a tie is no lead
-    assert gate_verdict(margin_outcome({"graph": None, "no graph": 0.1}, "graph", n=4)) == "kept, undecided"
+    undefined = margin_outcome({"graph": None, "no graph": 0.1}, "graph", n=4)  # (the margin rule would switch)
+    assert gate_verdict(undefined) == "kept, undecided"
+    assert "'no graph' scored 0.100, ahead of an undefined estimate" in describe_outcome(undefined)
     assert gate_verdict(margin_outcome({"graph": 0.2, "no graph": None}, "graph")) == "kept"
     decided = {"n_labelled": 3, "default": "graph", "chosen": "graph", "estimates": {}, "reason": "fewer than 4 labelled videos"}
     assert gate_verdict(decided) == "kept, not cross-fitted"

@@ -188,8 +188,9 @@ def describe_outcome(outcome: dict) -> str:
     if verdict == "kept":
         return head + f"kept the configured '{default}', the best out of fold ({shown(default)})"
     leader, lead = _leader(outcome)
+    ahead = f"ahead by {lead:.3f}" if math.isfinite(lead) else "ahead of an undefined estimate"
     return (head + f"kept the configured '{default}' ({shown(default)} out of fold); '{leader}' scored "
-            f"{shown(leader)}, ahead by {lead:.3f} ({scale}): too few labelled videos to tell them apart")
+            f"{shown(leader)}, {ahead} ({scale}): too few labelled videos to tell them apart")
 
 
 def _train_fold_student(method, positions: torch.Tensor, epochs: int, seed: int) -> MixerHead:
