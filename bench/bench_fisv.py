@@ -19,7 +19,9 @@ result"):
   as manifests under ``RUNS/resplit-<seed>/``), ``trs`` and ``supervised`` on each with
   ``--resplit-seeds``, and the same columns.
 
-    python bench/bench_fisv.py [--fisv-dir ../shared/data/fisv-swin] [--jobs 2] [--resplits 3]
+    python bench/bench_fisv.py [--fisv-dir ../shared/data/fisv-swin] [--jobs 2] [--resplits 5 --resplit-seeds 0-4]
+
+(the README's tables: ``--jobs 2 --resplits 5 --resplit-seeds 0-4``)
 """
 
 from __future__ import annotations
