@@ -122,6 +122,45 @@ def render(table: dict, seeds: list[int], command: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def gate_lines(tables: list[dict]) -> list[str]:
+    """What trs's label-only gate did over every trs run of ``tables`` (from each run's
+    ``diagnostics.json``): how often it kept the configured option, how often undecided (another
+    option ahead out of fold by less than the margin) and with a leader without the graph, and the
+    paired test Δ against ``supervised`` (same split and seed) in each group. Reported only."""
+    from train.methods.gate import gate_verdict, out_of_fold_leader
+
+    groups: dict[str, list[float]] = {"switched": [], "kept, a no-graph option ahead out of fold": [],
+                                      "kept, otherwise": []}
+    verdicts: dict[str, int] = {}
+    for table in tables:
+        for (target, ratio, method, seed), record in table.items():
+            gate = (record.get("diagnostics") or {}).get("gate")
+            partner = table.get((target, ratio, "supervised", seed))
+            if method != "trs" or not gate or partner is None:
+                continue
+            verdict = gate_verdict(gate)
+            verdicts[verdict] = verdicts.get(verdict, 0) + 1
+            leader = out_of_fold_leader(gate)[0] if verdict == "kept, undecided" else None
+            option = gate["options"].get(leader) if leader else None
+            if verdict == "switched":
+                group = "switched"
+            elif option is not None and option["graph_strength"] == 0:
+                group = "kept, a no-graph option ahead out of fold"
+            else:
+                group = "kept, otherwise"
+            groups[group].append(record["spearman"] - partner["spearman"])
+    if not verdicts:
+        return []
+    lines = ["### What trs's label-only gate did (every trs run above)", "",
+             "Verdicts: " + ", ".join(f"{name} {count}" for name, count in sorted(verdicts.items())) + ".", "",
+             "| gate | runs | trs − supervised (paired, test) | trs ahead |", "|---|---|---|---|"]
+    for name, deltas in groups.items():
+        mean, _, count = _stats(deltas)
+        lines.append(f"| {name} | {count} | {'—' if not count else f'{mean:+.3f}'} | "
+                     f"{sum(delta > 0 for delta in deltas)}/{count} |")
+    return lines + ["", ""]
+
+
 def write_resplit_manifest(fisv_dir: Path, manifest: Path, resplit_seed: int, train_count: int = 400) -> Path:
     """A manifest of the 500 Fis-V programs with a random train/test split (seeded), TES and PCS as targets."""
     import numpy as np
@@ -218,6 +257,9 @@ def main():
                                             collect(folder, resplit_seeds, dataset="manifest", methods=["trs", "supervised"]),
                                             collect(folder, full_seeds, dataset="manifest", ratios=[1.0], methods=["supervised"]),
                                             resplit_seeds, full_seeds))
+    text += "\n".join(gate_lines([collect(args.runs, seeds)] + [
+        collect(args.runs / f"resplit-{resplit}", resplit_seeds, dataset="manifest", methods=["trs", "supervised"])
+        for resplit in range(1, args.resplits + 1)]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(text)
     print(text)

@@ -134,9 +134,10 @@ VERDICTS = {
 }
 
 
-def _leader(outcome: dict) -> tuple[str | None, float]:
+def out_of_fold_leader(outcome: dict) -> tuple[str | None, float]:
     """The option that scored best out of fold on the rule's scale, and its lead over the default
-    there (paired rule: the largest mean per-fold difference); ``(None, 0)`` when none leads."""
+    there (paired rule: the largest mean per-fold difference); ``(None, 0)`` when none leads the
+    default (ties included)."""
     default = outcome["default"]
     if outcome.get("rule") == "paired":
         means = {name: entry["mean"] for name, entry in (outcome.get("paired_differences") or {}).items()
@@ -161,7 +162,7 @@ def gate_verdict(outcome: dict) -> str:
         return "kept, not cross-fitted"
     if outcome["chosen"] != outcome["default"]:
         return "switched"
-    return "kept, undecided" if _leader(outcome)[0] is not None else "kept"
+    return "kept, undecided" if out_of_fold_leader(outcome)[0] is not None else "kept"
 
 
 def describe_outcome(outcome: dict) -> str:
@@ -187,7 +188,7 @@ def describe_outcome(outcome: dict) -> str:
                 f"({shown(default)}; {scale})")
     if verdict == "kept":
         return head + f"kept the configured '{default}', the best out of fold ({shown(default)})"
-    leader, lead = _leader(outcome)
+    leader, lead = out_of_fold_leader(outcome)
     ahead = f"ahead by {lead:.3f}" if math.isfinite(lead) else "ahead of an undefined estimate"
     return (head + f"kept the configured '{default}' ({shown(default)} out of fold); '{leader}' scored "
             f"{shown(leader)}, {ahead} ({scale}): too few labelled videos to tell them apart")
