@@ -110,6 +110,8 @@ def test_the_main_table_counts_wins_only_over_paired_seeds(seeds):
     for seed in seeds:
         table[("PCS", 0.25, "trs", seed)] = record(0.6 + 0.01 * seed)
         table[("PCS", 0.25, "supervised", seed)] = record(0.61)
-    line = next(line for line in bench_fisv.render(table, seeds, "cmd").splitlines() if line.startswith("| PCS | 25%"))
+    table[("PCS", 0.25, "trs", 9)] = record(0.99)  # a trs run without its supervised partner
+    line = next(line for line in bench_fisv.render(table, [*seeds, 9], "cmd").splitlines()
+                if line.startswith("| PCS | 25%"))
     wins = sum(0.6 + 0.01 * seed > 0.61 for seed in seeds)
     assert line.rstrip().endswith(f"| {wins}/{len(seeds)} |")
