@@ -1,0 +1,236 @@
+#!/usr/bin/env python
+"""Do the unlabelled dives help once the backbone learns? Validation splits of the demo only.
+
+Every semi-supervised variant of this project trains heads on frozen I3D features, and on the
+demo's dives none of them beats ``supervised`` (research log, sessions 2-15). The published
+semi-supervised AQA gains come with a backbone that learns. At the demo's resolution (64 px)
+the top of the I3D is cheap enough to fine-tune on two CPU cores, so this probe asks the question
+directly: cache the input of Mixed_5b once (``--cache``: the Kinetics I3D up to MaxPool3d_5a,
+832 x 2 x 2 x 2 per 16-frame clip, both cached views), then train::
+
+    5a activations [B, clips, 832, 2, 2, 2] --Mixed_5b, Mixed_5c (Kinetics init; batch norm
+        statistics frozen)--> mean over time and space --> tokens [B, clips, 1024]
+        --standardised with the frozen features' training statistics--> MixerHead --> score
+
+Variants (the product's defaults for the head, the epochs, batches and learning rate):
+
+* ``frozen-sup``: the two blocks frozen: the product's ``supervised`` in this loop (a sanity check).
+* ``ft-sup``: the two blocks learn too, at ``BACKBONE_LR`` (fixed before any run).
+* ``ft-mt``: ``ft-sup``'s burn-in, then a mean teacher over blocks and head (EMA decay 0.99) for
+  the product's 15 semi-supervised epochs: every step a labelled batch (squared error) plus an
+  unlabelled batch whose student prediction (a random cached view, channel dropout 0.1 on the 5a
+  activations) is pulled to the teacher's prediction of the original view (weight 1).
+* ``frozen-mt``: the same mean teacher with the blocks frozen (the frozen-feature analogue).
+
+A probe (bench only; pre-registration and results: docs/research/issue11-2026-12-01.md,
+session 16). One JSONL line per run in ``bench/results/finetune_probe.jsonl``.
+
+    python bench/finetune_probe.py --cache
+    python bench/finetune_probe.py --dataset demo --seeds 10-19 --jobs 2
+    python bench/finetune_probe.py --report
+"""
+
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.fisv_common import REPO_ROOT  # noqa: E402
+from bench.gate_rule_study import DEMO_CACHE, DEMO_ROOT  # noqa: E402
+from bench.probe_cli import probe_main  # noqa: E402
+from bench.tune_fisv import _mean_se, build  # noqa: E402
+
+RESULTS = REPO_ROOT / "bench" / "results" / "finetune_probe.jsonl"
+INTERMEDIATE_CACHE = REPO_ROOT / "features" / "synth-dive-5a.h5"
+END_POINT = "MaxPool3d_5a_2x2"
+# variant -> (the blocks learn, mean-teacher phase)
+VARIANTS = {"frozen-sup": (False, False), "ft-sup": (True, False), "ft-mt": (True, True), "frozen-mt": (False, True)}
+BACKBONE_LR = 1e-4  # a tenth of the head's: the usual ratio for fine-tuning pretrained blocks
+CHANNEL_DROPOUT = 0.1  # the strong view's dropout of 5a channels (the product's strong_channel_dropout)
+
+
+def build_cache() -> None:
+    """The demo's clips through the Kinetics I3D up to ``END_POINT``, in the product's HDF5 cache
+    (same clips, views and preprocessing as ``make extract``)."""
+    import torch
+
+    from extract import ExtractConfig, ModuleBackbone, extract_dataset, load_extract_dataset
+    from extract.weights import load_i3d
+
+    class UpToMixed5(torch.nn.Module):
+        def __init__(self, i3d):
+            super().__init__()
+            self.i3d = i3d
+
+        def features(self, clips):
+            return self.i3d.feature_map(clips, END_POINT).flatten(1)
+
+    i3d, _ = load_i3d()
+    dataset, description = load_extract_dataset("mtl-aqa", DEMO_ROOT)
+    backbone = ModuleBackbone(UpToMixed5(i3d), {"name": "i3d-up-to-maxpool5a", "feature_dim": 832 * 8,
+                                                "feature": f"{END_POINT} output, flattened (832x2x2x2 at 64 px)"})
+    config = ExtractConfig(out=str(INTERMEDIATE_CACHE), views="flip", resize=64, crop=64, workers=2)
+    extract_dataset(dataset, config, description, backbone=backbone)
+
+
+class FineTunedModel:
+    """Mixed_5b and Mixed_5c of the Kinetics I3D, then the product's MixerHead."""
+
+    def __init__(self, head_config, feature_mean, feature_std, num_tokens: int):
+        import torch
+
+        from extract.weights import load_i3d
+        from train.models import MixerHead
+
+        i3d, _ = load_i3d()
+        self.blocks = torch.nn.Sequential(i3d.Mixed_5b, i3d.Mixed_5c)
+        self.head = MixerHead(num_tokens, 1024, head_config)
+        self.mean = torch.as_tensor(feature_mean, dtype=torch.float32).reshape(1, 1, -1)
+        self.std = torch.as_tensor(feature_std, dtype=torch.float32).reshape(1, 1, -1)
+
+    def parameters(self):
+        return [*self.blocks.parameters(), *self.head.parameters()]
+
+    def modules(self):
+        return [self.blocks, self.head]
+
+    def train(self, mode: bool):
+        self.blocks.eval()  # batch norm statistics stay Kinetics'
+        self.head.train(mode)
+
+    def __call__(self, activations):
+        batch, clips = activations.shape[:2]
+        features = self.blocks(activations.reshape(batch * clips, 832, 2, 2, 2)).mean(dim=(2, 3, 4))
+        tokens = (features.reshape(batch, clips, 1024) - self.mean) / self.std
+        return self.head(tokens)
+
+
+def run(arguments) -> dict:
+    dataset, target, ratio, seed, variant = arguments
+    import time
+
+    import h5py
+    import numpy as np
+    import torch
+    from scipy.stats import spearmanr
+
+    from train.config import config_from_json
+    from train.data import prepare_data
+    from train.models import ema_update, regression_loss
+    from train.tune import without_test
+    from train.views import epoch_batches
+
+    if dataset != "demo":
+        raise SystemExit("error: the fine-tuning probe runs on the demo's dives only (--dataset demo)")
+    started = time.perf_counter()
+    torch.set_num_threads(1)
+    learn_blocks, mean_teacher = VARIANTS[variant]
+    config = config_from_json(build("supervised", target, ratio, seed, DEMO_CACHE, DEMO_ROOT, dataset="mtl-aqa"),
+                              "probe")
+    data = without_test(prepare_data(config))
+    with h5py.File(INTERMEDIATE_CACHE, "r") as cache:
+        stacked = [cache["videos"][key][()] for key in data.keys]
+    if len({array.shape for array in stacked}) != 1:
+        raise SystemExit("error: the probe expects every dive to have the same clip count")
+    # [videos, views, clips, 832, 2, 2, 2]; view 0 is the original
+    activations = torch.from_numpy(np.stack(stacked)).reshape(len(data.keys), *stacked[0].shape[:2], 832, 2, 2, 2)
+    num_views, num_tokens = activations.shape[1], activations.shape[2]
+
+    torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
+    model = FineTunedModel(config.head, data.feature_mean, data.feature_std, num_tokens)
+    for parameter in model.blocks.parameters():
+        parameter.requires_grad_(learn_blocks)
+    groups = [{"params": list(model.head.parameters()), "lr": config.optim.lr}]
+    if learn_blocks:
+        groups.append({"params": list(model.blocks.parameters()), "lr": BACKBONE_LR})
+    optimiser = torch.optim.AdamW(groups, weight_decay=config.optim.weight_decay)
+
+    labelled = torch.from_numpy(data.labelled)
+    unlabelled = torch.from_numpy(data.unlabelled)
+    targets = data.training_target(data.labelled)
+    target_mean, target_std = float(targets.mean()), float(targets.std()) or 1.0
+    target_of = dict(zip(data.labelled.tolist(), ((targets - target_mean) / target_std).tolist()))
+
+    def weak(batch):  # a random cached view per video, as the product's use_cached_views
+        views = torch.randint(num_views, (len(batch),), generator=generator)
+        return activations[batch, views]
+
+    def strong(batch):
+        chosen = weak(batch)
+        keep = (torch.rand(chosen.shape[:3], generator=generator) >= CHANNEL_DROPOUT).float() / (1 - CHANNEL_DROPOUT)
+        return chosen * keep[..., None, None, None]
+
+    def labelled_loss(batch):
+        value, log_variance = model(weak(batch))
+        truth = torch.tensor([target_of[index] for index in batch.tolist()], dtype=torch.float32)
+        squared, nll = regression_loss(value, log_variance, truth)
+        return squared + nll
+
+    def step(loss):
+        optimiser.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+        optimiser.step()
+
+    model.train(True)
+    for _ in range(config.optim.epochs):
+        for batch in epoch_batches(labelled, config.optim.batch_size, config.optim.min_steps_per_epoch, generator):
+            step(labelled_loss(batch))
+
+    if mean_teacher:
+        teacher = copy.deepcopy(model)
+        teacher.train(False)
+        for _ in range(config.semi.semi_epochs):
+            for batch in epoch_batches(unlabelled, config.optim.unlabelled_batch_size, 1, generator):
+                labelled_batch = labelled[torch.randperm(len(labelled), generator=generator)[:config.optim.batch_size]]
+                with torch.no_grad():
+                    pseudo, _ = teacher(activations[batch, 0])
+                value, _ = model(strong(batch))
+                step(labelled_loss(labelled_batch) + config.semi.unlabelled_weight * ((value - pseudo) ** 2).mean())
+                for teacher_part, student_part in zip(teacher.modules(), model.modules()):
+                    ema_update(teacher_part, student_part, config.semi.ema_decay)
+        model = teacher  # the product's trs and mean-teacher predict with the EMA teacher too
+
+    model.train(False)
+    with torch.no_grad():
+        value, _ = model(activations[torch.from_numpy(data.validation), 0])
+    predicted = data.to_score(data.validation, value.double().numpy() * target_std + target_mean)
+    validation = float(spearmanr(predicted, data.scores[data.validation]).statistic)
+    return {"dataset": dataset, "target": target, "ratio": ratio, "seed": seed, "variant": variant,
+            "validation_spearman": validation, "seconds": round(time.perf_counter() - started, 1)}
+
+
+def report(records: list[dict]) -> str:
+    by = {(r["target"], r["ratio"], r["seed"], r["variant"]): r["validation_spearman"] for r in records}
+    comparisons = [("ft-sup", "frozen-sup"), ("ft-mt", "ft-sup"), ("ft-mt", "frozen-sup"), ("frozen-mt", "frozen-sup"),
+                   ("ft-mt", "frozen-mt")]
+    lines = ["| cell | comparison | Δ validation ρ (mean ± se) | wins | n | baseline ρ |", "|---|---|---|---|---|---|"]
+    for cell in sorted({key[:2] for key in by}):
+        for variant, baseline in comparisons:
+            pairs = [(by[(*cell, seed, variant)], by[(*cell, seed, baseline)]) for (t, r, seed, v) in by
+                     if (t, r) == cell and v == variant and (*cell, seed, baseline) in by]
+            if not pairs:
+                continue
+            mean, se = _mean_se([a - b for a, b in pairs])
+            lines.append(f"| demo {cell[0]} {cell[1]:g} | {variant} − {baseline} | {mean:+.4f} ± {se:.4f} | "
+                         f"{sum(a > b for a, b in pairs)}/{len(pairs)} | {len(pairs)} | "
+                         f"{sum(b for _, b in pairs) / len(pairs):.3f} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv == ["--cache"]:
+        build_cache()
+        return 0
+    if "--report" not in argv and not INTERMEDIATE_CACHE.is_file():
+        sys.exit(f"error: {INTERMEDIATE_CACHE}: no intermediate cache (run python bench/finetune_probe.py --cache)")
+    return probe_main(argv, __doc__, list(VARIANTS), RESULTS, run, report)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
