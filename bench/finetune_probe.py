@@ -21,6 +21,8 @@ Variants (the product's defaults for the head, the epochs, batches and learning 
   unlabelled batch whose student prediction (a random cached view, channel dropout 0.1 on the 5a
   activations) is pulled to the teacher's prediction of the original view (weight 1).
 * ``frozen-mt``: the same mean teacher with the blocks frozen (the frozen-feature analogue).
+* ``ft-mt-w0``: ``ft-mt`` with the unlabelled term's weight 0: the same labelled steps, the same
+  EMA teacher predicting, no unlabelled dive: what the unlabelled dives add, and nothing else.
 
 A probe (bench only; pre-registration and results: docs/research/issue11-2026-12-01.md,
 session 16). One JSONL line per run in ``bench/results/finetune_probe.jsonl``.
@@ -46,8 +48,9 @@ from bench.tune_fisv import _mean_se, build  # noqa: E402
 RESULTS = REPO_ROOT / "bench" / "results" / "finetune_probe.jsonl"
 INTERMEDIATE_CACHE = REPO_ROOT / "features" / "synth-dive-5a.h5"
 END_POINT = "MaxPool3d_5a_2x2"
-# variant -> (the blocks learn, mean-teacher phase)
-VARIANTS = {"frozen-sup": (False, False), "ft-sup": (True, False), "ft-mt": (True, True), "frozen-mt": (False, True)}
+# variant -> (the blocks learn, mean-teacher phase, the unlabelled term's weight in it)
+VARIANTS = {"frozen-sup": (False, False, 0.0), "ft-sup": (True, False, 0.0), "ft-mt": (True, True, 1.0),
+            "frozen-mt": (False, True, 1.0), "ft-mt-w0": (True, True, 0.0)}
 BACKBONE_LR = 1e-4  # a tenth of the head's: the usual ratio for fine-tuning pretrained blocks
 CHANNEL_DROPOUT = 0.1  # the strong view's dropout of 5a channels (the product's strong_channel_dropout)
 
@@ -127,7 +130,7 @@ def run(arguments) -> dict:
         raise SystemExit("error: the fine-tuning probe runs on the demo's dives only (--dataset demo)")
     started = time.perf_counter()
     torch.set_num_threads(1)
-    learn_blocks, mean_teacher = VARIANTS[variant]
+    learn_blocks, mean_teacher, unlabelled_weight = VARIANTS[variant]
     config = config_from_json(build("supervised", target, ratio, seed, DEMO_CACHE, DEMO_ROOT, dataset="mtl-aqa"),
                               "probe")
     data = without_test(prepare_data(config))
@@ -187,10 +190,13 @@ def run(arguments) -> dict:
         for _ in range(config.semi.semi_epochs):
             for batch in epoch_batches(unlabelled, config.optim.unlabelled_batch_size, 1, generator):
                 labelled_batch = labelled[torch.randperm(len(labelled), generator=generator)[:config.optim.batch_size]]
-                with torch.no_grad():
-                    pseudo, _ = teacher(activations[batch, 0])
-                value, _ = model(strong(batch))
-                step(labelled_loss(labelled_batch) + config.semi.unlabelled_weight * ((value - pseudo) ** 2).mean())
+                loss = labelled_loss(labelled_batch)
+                if unlabelled_weight > 0:
+                    with torch.no_grad():
+                        pseudo, _ = teacher(activations[batch, 0])
+                    value, _ = model(strong(batch))
+                    loss = loss + unlabelled_weight * ((value - pseudo) ** 2).mean()
+                step(loss)
                 for teacher_part, student_part in zip(teacher.modules(), model.modules()):
                     ema_update(teacher_part, student_part, config.semi.ema_decay)
         model = teacher  # the product's trs and mean-teacher predict with the EMA teacher too
@@ -207,7 +213,8 @@ def run(arguments) -> dict:
 def report(records: list[dict]) -> str:
     by = {(r["target"], r["ratio"], r["seed"], r["variant"]): r["validation_spearman"] for r in records}
     comparisons = [("ft-sup", "frozen-sup"), ("ft-mt", "ft-sup"), ("ft-mt", "frozen-sup"), ("frozen-mt", "frozen-sup"),
-                   ("ft-mt", "frozen-mt")]
+                   ("ft-mt", "frozen-mt"), ("ft-mt", "ft-mt-w0"),
+                   ("ft-mt-w0", "ft-sup")]
     lines = ["| cell | comparison | Δ validation ρ (mean ± se) | wins | n | baseline ρ |", "|---|---|---|---|---|---|"]
     for cell in sorted({key[:2] for key in by}):
         for variant, baseline in comparisons:
