@@ -23,6 +23,10 @@ Variants (the product's defaults for the head, the epochs, batches and learning 
 * ``frozen-mt``: the same mean teacher with the blocks frozen (the frozen-feature analogue).
 * ``ft-mt-w0``: ``ft-mt`` with the unlabelled term's weight 0: the same labelled steps, the same
   EMA teacher predicting, no unlabelled dive: what the unlabelled dives add, and nothing else.
+* ``ft-feat-sup`` / ``ft-feat-trs``: ``ft-sup``'s training, then its fine-tuned blocks make new
+  1024-d clip features for every dive (both views), standardised as the product does, and the
+  product's ``supervised`` / ``trs`` (default preset, gate and graph included) train on them with
+  the same split: does ``trs``'s machinery earn a gain in a representation tuned to the score?
 
 A probe (bench only; pre-registration and results: docs/research/issue11-2026-12-01.md,
 session 16). One JSONL line per run in ``bench/results/finetune_probe.jsonl``.
@@ -42,7 +46,9 @@ the validation splits have decided, so that the demo's table can be read beside 
 from __future__ import annotations
 
 import copy
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -55,10 +61,14 @@ from bench.tune_fisv import _mean_se, build  # noqa: E402
 RESULTS = REPO_ROOT / "bench" / "results" / "finetune_probe.jsonl"
 TEST_RESULTS = REPO_ROOT / "bench" / "results" / "finetune_probe_test.jsonl"
 INTERMEDIATE_CACHE = REPO_ROOT / "features" / "synth-dive-5a.h5"
+TOKENS_DIR = REPO_ROOT / "bench" / "results" / "finetune_tokens"
 END_POINT = "MaxPool3d_5a_2x2"
-# variant -> (the blocks learn, mean-teacher phase, the unlabelled term's weight in it)
-VARIANTS = {"frozen-sup": (False, False, 0.0), "ft-sup": (True, False, 0.0), "ft-mt": (True, True, 1.0),
-            "frozen-mt": (False, True, 1.0), "ft-mt-w0": (True, True, 0.0)}
+# variant -> (the blocks learn, mean-teacher phase, the unlabelled term's weight in it, the product
+# method trained afterwards on the fine-tuned blocks' features or None)
+VARIANTS = {"frozen-sup": (False, False, 0.0, None), "ft-sup": (True, False, 0.0, None),
+            "ft-mt": (True, True, 1.0, None), "frozen-mt": (False, True, 1.0, None),
+            "ft-mt-w0": (True, True, 0.0, None), "ft-feat-sup": (True, False, 0.0, "supervised"),
+            "ft-feat-trs": (True, False, 0.0, "trs")}
 BACKBONE_LR = 1e-4  # a tenth of the head's: the usual ratio for fine-tuning pretrained blocks
 CHANNEL_DROPOUT = 0.1  # the strong view's dropout of 5a channels (the product's strong_channel_dropout)
 
@@ -138,7 +148,7 @@ def run(arguments, test_split: bool = False) -> dict:
         raise SystemExit("error: the fine-tuning probe runs on the demo's dives only (--dataset demo)")
     started = time.perf_counter()
     torch.set_num_threads(1)
-    learn_blocks, mean_teacher, unlabelled_weight = VARIANTS[variant]
+    learn_blocks, mean_teacher, unlabelled_weight, product_method = VARIANTS[variant]
     plain = build("supervised", target, ratio, seed, DEMO_CACHE, DEMO_ROOT, dataset="mtl-aqa")
     if test_split:
         plain["validation_fraction"] = 0.0  # make demo's split: scored on its test dives
@@ -191,7 +201,8 @@ def run(arguments, test_split: bool = False) -> dict:
         optimiser.step()
 
     model.train(True)
-    for _ in range(config.optim.epochs):
+    already_tuned = product_method is not None and tokens_file(test_split, target, ratio, seed).is_file()
+    for _ in range(0 if already_tuned else config.optim.epochs):
         for batch in epoch_batches(labelled, config.optim.batch_size, config.optim.min_steps_per_epoch, generator):
             step(labelled_loss(batch))
 
@@ -213,6 +224,10 @@ def run(arguments, test_split: bool = False) -> dict:
         model = teacher  # the product's trs and mean-teacher predict with the EMA teacher too
 
     model.train(False)
+    if product_method is not None:
+        return {"dataset": dataset, "target": target, "ratio": ratio, "seed": seed, "variant": variant,
+                **product_run(product_method, model, activations, data, test_split, arguments),
+                "seconds": round(time.perf_counter() - started, 1)}
     with torch.no_grad():
         value, _ = model(activations[torch.from_numpy(scored), 0])
     predicted = data.to_score(scored, value.double().numpy() * target_std + target_mean)
@@ -222,11 +237,61 @@ def run(arguments, test_split: bool = False) -> dict:
             "validation_spearman": spearman, "seconds": round(time.perf_counter() - started, 1)}
 
 
+def tokens_file(test_split: bool, target: str, ratio: float, seed: int) -> Path:
+    return TOKENS_DIR / f"{'test' if test_split else 'validation'}-{target}-{ratio:g}-seed{seed}.npy"
+
+
+def product_run(method: str, model: FineTunedModel, activations, data, test_split: bool, arguments) -> dict:
+    """The product's ``method`` on the features of ``model``'s fine-tuned blocks (every row of
+    ``data``, every view), standardised with the training dives' canonical view as
+    :func:`train.data.prepare_data` does; the split and everything else as ``data``."""
+    import dataclasses
+
+    import numpy as np
+    import torch
+
+    from train.config import config_from_json
+    from train.data import standardise_tokens
+    from train.fitting import fit
+
+    _, target, ratio, seed, _ = arguments
+    videos, views, clips = activations.shape[:3]
+    # ft-feat-sup and ft-feat-trs train the same blocks (same seed, one thread: the same numbers),
+    # so the second of them reads the first's features instead of fine-tuning again.
+    saved = tokens_file(test_split, target, ratio, seed)
+    if saved.is_file():
+        tokens = np.load(saved)
+    else:
+        with torch.no_grad():
+            features = torch.cat([model.blocks(chunk.reshape(-1, 832, 2, 2, 2)).mean(dim=(2, 3, 4))
+                                  for chunk in activations.split(16)])
+        tokens = features.reshape(videos, views, clips, 1024).numpy().astype(np.float32)
+        TOKENS_DIR.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=TOKENS_DIR, suffix=".npy.tmp", delete=False) as handle:
+            np.save(handle, tokens)
+        os.replace(handle.name, saved)
+    training = np.concatenate([data.labelled, data.unlabelled])
+    canonical = tokens[training, 0].reshape(-1, 1024).astype(np.float64)
+    mean, std = canonical.mean(axis=0), canonical.std(axis=0)
+    std = np.where(std > 1e-6 * max(1.0, float(std.max(initial=0.0))), std, 1.0)
+    standardise_tokens(tokens, mean, std)
+    tuned = dataclasses.replace(data, tokens=tokens, feature_mean=mean, feature_std=std)
+    plain = build(method, target, ratio, seed, DEMO_CACHE, DEMO_ROOT, dataset="mtl-aqa")
+    if test_split:
+        plain["validation_fraction"] = 0.0
+    fitted = fit(config_from_json(plain, "probe"), tuned, progress=False)
+    summary = fitted.method.model_summary() if hasattr(fitted.method, "model_summary") else {}
+    measured = fitted.test if test_split else fitted.validation
+    return {"validation_spearman": measured["spearman"], "gate_choice": summary.get("gate_choice"),
+            "unlabelled_spearman": (fitted.unlabelled or {}).get("spearman")}
+
+
 def report(records: list[dict]) -> str:
     by = {(r["target"], r["ratio"], r["seed"], r["variant"]): r["validation_spearman"] for r in records}
     comparisons = [("ft-sup", "frozen-sup"), ("ft-mt", "ft-sup"), ("ft-mt", "frozen-sup"), ("frozen-mt", "frozen-sup"),
                    ("ft-mt", "frozen-mt"), ("ft-mt", "ft-mt-w0"),
-                   ("ft-mt-w0", "ft-sup")]
+                   ("ft-mt-w0", "ft-sup"), ("ft-feat-trs", "ft-feat-sup"), ("ft-feat-sup", "ft-sup"),
+                   ("ft-feat-trs", "ft-sup")]
     lines = ["| cell | comparison | Δ validation ρ (mean ± se) | wins | n | baseline ρ |", "|---|---|---|---|---|---|"]
     for cell in sorted({key[:2] for key in by}):
         for variant, baseline in comparisons:
