@@ -286,13 +286,13 @@ def product_run(method: str, model: FineTunedModel, activations, data, test_spli
             "unlabelled_spearman": (fitted.unlabelled or {}).get("spearman")}
 
 
-def report(records: list[dict]) -> str:
+def report(records: list[dict], scored: str = "validation") -> str:
     by = {(r["target"], r["ratio"], r["seed"], r["variant"]): r["validation_spearman"] for r in records}
     comparisons = [("ft-sup", "frozen-sup"), ("ft-mt", "ft-sup"), ("ft-mt", "frozen-sup"), ("frozen-mt", "frozen-sup"),
                    ("ft-mt", "frozen-mt"), ("ft-mt", "ft-mt-w0"),
                    ("ft-mt-w0", "ft-sup"), ("ft-feat-trs", "ft-feat-sup"), ("ft-feat-sup", "ft-sup"),
                    ("ft-feat-trs", "ft-sup")]
-    lines = ["| cell | comparison | Δ validation ρ (mean ± se) | wins | n | baseline ρ |", "|---|---|---|---|---|---|"]
+    lines = [f"| cell | comparison | Δ {scored} ρ (mean ± se) | wins | n | baseline ρ |", "|---|---|---|---|---|---|"]
     for cell in sorted({key[:2] for key in by}):
         for variant, baseline in comparisons:
             pairs = [(by[(*cell, seed, variant)], by[(*cell, seed, baseline)]) for (t, r, seed, v) in by
@@ -310,6 +310,10 @@ def run_on_test_split(arguments) -> dict:
     return run(arguments, test_split=True)
 
 
+def report_test(records: list[dict]) -> str:
+    return report(records, scored="test")
+
+
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv == ["--cache"]:
@@ -319,7 +323,7 @@ def main(argv=None) -> int:
         sys.exit(f"error: {INTERMEDIATE_CACHE}: no intermediate cache (run python bench/finetune_probe.py --cache)")
     if "--test-split" in argv:
         argv.remove("--test-split")
-        return probe_main(argv, __doc__, list(VARIANTS), TEST_RESULTS, run_on_test_split, report)
+        return probe_main(argv, __doc__, list(VARIANTS), TEST_RESULTS, run_on_test_split, report_test)
     return probe_main(argv, __doc__, list(VARIANTS), RESULTS, run, report)
 
 
