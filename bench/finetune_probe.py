@@ -251,7 +251,7 @@ def product_run(method: str, model: FineTunedModel, activations, data, test_spli
     import torch
 
     from train.config import config_from_json
-    from train.data import standardise_tokens
+    from train.data import standardise_tokens, training_statistics
     from train.fitting import fit
 
     _, target, ratio, seed, _ = arguments
@@ -270,10 +270,7 @@ def product_run(method: str, model: FineTunedModel, activations, data, test_spli
         with tempfile.NamedTemporaryFile(dir=TOKENS_DIR, suffix=".npy.tmp", delete=False) as handle:
             np.save(handle, tokens)
         os.replace(handle.name, saved)
-    training = np.concatenate([data.labelled, data.unlabelled])
-    canonical = tokens[training, 0].reshape(-1, 1024).astype(np.float64)
-    mean, std = canonical.mean(axis=0), canonical.std(axis=0)
-    std = np.where(std > 1e-6 * max(1.0, float(std.max(initial=0.0))), std, 1.0)
+    mean, std = training_statistics(tokens, np.concatenate([data.labelled, data.unlabelled]))
     standardise_tokens(tokens, mean, std)
     tuned = dataclasses.replace(data, tokens=tokens, feature_mean=mean, feature_std=std)
     plain = build(method, target, ratio, seed, DEMO_CACHE, DEMO_ROOT, dataset="mtl-aqa")

@@ -213,6 +213,17 @@ def check_score_scale(targets: np.ndarray, num_labelled: int, target: str, origi
                         f"to compute with (at least {_SMALLEST_SCORE_SPREAD:g}); rescale the scores", origin)
 
 
+def training_statistics(tokens: np.ndarray, training: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-channel mean and std of ``tokens`` ``[videos, views, T, D]`` over the ``training`` videos'
+    canonical view: label-free, and without the validation or test videos, so the same transform
+    serves every method. A channel that does not vary keeps std 1."""
+    canonical = tokens[training, 0].reshape(-1, tokens.shape[-1]).astype(np.float64)
+    mean = canonical.mean(axis=0)
+    std = canonical.std(axis=0)
+    std = np.where(std > 1e-6 * max(1.0, float(std.max(initial=0.0))), std, 1.0)
+    return mean, std
+
+
 def standardise_tokens(tokens: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
     """``(tokens - mean) / std`` per channel, in place on float32 ``tokens`` (returned): the one
     transform training applies, shared with :mod:`train.predict` so new videos get the same numbers."""
@@ -308,13 +319,7 @@ def prepare_data(config: TrainConfig) -> TrainingData:
     validation = np.arange(n_labelled + n_unlabelled, n_labelled + n_unlabelled + n_validation)
     test = np.arange(n_labelled + n_unlabelled + n_validation, len(keys))
 
-    # Standardise every channel with statistics of the training videos' canonical view: label-free,
-    # and without the validation or test videos. The same transform for every method.
-    training = np.concatenate([labelled, unlabelled])
-    canonical = tokens[training, 0].reshape(-1, tokens.shape[-1]).astype(np.float64)
-    mean = canonical.mean(axis=0)
-    std = canonical.std(axis=0)
-    std = np.where(std > 1e-6 * max(1.0, float(std.max(initial=0.0))), std, 1.0)
+    mean, std = training_statistics(tokens, np.concatenate([labelled, unlabelled]))
     standardise_tokens(tokens, mean, std)
 
     view_names = cache.view_names
