@@ -138,7 +138,6 @@ def run(arguments, test_split: bool = False) -> dict:
     import torch
     from scipy.stats import spearmanr
 
-    from train.config import config_from_json
     from train.data import prepare_data
     from train.models import ema_update, regression_loss
     from train.tune import without_test
@@ -149,10 +148,7 @@ def run(arguments, test_split: bool = False) -> dict:
     started = time.perf_counter()
     torch.set_num_threads(1)
     learn_blocks, mean_teacher, unlabelled_weight, product_method = VARIANTS[variant]
-    plain = build("supervised", target, ratio, seed, DEMO_CACHE, DEMO_ROOT, dataset="mtl-aqa")
-    if test_split:
-        plain["validation_fraction"] = 0.0  # make demo's split: scored on its test dives
-    config = config_from_json(plain, "probe")
+    config = probe_config("supervised", target, ratio, seed, test_split)
     data = prepare_data(config) if test_split else without_test(prepare_data(config))
     scored = data.test if test_split else data.validation
     with h5py.File(INTERMEDIATE_CACHE, "r") as cache:
@@ -237,6 +233,17 @@ def run(arguments, test_split: bool = False) -> dict:
             "validation_spearman": spearman, "seconds": round(time.perf_counter() - started, 1)}
 
 
+def probe_config(method: str, target: str, ratio: float, seed: int, test_split: bool):
+    """The product's default ``method`` on a validation split of the demo's training dives, or on
+    ``make demo``'s own split (scored on its test dives) with ``test_split``."""
+    from train.config import config_from_json
+
+    plain = build(method, target, ratio, seed, DEMO_CACHE, DEMO_ROOT, dataset="mtl-aqa")
+    if test_split:
+        plain["validation_fraction"] = 0.0
+    return config_from_json(plain, "probe")
+
+
 def tokens_file(test_split: bool, target: str, ratio: float, seed: int) -> Path:
     return TOKENS_DIR / f"{'test' if test_split else 'validation'}-{target}-{ratio:g}-seed{seed}.npy"
 
@@ -250,7 +257,6 @@ def product_run(method: str, model: FineTunedModel, activations, data, test_spli
     import numpy as np
     import torch
 
-    from train.config import config_from_json
     from train.data import standardise_tokens, training_statistics
     from train.fitting import fit
 
@@ -273,11 +279,8 @@ def product_run(method: str, model: FineTunedModel, activations, data, test_spli
     mean, std = training_statistics(tokens, np.concatenate([data.labelled, data.unlabelled]))
     standardise_tokens(tokens, mean, std)
     tuned = dataclasses.replace(data, tokens=tokens, feature_mean=mean, feature_std=std)
-    plain = build(method, target, ratio, seed, DEMO_CACHE, DEMO_ROOT, dataset="mtl-aqa")
-    if test_split:
-        plain["validation_fraction"] = 0.0
-    fitted = fit(config_from_json(plain, "probe"), tuned, progress=False)
-    summary = fitted.method.model_summary() if hasattr(fitted.method, "model_summary") else {}
+    fitted = fit(probe_config(method, target, ratio, seed, test_split), tuned, progress=False)
+    summary = fitted.method.model_summary()
     measured = fitted.test if test_split else fitted.validation
     return {"validation_spearman": measured["spearman"], "gate_choice": summary.get("gate_choice"),
             "unlabelled_spearman": (fitted.unlabelled or {}).get("spearman")}
