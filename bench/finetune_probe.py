@@ -41,6 +41,13 @@ the validation splits have decided, so that the demo's table can be read beside 
 
     python bench/finetune_probe.py --test-split --dataset demo --seeds 0-2 --jobs 2
     python bench/finetune_probe.py --test-split --report
+
+``--validation-45`` runs validation splits with ``make demo``'s labelled count: 45 of the 225
+training dives held out for validation, 25 % of the other 180 labelled (45 labelled, 135
+unlabelled; the default validation splits have 34 and 135). Records in
+``finetune_probe_v45.jsonl``; the test split stays unread.
+
+    python bench/finetune_probe.py --validation-45 --dataset demo --seeds 20-35 --jobs 2
 """
 
 from __future__ import annotations
@@ -60,6 +67,10 @@ from bench.tune_fisv import _mean_se, build  # noqa: E402
 
 RESULTS = REPO_ROOT / "bench" / "results" / "finetune_probe.jsonl"
 TEST_RESULTS = REPO_ROOT / "bench" / "results" / "finetune_probe_test.jsonl"
+V45_RESULTS = REPO_ROOT / "bench" / "results" / "finetune_probe_v45.jsonl"
+# protocol -> (validation fraction of the 225 training dives, labelled ratio of the rest); None:
+# the default validation splits of bench.tune_fisv.build
+PROTOCOLS = {"validation": (None, 0.2), "validation-45": (0.2, 0.25), "test": (0.0, 0.2)}
 INTERMEDIATE_CACHE = REPO_ROOT / "features" / "synth-dive-5a.h5"
 TOKENS_DIR = REPO_ROOT / "bench" / "results" / "finetune_tokens"
 END_POINT = "MaxPool3d_5a_2x2"
@@ -129,8 +140,9 @@ class FineTunedModel:
         return self.head(tokens)
 
 
-def run(arguments, test_split: bool = False) -> dict:
+def run(arguments, protocol: str = "validation") -> dict:
     dataset, target, ratio, seed, variant = arguments
+    test_split = protocol == "test"
     import time
 
     import h5py
@@ -148,7 +160,7 @@ def run(arguments, test_split: bool = False) -> dict:
     started = time.perf_counter()
     torch.set_num_threads(1)
     learn_blocks, mean_teacher, unlabelled_weight, product_method = VARIANTS[variant]
-    config = probe_config("supervised", target, ratio, seed, test_split)
+    config = probe_config("supervised", target, ratio, seed, protocol)
     data = prepare_data(config) if test_split else without_test(prepare_data(config))
     scored = data.test if test_split else data.validation
     with h5py.File(INTERMEDIATE_CACHE, "r") as cache:
@@ -197,7 +209,7 @@ def run(arguments, test_split: bool = False) -> dict:
         optimiser.step()
 
     model.train(True)
-    already_tuned = product_method is not None and tokens_file(test_split, target, ratio, seed).is_file()
+    already_tuned = product_method is not None and tokens_file(protocol, target, ratio, seed).is_file()
     for _ in range(0 if already_tuned else config.optim.epochs):
         for batch in epoch_batches(labelled, config.optim.batch_size, config.optim.min_steps_per_epoch, generator):
             step(labelled_loss(batch))
@@ -222,7 +234,7 @@ def run(arguments, test_split: bool = False) -> dict:
     model.train(False)
     if product_method is not None:
         return {"dataset": dataset, "target": target, "ratio": ratio, "seed": seed, "variant": variant,
-                **product_run(product_method, model, activations, data, test_split, arguments),
+                **product_run(product_method, model, activations, data, protocol, arguments),
                 "seconds": round(time.perf_counter() - started, 1)}
     with torch.no_grad():
         value, _ = model(activations[torch.from_numpy(scored), 0])
@@ -233,22 +245,26 @@ def run(arguments, test_split: bool = False) -> dict:
             "validation_spearman": spearman, "seconds": round(time.perf_counter() - started, 1)}
 
 
-def probe_config(method: str, target: str, ratio: float, seed: int, test_split: bool):
-    """The product's default ``method`` on a validation split of the demo's training dives, or on
-    ``make demo``'s own split (scored on its test dives) with ``test_split``."""
+def probe_config(method: str, target: str, ratio: float, seed: int, protocol: str):
+    """The product's default ``method`` on a validation split of the demo's training dives (of
+    :data:`PROTOCOLS`' sizes), or on ``make demo``'s own split (scored on its test dives) for the
+    protocol ``test``."""
     from train.config import config_from_json
 
+    validation_fraction, expected_ratio = PROTOCOLS[protocol]
+    if ratio != expected_ratio:
+        raise SystemExit(f"error: the {protocol} protocol labels {expected_ratio:g} of its training dives, not {ratio:g}")
     plain = build(method, target, ratio, seed, DEMO_CACHE, DEMO_ROOT, dataset="mtl-aqa")
-    if test_split:
-        plain["validation_fraction"] = 0.0
+    if validation_fraction is not None:
+        plain["validation_fraction"] = validation_fraction
     return config_from_json(plain, "probe")
 
 
-def tokens_file(test_split: bool, target: str, ratio: float, seed: int) -> Path:
-    return TOKENS_DIR / f"{'test' if test_split else 'validation'}-{target}-{ratio:g}-seed{seed}.npy"
+def tokens_file(protocol: str, target: str, ratio: float, seed: int) -> Path:
+    return TOKENS_DIR / f"{protocol}-{target}-{ratio:g}-seed{seed}.npy"
 
 
-def product_run(method: str, model: FineTunedModel, activations, data, test_split: bool, arguments) -> dict:
+def product_run(method: str, model: FineTunedModel, activations, data, protocol: str, arguments) -> dict:
     """The product's ``method`` on the features of ``model``'s fine-tuned blocks (every row of
     ``data``, every view), standardised with the training dives' canonical view as
     :func:`train.data.prepare_data` does; the split and everything else as ``data``."""
@@ -264,7 +280,7 @@ def product_run(method: str, model: FineTunedModel, activations, data, test_spli
     videos, views, clips = activations.shape[:3]
     # ft-feat-sup and ft-feat-trs train the same blocks (same seed, one thread: the same numbers),
     # so the second of them reads the first's features instead of fine-tuning again.
-    saved = tokens_file(test_split, target, ratio, seed)
+    saved = tokens_file(protocol, target, ratio, seed)
     if saved.is_file():
         tokens = np.load(saved)
     else:
@@ -279,9 +295,9 @@ def product_run(method: str, model: FineTunedModel, activations, data, test_spli
     mean, std = training_statistics(tokens, np.concatenate([data.labelled, data.unlabelled]))
     standardise_tokens(tokens, mean, std)
     tuned = dataclasses.replace(data, tokens=tokens, feature_mean=mean, feature_std=std)
-    fitted = fit(probe_config(method, target, ratio, seed, test_split), tuned, progress=False)
+    fitted = fit(probe_config(method, target, ratio, seed, protocol), tuned, progress=False)
     summary = fitted.method.model_summary()
-    measured = fitted.test if test_split else fitted.validation
+    measured = fitted.test if protocol == "test" else fitted.validation
     return {"validation_spearman": measured["spearman"], "gate_choice": summary.get("gate_choice"),
             "unlabelled_spearman": (fitted.unlabelled or {}).get("spearman")}
 
@@ -307,7 +323,11 @@ def report(records: list[dict], scored: str = "validation") -> str:
 
 
 def run_on_test_split(arguments) -> dict:
-    return run(arguments, test_split=True)
+    return run(arguments, protocol="test")
+
+
+def run_on_validation_45(arguments) -> dict:
+    return run(arguments, protocol="validation-45")
 
 
 def report_test(records: list[dict]) -> str:
@@ -324,6 +344,10 @@ def main(argv=None) -> int:
     if "--test-split" in argv:
         argv.remove("--test-split")
         return probe_main(argv, __doc__, list(VARIANTS), TEST_RESULTS, run_on_test_split, report_test)
+    if "--validation-45" in argv:
+        argv.remove("--validation-45")
+        return probe_main(argv, __doc__, list(VARIANTS), V45_RESULTS, run_on_validation_45, report,
+                          demo_ratio=PROTOCOLS["validation-45"][1])
     return probe_main(argv, __doc__, list(VARIANTS), RESULTS, run, report)
 
 
