@@ -261,7 +261,14 @@ def probe_config(method: str, target: str, ratio: float, seed: int, protocol: st
 
 
 def tokens_file(protocol: str, target: str, ratio: float, seed: int) -> Path:
-    return TOKENS_DIR / f"{protocol}-{target}-{ratio:g}-seed{seed}.npy"
+    """Where the fine-tuned blocks' features of one run are kept for its ft-feat partner: named by
+    the split and seed, and by the intermediate cache's size and modification time and the
+    blocks' learning rate, so that a rebuilt cache or another rate never reads stale features."""
+    import hashlib
+
+    cache = INTERMEDIATE_CACHE.stat()
+    stamp = hashlib.sha256(f"{cache.st_size}:{cache.st_mtime_ns}:{BACKBONE_LR!r}".encode()).hexdigest()[:10]
+    return TOKENS_DIR / f"{protocol}-{target}-{ratio:g}-seed{seed}-{stamp}.npy"
 
 
 def product_run(method: str, model: FineTunedModel, activations, data, protocol: str, arguments) -> dict:
@@ -290,7 +297,11 @@ def product_run(method: str, model: FineTunedModel, activations, data, protocol:
         tokens = features.reshape(videos, views, clips, 1024).numpy().astype(np.float32)
         TOKENS_DIR.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=TOKENS_DIR, suffix=".npy.tmp", delete=False) as handle:
-            np.save(handle, tokens)
+            try:
+                np.save(handle, tokens)
+            except BaseException:
+                os.unlink(handle.name)
+                raise
         os.replace(handle.name, saved)
     mean, std = training_statistics(tokens, np.concatenate([data.labelled, data.unlabelled]))
     standardise_tokens(tokens, mean, std)

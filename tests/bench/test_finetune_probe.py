@@ -27,3 +27,11 @@ def test_the_report_pairs_variants_by_seed_and_skips_unpaired_seeds():
     assert delta == "+0.0200 ± 0.0300" and wins == "1/2" and count == "2" and baseline == "0.750"
     assert table["ft-sup − frozen-sup"][1:3] == ["1/1", "1"]
     assert "frozen-mt − frozen-sup" not in table  # never ran
+
+
+def test_each_protocol_refuses_a_ratio_it_does_not_label():
+    import pytest
+
+    for protocol, (_, ratio) in finetune_probe.PROTOCOLS.items():
+        with pytest.raises(SystemExit, match=f"labels {ratio:g}"):
+            finetune_probe.probe_config("supervised", "final_score", ratio + 0.05, 0, protocol)

@@ -73,3 +73,15 @@ def test_the_demo_needs_its_features(probe, monkeypatch, tmp_path):
     with pytest.raises(SystemExit) as stopped:
         call("--dataset", "demo", "--seeds", "0")
     assert "missing.h5" in str(stopped.value) and "make extract" in str(stopped.value)
+
+
+def test_the_demo_cell_takes_the_probe_s_labelled_ratio(monkeypatch, tmp_path):
+    monkeypatch.setattr(probe_cli, "ProcessPoolExecutor", concurrent.futures.ThreadPoolExecutor)
+    features = tmp_path / "demo.h5"
+    features.touch()
+    monkeypatch.setattr(probe_cli, "DEMO_CACHE", features)
+    results = tmp_path / "probe.jsonl"
+    for ratio in (0.2, 0.25):
+        probe_cli.probe_main(["--dataset", "demo", "--seeds", "0", "--variants", "a"], "a probe", ["a"], results,
+                             fake_run, fake_report, demo_ratio=ratio)
+    assert keys(results) == [("final_score", 0.2, 0, "a"), ("final_score", 0.25, 0, "a")]
