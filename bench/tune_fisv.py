@@ -46,11 +46,13 @@ VALIDATION_FRACTION = 0.25
 # graph k = 3, strength 3 by default; trs 4: the gate averages 3 cross-fittings by default;
 # trs 5: the reference learns in the semi-supervised phase, 50 burn-in epochs, balanced fusion and
 # half of the test prediction by default (the trs-refsemi-balanced-ref50-test50 variant of 4); trs 6:
-# the graph takes half of the test prediction when the run's pseudo-labels went through it;
+# the graph takes half of the test prediction when the run's pseudo-labels went through it; trs 7:
+# the gate's margin on Fisher's z scale by default (research log, session 13; records of sessions
+# 14-15 were written as 6 by mistake: their gate's margin, sqrt(1.06 / (n - 3)), shows the scale);
 # ridge 2: fixed alpha 100 by default instead of leave-one-out; mean-teacher 2: 5 unlabelled
 # epochs and EMA 0.999 by default, the best of the mt-* variants at version 1; pseudo-label 2:
 # unlabelled weight 0.1 by default, the best of the pl-* variants at version 1).
-CODE_VERSIONS = {"trs": 6, "ridge": 2, "mean-teacher": 2, "pseudo-label": 2}
+CODE_VERSIONS = {"trs": 7, "ridge": 2, "mean-teacher": 2, "pseudo-label": 2}
 
 
 def code_version(method: str) -> int:
