@@ -176,6 +176,20 @@ def result_id(variant: str, target: str, ratio: float, seed: int) -> str:
                           "validation_fraction": VALIDATION_FRACTION})
 
 
+def current_results(path: Path) -> dict[str, dict]:
+    """The records of ``path`` that today's code would reproduce, by id: those of registered or
+    ad-hoc variants at their method's current code version (older ones are left out, so they
+    rerun instead of standing in for today's code). Ids are recomputed, so that adding a config
+    field with a default keeps old results."""
+    results = {}
+    for record in load_results(path).values():
+        known = record["variant"] in VARIANTS or ":" in record["variant"]
+        if known and record.get("code_version", 1) == code_version(parse_variant(record["variant"])[0]):
+            record["id"] = result_id(record["variant"], record["target"], record["ratio"], record["seed"])
+            results[record["id"]] = record
+    return results
+
+
 def _task(record_id: str, config: dict) -> tuple[str, dict]:
     return record_id, run_in_process(config, threads=1)
 
@@ -337,12 +351,7 @@ def main():
 
     from train.sweep import parse_list, parse_seeds
 
-    results = {}
-    for record in load_results(args.results).values():  # ids recomputed: stable across field additions
-        known = record["variant"] in VARIANTS or ":" in record["variant"]
-        if known and record.get("code_version", 1) == code_version(parse_variant(record["variant"])[0]):
-            record["id"] = result_id(record["variant"], record["target"], record["ratio"], record["seed"])
-            results[record["id"]] = record
+    results = current_results(args.results)
     variants = parse_list(args.variants, "variants")
     targets, ratios = parse_list(args.targets, "targets"), parse_list(args.ratios, "ratios", float)
     plan: dict[str, dict] = {}
