@@ -253,7 +253,8 @@ def probe_config(method: str, target: str, ratio: float, seed: int, protocol: st
 
     validation_fraction, expected_ratio = PROTOCOLS[protocol]
     if ratio != expected_ratio:
-        raise SystemExit(f"error: the {protocol} protocol labels {expected_ratio:g} of its training dives, not {ratio:g}")
+        raise SystemExit(f"error: the {protocol} protocol labels {expected_ratio:g} of its training dives, "
+                         f"not {ratio:g}")
     plain = build(method, target, ratio, seed, DEMO_CACHE, DEMO_ROOT, dataset="mtl-aqa")
     if validation_fraction is not None:
         plain["validation_fraction"] = validation_fraction

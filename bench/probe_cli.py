@@ -21,7 +21,8 @@ from bench.gate_rule_study import DEMO_CACHE, cells, load
 
 
 def probe_main(argv, description: str, variants: Sequence[str], results: Path, run: Callable[[tuple], dict],
-               report: Callable[[list[dict]], str], shown: Sequence[str] = ("seconds",), demo_ratio: float = 0.2) -> int:
+               report: Callable[[list[dict]], str], shown: Sequence[str] = ("seconds",),
+               demo_ratio: float = 0.2) -> int:
     """Parse ``argv`` and run or report the probe; ``shown``: record fields printed after each run
     besides its cell, seed, variant and validation Spearman; ``demo_ratio``: the demo cell's
     labelled ratio."""
@@ -49,8 +50,9 @@ def probe_main(argv, description: str, variants: Sequence[str], results: Path, r
         ensure_fisv_cache(DEFAULT_FISV_DIR, DEFAULT_CACHE)
     seeds = parse_seeds(args.seeds)
     done = {(r["dataset"], r["target"], r["ratio"], r["seed"], r["variant"]) for r in load(args.results)}
-    tasks = [(args.dataset, target, ratio, seed, variant) for seed in seeds for target, ratio in cells(args.dataset, demo_ratio)
-             for variant in args.variants.split(",") if (args.dataset, target, ratio, seed, variant) not in done]
+    tasks = [(args.dataset, target, ratio, seed, variant) for seed in seeds
+             for target, ratio in cells(args.dataset, demo_ratio) for variant in args.variants.split(",")
+             if (args.dataset, target, ratio, seed, variant) not in done]
     fields = ("target", "ratio", "seed", "variant", "validation_spearman", *shown)
     with ProcessPoolExecutor(args.jobs) as pool:
         for record in pool.map(run, tasks):

@@ -38,7 +38,8 @@ def test_the_report_pairs_a_variant_with_the_baseline_over_common_seeds_only():
     runs = [record("supervised", 0, 0.30), record("supervised", 1, 0.40), record("trs", 0, 0.50),
             record("trs", 1, 0.45), record("trs", 2, 0.99)]  # seed 2 has no baseline: not paired
     results = {f"{item['variant']}-{item['seed']}": item for item in runs}
-    line = next(row for row in tune_fisv.report(results, "supervised", None).splitlines() if row.strip().startswith("trs"))
+    table = tune_fisv.report(results, "supervised", None).splitlines()
+    line = next(row for row in table if row.strip().startswith("trs"))
     fields = line.split()
     assert fields[1] == "3"  # three runs of trs
     assert fields[5] == "+0.125" and fields[7] == "0.075"  # (0.20 + 0.05) / 2, se 0.075 over two pairs
