@@ -334,33 +334,26 @@ def report(records: list[dict], scored: str = "validation") -> str:
     return "\n".join(lines)
 
 
-def run_on_test_split(arguments) -> dict:
-    return run(arguments, protocol="test")
-
-
-def run_on_validation_45(arguments) -> dict:
-    return run(arguments, protocol="validation-45")
-
-
-def report_test(records: list[dict]) -> str:
-    return report(records, scored="test")
-
-
 def main(argv=None) -> int:
+    import functools
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv == ["--cache"]:
         build_cache()
         return 0
     if "--report" not in argv and not INTERMEDIATE_CACHE.is_file():
         sys.exit(f"error: {INTERMEDIATE_CACHE}: no intermediate cache (run python bench/finetune_probe.py --cache)")
-    if "--test-split" in argv:
-        argv.remove("--test-split")
-        return probe_main(argv, __doc__, list(VARIANTS), TEST_RESULTS, run_on_test_split, report_test)
-    if "--validation-45" in argv:
-        argv.remove("--validation-45")
-        return probe_main(argv, __doc__, list(VARIANTS), V45_RESULTS, run_on_validation_45, report,
-                          demo_ratio=PROTOCOLS["validation-45"][1])
-    return probe_main(argv, __doc__, list(VARIANTS), RESULTS, run, report)
+    flags = {"--test-split": "test", "--validation-45": "validation-45"}
+    chosen = [flag for flag in flags if flag in argv]
+    if len(chosen) > 1:
+        sys.exit(f"error: {' and '.join(chosen)} name two protocols; give one")
+    protocol = flags[chosen[0]] if chosen else "validation"
+    if chosen:
+        argv.remove(chosen[0])
+    results = {"validation": RESULTS, "validation-45": V45_RESULTS, "test": TEST_RESULTS}[protocol]
+    return probe_main(argv, __doc__, list(VARIANTS), results, functools.partial(run, protocol=protocol),
+                      functools.partial(report, scored="test" if protocol == "test" else "validation"),
+                      demo_ratio=PROTOCOLS[protocol][1])
 
 
 if __name__ == "__main__":

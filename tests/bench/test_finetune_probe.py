@@ -1,6 +1,9 @@
-"""bench/finetune_probe.py's report: paired differences per seed, only over seeds both variants ran."""
+"""bench/finetune_probe.py: the report pairs variants per seed, only over seeds both ran; each
+protocol (validation, validation-45, test) labels its own share of the training dives."""
 
 from __future__ import annotations
+
+import pytest
 
 from bench import finetune_probe
 
@@ -30,8 +33,6 @@ def test_the_report_pairs_variants_by_seed_and_skips_unpaired_seeds():
 
 
 def test_each_protocol_refuses_a_ratio_it_does_not_label():
-    import pytest
-
     for protocol, (_, ratio) in finetune_probe.PROTOCOLS.items():
         with pytest.raises(SystemExit, match=f"labels {ratio:g}"):
             finetune_probe.probe_config("supervised", "final_score", ratio + 0.05, 0, protocol)

@@ -29,9 +29,9 @@ def probe(monkeypatch, tmp_path):
     monkeypatch.setattr(probe_cli, "ensure_fisv_cache", lambda *paths: None)
     results = tmp_path / "probe.jsonl"
 
-    def call(*arguments: str) -> int:
+    def call(*arguments: str, **options) -> int:
         return probe_cli.probe_main(["--results", str(results), *arguments], "a probe", ["a", "b"], results,
-                                    fake_run, fake_report)
+                                    fake_run, fake_report, **options)
 
     return call, results
 
@@ -75,13 +75,11 @@ def test_the_demo_needs_its_features(probe, monkeypatch, tmp_path):
     assert "missing.h5" in str(stopped.value) and "make extract" in str(stopped.value)
 
 
-def test_the_demo_cell_takes_the_probe_s_labelled_ratio(monkeypatch, tmp_path):
-    monkeypatch.setattr(probe_cli, "ProcessPoolExecutor", concurrent.futures.ThreadPoolExecutor)
+def test_the_demo_cell_takes_the_probe_s_labelled_ratio(probe, monkeypatch, tmp_path):
+    call, results = probe
     features = tmp_path / "demo.h5"
     features.touch()
     monkeypatch.setattr(probe_cli, "DEMO_CACHE", features)
-    results = tmp_path / "probe.jsonl"
     for ratio in (0.2, 0.25):
-        probe_cli.probe_main(["--dataset", "demo", "--seeds", "0", "--variants", "a"], "a probe", ["a"], results,
-                             fake_run, fake_report, demo_ratio=ratio)
+        assert call("--dataset", "demo", "--seeds", "0", "--variants", "a", demo_ratio=ratio) == 0
     assert keys(results) == [("final_score", 0.2, 0, "a"), ("final_score", 0.25, 0, "a")]
