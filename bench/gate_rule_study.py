@@ -53,7 +53,8 @@ RULES = {"paired": f"semi.gate_paired_z={Z:g}", "graph_margin": f"semi.gate_grap
 AGAINST = {"paired": "margin", "graph_margin": "margin", "fisher": "margin", "few_labels": "fisher"}
 
 
-def cells(dataset: str, demo_ratio: float = 0.2, fisv_ratios: tuple[float, ...] = (0.1, 0.25)) -> list[tuple[str, float]]:
+def cells(dataset: str, demo_ratio: float = 0.2,
+          fisv_ratios: tuple[float, ...] = (0.1, 0.25)) -> list[tuple[str, float]]:
     if dataset == "demo":
         return [("final_score", demo_ratio)]
     return [(target, ratio) for target in ("TES", "PCS") for ratio in fisv_ratios]
@@ -184,7 +185,8 @@ def report(records: list[dict], rule: str = "paired") -> str:
     deltas_by_key = outcomes(records, rule)
     lines = [f"Rule: {RULES[rule]} against the {against} rule",
              f"| dataset | cell | splits | graph kept ({against} / rule) | disagreements | measured | "
-             f"Δ rule − {against} over disagreements | Δ per split (all splits) |", "|---|---|---|---|---|---|---|---|"]
+             f"Δ rule − {against} over disagreements | Δ per split (all splits) |",
+             "|---|---|---|---|---|---|---|---|"]
     by_cell: dict[tuple, list] = {}
     for key, record in gates.items():
         by_cell.setdefault(key[:3], []).append(record)
@@ -197,9 +199,10 @@ def report(records: list[dict], rule: str = "paired") -> str:
         measured = len(deltas)
         over = f"{np.mean(deltas):+.3f} ({', '.join(f'{d:+.3f}' for d in deltas)})" if deltas else ""
         per_split = f"{np.sum(deltas) / len(group):+.4f}" if measured == len(disagreements) else "incomplete"
-        lines.append(f"| {dataset} | {target} {ratio:g} | {len(group)} | {sum(kept(rule_choice(r, against)) for r in group)}"
-                     f" / {sum(kept(rule_choice(r, rule)) for r in group)} | {len(disagreements)} | {measured} | {over} "
-                     f"| {per_split} |")
+        kept_before = sum(kept(rule_choice(r, against)) for r in group)
+        kept_after = sum(kept(rule_choice(r, rule)) for r in group)
+        lines.append(f"| {dataset} | {target} {ratio:g} | {len(group)} | {kept_before} / {kept_after} | "
+                     f"{len(disagreements)} | {measured} | {over} | {per_split} |")
     return "\n".join(lines)
 
 
