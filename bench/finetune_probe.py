@@ -142,7 +142,6 @@ class FineTunedModel:
 
 def run(arguments, protocol: str = "validation") -> dict:
     dataset, target, ratio, seed, variant = arguments
-    test_split = protocol == "test"
     import time
 
     import h5py
@@ -161,8 +160,12 @@ def run(arguments, protocol: str = "validation") -> dict:
     torch.set_num_threads(1)
     learn_blocks, mean_teacher, unlabelled_weight, product_method = VARIANTS[variant]
     config = probe_config("supervised", target, ratio, seed, protocol)
-    data = prepare_data(config) if test_split else without_test(prepare_data(config))
-    scored = data.test if test_split else data.validation
+    data = prepare_data(config)
+    if protocol == "test":  # make demo's split: the test dives are scored
+        scored = data.test
+    else:  # validation protocols: the test rows are cut off, so they cannot be read
+        data = without_test(data)
+        scored = data.validation
     with h5py.File(INTERMEDIATE_CACHE, "r") as cache:
         stacked = [cache["videos"][key][()] for key in data.keys]
     if len({array.shape for array in stacked}) != 1:

@@ -273,15 +273,10 @@ class SemiConfig(CheckedConfig):
     # and on 80 Fis-V validation splits it chooses as the old rule did in every one. The paired
     # rule (gate_paired_z) compares per-fold differences and ignores the scale.
     gate_scale: GateScale = "fisher"
-    # With fewer labelled videos than this, the gate starts from the configured sources without
-    # the graph, which a graph option must then beat by the margin (0: the configured option as
-    # given, whatever the count). Under study (research log, session 18): with about 20 labels the
-    # out-of-fold estimates cannot tell a graph that helps (Fis-V) from one that hurts (the dives).
-    gate_graph_min_labelled: int = 0
 
     def check(self) -> None:
         _non_negative(self, "semi_epochs", "unlabelled_weight", "graph_strength", "gate_epochs",
-                      "gate_reference_epochs", "gate_graph_min_labelled")
+                      "gate_reference_epochs")
         _positive(self, "mc_samples", "graph_neighbours", "max_confidence_weight", "gate_repeats")
         require(self.gate_folds >= 2, "gate_folds", f"must be at least 2, got {self.gate_folds!r}")
         require(self.gate_graph_margin is None or math.isfinite(self.gate_graph_margin), "gate_graph_margin",

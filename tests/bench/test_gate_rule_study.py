@@ -56,20 +56,7 @@ def test_the_report_averages_over_every_split_and_waits_for_untrained_disagreeme
     assert float(row[7]) == pytest.approx((0.200 - 0.100) / 3, abs=5e-5)  # zero where they agree
 
 
-def test_the_few_labels_rule_starts_without_the_graph_below_its_count_and_is_asked_against_fisher():
-    # graph ahead out of fold, but by no margin: the Fisher rule keeps the graph
-    estimates = {GRAPH: 0.30, NO_GRAPH: 0.25, "teacher, graph 3": 0.20, "teacher, graph 0": 0.28}
-    few = gate_record(0, estimates, n_labelled=17)
-    assert gate_rule_study.rule_choice(few, "fisher") == GRAPH
-    assert gate_rule_study.rule_choice(few, "few_labels") == NO_GRAPH
-    enough = gate_record(1, estimates, n_labelled=gate_rule_study.MIN_LABELLED)
-    assert gate_rule_study.rule_choice(enough, "few_labels") == gate_rule_study.rule_choice(enough, "fisher") == GRAPH
-    # a graph that leads the no-graph start by more than the margin is still chosen
-    clear = gate_record(2, {**estimates, GRAPH: 0.80}, n_labelled=17)
-    assert gate_rule_study.rule_choice(clear, "few_labels") == GRAPH
-    runs = {"dataset": "demo", "target": "final_score", "ratio": 0.2, "seed": 0, "kind": "runs-fisher-few_labels",
-            "fisher": {"validation_spearman": 0.40}, "few_labels": {"validation_spearman": 0.55}}
-    row = gate_rule_study.report([few, enough, runs], "few_labels").splitlines()
-    assert row[0].endswith("against the fisher rule")
-    cells = [cell.strip() for cell in row[3].strip("|").split("|")]
-    assert cells[2:6] == ["2", "2 / 1", "1", "1"] and float(cells[7]) == pytest.approx(0.15 / 2, abs=5e-5)
+def test_the_cells_take_the_labelled_shares_asked_for():
+    assert gate_rule_study.cells("demo", demo_ratio=0.1) == [("final_score", 0.1)]
+    assert gate_rule_study.cells("fis-v") == [("TES", 0.1), ("TES", 0.25), ("PCS", 0.1), ("PCS", 0.25)]
+    assert gate_rule_study.cells("fis-v", fisv_ratios=(0.07,)) == [("TES", 0.07), ("PCS", 0.07)]

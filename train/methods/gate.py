@@ -316,7 +316,6 @@ def decide(method, plan: GatePlan, held_values: list[dict[str, np.ndarray]]) -> 
     estimates = {name: _mean_or_none(values) for name, values in pooled.items()}
     compared = on_scale(estimates, semi.gate_scale)
     candidates, start = graph_must_earn_its_place(options, compared, default, semi.gate_graph_margin, margin)
-    start = few_labels_start(options, start, count, semi.gate_graph_min_labelled)
     names = [option.name for option in candidates]
     rule: dict = {"rule": "margin", "scale": semi.gate_scale}
     if semi.gate_paired_z is None:
@@ -546,15 +545,6 @@ def graph_must_earn_its_place(options: list[GateOption], estimates: dict, defaul
         return options, default
     plain_default = next((option for option in without if option.sources == default.sources), without[0])
     return without, plain_default
-
-
-def few_labels_start(options: list[GateOption], start: GateOption, count: int, min_labelled: int) -> GateOption:
-    """The option the rule starts from: ``start``, or with fewer than ``min_labelled`` labelled
-    videos ``start``'s sources without the graph (when the gate offers it)."""
-    if count >= min_labelled or start.graph_strength == 0:
-        return start
-    return next((option for option in options if option.sources == start.sources and option.graph_strength == 0),
-                start)
 
 
 def chosen_option(outcome: dict) -> GateOption:
