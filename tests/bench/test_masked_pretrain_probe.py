@@ -5,43 +5,26 @@ and the report pairs each comparison per seed."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
-import torch
 
 from bench import masked_pretrain_probe
-from train.config import apply_overrides, preset_config
-from train.fitting import fit
 from train.methods import METHOD_CLASSES
+from training import fit_on_one_thread
 
 PRETRAIN_STEPS = 20  # the probe's 600 steps, shortened for the test
-
-
-def tiny_config(dataset: dict, fast: list[str], *extra: str):
-    config = dataclasses.replace(preset_config("default", "supervised"), features=str(dataset["cache"]),
-                                 dataset="manifest", manifest=str(dataset["manifest"]), ratio=0.5, seed=0,
-                                 validation_fraction=0.2)
-    return apply_overrides(config, [*fast, *extra])
 
 
 def fitted(monkeypatch, variant: str | None, config):
     if variant is not None:
         monkeypatch.setitem(METHOD_CLASSES, "supervised",
                             masked_pretrain_probe.masked_method_class(*masked_pretrain_probe.VARIANTS[variant]))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return fit(config, progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    return fit_on_one_thread(config)
 
 
-def test_the_probe_s_variants_are_the_product_s_runs_where_they_say_so(
-        monkeypatch, tiny_manifest_dataset, fast_assignments):
+def test_the_probe_s_variants_are_the_product_s_runs_where_they_say_so(monkeypatch, tiny_config):
     monkeypatch.setattr(masked_pretrain_probe, "STEPS", PRETRAIN_STEPS)
-    plain_config = tiny_config(tiny_manifest_dataset, fast_assignments)
-    joint_config = tiny_config(tiny_manifest_dataset, fast_assignments, "optim.recovery_weight=1")
+    plain_config = tiny_config("supervised")
+    joint_config = tiny_config("supervised", "optim.recovery_weight=1")
     product = fitted(monkeypatch, None, plain_config)
     product_joint = fitted(monkeypatch, None, joint_config)
     np.testing.assert_array_equal(fitted(monkeypatch, "supervised", plain_config).predictions, product.predictions)

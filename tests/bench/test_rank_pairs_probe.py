@@ -4,32 +4,16 @@ trains differently and counts the pairs it trusted; the report pairs variants pe
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
-import torch
 
 from bench import rank_pairs_probe
-from train.config import apply_overrides, preset_config
-from train.fitting import fit
 from train.methods import METHOD_CLASSES
-
-
-def tiny_config(dataset: dict, fast: list[str], method: str = "trs"):
-    config = dataclasses.replace(preset_config("default", method), features=str(dataset["cache"]),
-                                 dataset="manifest", manifest=str(dataset["manifest"]), ratio=0.5, seed=0,
-                                 validation_fraction=0.2)
-    return apply_overrides(config, fast)
+from training import fit_on_one_thread
 
 
 def fitted_with(monkeypatch, method_class, config):
     monkeypatch.setitem(METHOD_CLASSES, "trs", method_class)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return fit(config, progress=False)
-    finally:
-        torch.set_num_threads(threads)
+    return fit_on_one_thread(config)
 
 
 def probe_class(weight: float, unlabelled: str | None):
@@ -38,9 +22,8 @@ def probe_class(weight: float, unlabelled: str | None):
     return cls
 
 
-def test_weight_zero_is_the_product_trs_and_weight_one_trains_on_trusted_pairs(
-        monkeypatch, tiny_manifest_dataset, fast_assignments):
-    config = tiny_config(tiny_manifest_dataset, fast_assignments)
+def test_weight_zero_is_the_product_trs_and_weight_one_trains_on_trusted_pairs(monkeypatch, tiny_config):
+    config = tiny_config("trs")
     product = fitted_with(monkeypatch, METHOD_CLASSES["trs"], config)
     silent = fitted_with(monkeypatch, probe_class(0.0, None), config)
     np.testing.assert_array_equal(silent.predictions, product.predictions)

@@ -4,33 +4,21 @@ the gate's own fold jobs, and the rules read the records as the README describes
 
 from __future__ import annotations
 
-import dataclasses
-
-import numpy as np
 import pytest
 import torch
 
 from bench import share_gate_probe
-from train.config import apply_overrides, preset_config
 from train.data import prepare_data
-from train.fitting import fit
 from train.tune import without_test
+from training import fit_on_one_thread
 
 
 @pytest.fixture(scope="module")
-def graph_run(tiny_manifest_dataset, fast_assignments):
+def graph_run(tiny_config):
     """A trs run whose pseudo-labels went through the graph (the gate off, so the graph is kept)."""
-    config = dataclasses.replace(preset_config("default", "trs"), features=str(tiny_manifest_dataset["cache"]),
-                                 dataset="manifest", manifest=str(tiny_manifest_dataset["manifest"]), ratio=0.5,
-                                 seed=0, validation_fraction=0.25)
-    config = apply_overrides(config, [*fast_assignments, "semi.gate=false", "semi.gate_repeats=1"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        data = without_test(prepare_data(config))
-        return fit(config, data, progress=False), data
-    finally:
-        torch.set_num_threads(threads)
+    config = tiny_config("trs", "semi.gate=false", "semi.gate_repeats=1", validation_fraction=0.25)
+    data = without_test(prepare_data(config))
+    return fit_on_one_thread(config, data), data
 
 
 def test_the_realised_default_blend_is_the_run_s_own_prediction(graph_run):

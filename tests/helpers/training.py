@@ -21,3 +21,16 @@ def train_to_end(config):
     finally:
         torch.set_num_threads(threads)
     return method
+
+
+def fit_on_one_thread(config, data=None):
+    """:func:`train.fitting.fit` of ``config`` (on ``data`` when given) on one torch thread, the
+    thread count restored afterwards. Returns the FitResult."""
+    from train.fitting import fit
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return fit(config, data, progress=False)
+    finally:
+        torch.set_num_threads(threads)
