@@ -191,7 +191,8 @@ def report(records: list[dict], rule: str = "paired") -> str:
 
 
 def main(argv=None) -> int:
-    from train.sweep import parse_seeds
+    from aqa.errors import UserError
+    from train.sweep import parse_list, parse_seeds
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--dataset", choices=["demo", "fis-v"], default="demo")
@@ -207,6 +208,11 @@ def main(argv=None) -> int:
                         help="labelled shares of the Fis-V validation splits (comma-separated)")
     parser.add_argument("--report", action="store_true")
     args = parser.parse_args(argv)
+    try:  # the lists of the command line, before anything is read or run
+        fisv_ratios = tuple(parse_list(args.fisv_ratios, "fisv-ratios", float))
+        seeds = parse_seeds(args.seeds)
+    except UserError as error:
+        sys.exit(f"error: {error}")
     records = load(args.results)
     if args.report:
         print(report(records, args.rule))
@@ -216,8 +222,6 @@ def main(argv=None) -> int:
     if args.dataset == "fis-v":
         ensure_fisv_cache(DEFAULT_FISV_DIR, DEFAULT_CACHE)
     done = {(r["kind"], r["dataset"], r["target"], r["ratio"], r["seed"]) for r in records}
-    seeds = parse_seeds(args.seeds)
-    fisv_ratios = tuple(float(ratio) for ratio in args.fisv_ratios.split(","))
     tasks = [("gate", args.dataset, target, ratio, seed) for seed in seeds
              for target, ratio in cells(args.dataset, args.demo_ratio, fisv_ratios)
              if ("gate", args.dataset, target, ratio, seed) not in done]

@@ -60,3 +60,11 @@ def test_the_cells_take_the_labelled_shares_asked_for():
     assert gate_rule_study.cells("demo", demo_ratio=0.1) == [("final_score", 0.1)]
     assert gate_rule_study.cells("fis-v") == [("TES", 0.1), ("TES", 0.25), ("PCS", 0.1), ("PCS", 0.25)]
     assert gate_rule_study.cells("fis-v", fisv_ratios=(0.07,)) == [("TES", 0.07), ("PCS", 0.07)]
+
+
+@pytest.mark.parametrize("flag, value", [("--fisv-ratios", "x"), ("--fisv-ratios", ","), ("--seeds", "3-1"),
+                                         ("--seeds", "a")])
+def test_a_bad_list_on_the_command_line_is_a_one_line_error(tmp_path, flag, value):
+    with pytest.raises(SystemExit, match=r"^error: [^\n]+$"):
+        gate_rule_study.main(["--dataset", "fis-v", flag, value, "--results", str(tmp_path / "r.jsonl")])
+    assert not (tmp_path / "r.jsonl").exists()
