@@ -15,7 +15,8 @@ from training import fit_on_one_thread
 
 @pytest.fixture(scope="module")
 def graph_run(tiny_config):
-    """A trs run whose pseudo-labels went through the graph (the gate off, so the graph is kept)."""
+    """A trs run whose pseudo-labels went through the graph (the gate off, so the graph is kept;
+    one cross-fitting for the probe's own fold jobs, to keep the test short)."""
     config = tiny_config("trs", "semi.gate=false", "semi.gate_repeats=1", validation_fraction=0.25)
     data = without_test(prepare_data(config))
     return fit_on_one_thread(config, data), data
@@ -61,8 +62,8 @@ def test_the_margin_rule_keeps_the_default_unless_a_share_leads_out_of_fold_by_t
 
 
 def test_the_report_leaves_out_runs_whose_gate_dropped_the_graph():
-    kept = [probe_record({share_gate_probe.DEFAULT: 0.6 + 0.01 * seed}, {share_gate_probe.DEFAULT: 0.3 + 0.02 * seed ** 2})
-            for seed in range(3)]
+    default = share_gate_probe.DEFAULT
+    kept = [probe_record({default: 0.6 + 0.01 * seed}, {default: 0.3 + 0.02 * seed ** 2}) for seed in range(3)]
     dropped = {**probe_record({}, {}), "gate": "no graph"}
     lines = share_gate_probe.report(kept + [dropped]).splitlines()
     rows = {line.split("|")[1].strip(): line for line in lines[2:]}

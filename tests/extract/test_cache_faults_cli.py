@@ -18,6 +18,7 @@ import torch
 from aqa import files
 from aqa.cache import journal_dir, journal_entries, open_cache
 from pipeline import main
+from training import one_torch_thread
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STAND_IN = {"name": "stand-in", "feature_dim": 3}
@@ -36,10 +37,8 @@ def stand_in_backbone(monkeypatch):
     from extract.backbone import ModuleBackbone
 
     monkeypatch.setattr(extract.runner, "_load_backbone", lambda config: ModuleBackbone(MeanColour(), STAND_IN))
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield
 
 
 def frames_folder(folder: Path, seed: int, count: int = 18) -> Path:

@@ -4,9 +4,9 @@ scores are a known function of the features, and a CSV manifest with the labels 
 from __future__ import annotations
 
 import pytest
-import torch
 
 from tiny_data import FAST, set_flags, write_dataset
+from training import one_torch_thread
 
 
 @pytest.fixture(scope="session")
@@ -31,7 +31,5 @@ def dataset_writer():
 @pytest.fixture
 def one_thread():
     """One torch thread for the test (fast on tiny tensors), restored afterwards so no later test inherits it."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+    with one_torch_thread():
+        yield

@@ -16,6 +16,7 @@ from types import SimpleNamespace
 from scipy.stats import spearmanr
 
 from train.methods.pseudo_labels import GraphRefiner, SpreadRefiner, build_pseudo_labelling
+from training import one_torch_thread
 
 @pytest.fixture(scope="module")
 def fast(fast_flags) -> list[str]:
@@ -27,15 +28,11 @@ RUN_FIELDS = {"wall_seconds", "final", "config", "keys", "feature_mean", "featur
 
 
 def test_fit_in_memory_gives_what_the_run_folder_publishes(tiny_dataset, tmp_path, fast):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        options = dict(features=str(tiny_dataset["cache"]), manifest=str(tiny_dataset["manifest"]), method="trs",
-                       ratio=0.5, seed=0, validation_fraction=0.2)
+    options = dict(features=str(tiny_dataset["cache"]), manifest=str(tiny_dataset["manifest"]), method="trs",
+                   ratio=0.5, seed=0, validation_fraction=0.2)
+    with one_torch_thread():
         result = fit(build_config(overrides=fast, **options), progress=False)
         metrics = train_run(build_config(overrides=fast, **options), tmp_path / "run", progress=False)
-    finally:
-        torch.set_num_threads(threads)
     assert result.test == {name: metrics[name] for name in ("spearman", "rl2", "mse")}
     assert result.validation == {name: metrics[f"validation_{name}"] for name in ("spearman", "rl2", "mse")}
     assert result.unlabelled == {"spearman": metrics["unlabelled_spearman"]}

@@ -23,6 +23,7 @@ from train.methods.gate import (
     margin_choice, on_scale, paired_choice, paired_differences, run_gate,
 )
 from train.methods.pseudo_labels import GraphRefiner
+from training import fit_on_one_thread
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -43,13 +44,8 @@ def config_for(dataset, fast, *extra, **options):
 @pytest.fixture(scope="module")
 def gated(tiny_dataset, fast):
     """A trs run with the gate (default configuration) and the same run with semi.gate=false."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        return {"on": fit(config_for(tiny_dataset, fast), progress=False),
-                "off": fit(config_for(tiny_dataset, fast, "semi.gate=false"), progress=False)}
-    finally:
-        torch.set_num_threads(threads)
+    return {"on": fit_on_one_thread(config_for(tiny_dataset, fast)),
+            "off": fit_on_one_thread(config_for(tiny_dataset, fast, "semi.gate=false"))}
 
 
 def force_choice(monkeypatch, name: str) -> None:
