@@ -297,6 +297,9 @@ class RidgeConfig(CheckedConfig):
     alphas: tuple[float, ...] = (0.1, 1.0, 10.0, 100.0, 1000.0, 10000.0)
     # Pool the per-channel standardised features (True) or the features as cached (False).
     standardise: bool = True
+    # Cut each video's tokens in time into this many runs, average each, and regress on them side
+    # by side (train.data.segment_means; at most one run per token). 1: one mean over the video.
+    segments: int = 1
 
     def check(self) -> None:
         # A penalty of 0 (or less) is no ridge at all: the closed form divides by zero.
@@ -306,6 +309,7 @@ class RidgeConfig(CheckedConfig):
         require(len(self.alphas) > 0, "alphas", "is empty: give at least one candidate penalty (e.g. 1,10,100)")
         bad = [alpha for alpha in self.alphas if not alpha > 0]
         require(not bad, "alphas", f"candidate penalties must be positive, got {bad[0] if bad else None!r}")
+        require(self.segments >= 1, "segments", f"must be a whole number of time segments, at least 1; got {self.segments!r}")
 
 
 @dataclass

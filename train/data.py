@@ -253,6 +253,28 @@ def resample_tokens(features: np.ndarray, num_tokens: int) -> np.ndarray:
     return (features[:, low] * (1 - weight) + features[:, high] * weight).astype(np.float32)
 
 
+def segment_means(tokens: np.ndarray, segments: int) -> np.ndarray:
+    """``[videos, num_tokens, dim]`` -> ``[videos, n * dim]``: the tokens cut in time into ``n =
+    min(segments, num_tokens)`` contiguous runs of nearly equal length (the earlier runs one token
+    longer where they do not divide), each averaged, concatenated in time order. ``segments = 1``
+    is the plain mean over time. Judges score what happens when (a dive's entry, a program's
+    second half), which a single mean over the whole video blurs."""
+    pieces = np.array_split(np.asarray(tokens), min(int(segments), tokens.shape[1]), axis=1)
+    return np.concatenate([piece.mean(axis=1) for piece in pieces], axis=1)
+
+
+def ridge_features(tokens: np.ndarray, ridge, feature_mean: np.ndarray, feature_std: np.ndarray) -> np.ndarray:
+    """What ridge regresses on: float64 ``[videos, segments * dim]`` from the canonical standardised
+    tokens ``[videos, num_tokens, dim]`` (``ridge`` is the run's RidgeConfig), mean-pooled per time
+    segment, in the features' own units unless ``ridge.standardise``."""
+    pooled = segment_means(tokens, ridge.segments).astype(np.float64)
+    if not ridge.standardise:
+        # Pooling is per channel and linear, so each segment's mean is undone like one token.
+        dim = len(feature_mean)
+        pooled = (pooled.reshape(len(pooled), -1, dim) * feature_std + feature_mean).reshape(len(pooled), -1)
+    return pooled
+
+
 def prepare_data(config: TrainConfig) -> TrainingData:
     """Read, check and align labels and features; draw the split. Writes nothing.
 

@@ -27,7 +27,7 @@ from aqa import __version__, run_folder
 from aqa.cache import FeatureCache, config_differences
 from aqa.errors import UserError
 from train.config import METHODS, TrainConfig, config_from_json
-from train.data import resample_tokens, standardise_tokens
+from train.data import resample_tokens, ridge_features, standardise_tokens
 
 # The cache configuration fields that determine the features' numbers. The dataset's description
 # is not one of them: new videos come from elsewhere.
@@ -82,7 +82,7 @@ class TrainedRun:
     target_mean: float = 0.0
     target_std: float = 1.0
     student: object = None  # train.models.MixerHead, in eval mode (neural methods)
-    ridge_weights: np.ndarray | None = None  # float64 [dim] (ridge)
+    ridge_weights: np.ndarray | None = None  # float64 [segments * dim] (ridge)
     ridge_bias: float = 0.0
     exemplars: Exemplars | None = None  # trs with reference.test_share > 0
     graph: GraphNodes | None = None  # trs whose graph shared the predictions (semi.graph_test_share)
@@ -272,7 +272,8 @@ def load_run(run_dir) -> TrainedRun:
                      num_tokens=num_tokens, feature_mean=mean, feature_std=std,
                      difficulty_aware=bool(resolved.get("difficulty_aware")))
     if method == "ridge":
-        run.ridge_weights = _tensor(state, "ridge_weights", path, _float64(), tuple(mean.shape))
+        segments = min(config.ridge.segments, num_tokens)  # train.data.segment_means
+        run.ridge_weights = _tensor(state, "ridge_weights", path, _float64(), (segments * len(mean),))
         run.ridge_bias = _number(state, "ridge_bias", path)
     else:
         run.target_mean = _number(state, "target_mean", path)
@@ -436,11 +437,9 @@ def predict(run: TrainedRun, cache: FeatureCache, keys: list[str] | None = None,
     scale = _difficulties(run, keys, difficulty)
     tokens = _tokens(run, cache, keys)
     if run.student is None:
-        # Ridge (train.methods.ridge.RidgeMethod.predict_scores): mean of the canonical tokens, in the
-        # features' own units unless the run standardised them.
-        pooled = tokens.mean(axis=1).astype(np.float64)
-        if not run.config.ridge.standardise:
-            pooled = pooled * run.feature_std + run.feature_mean
+        # Ridge (train.methods.ridge.RidgeMethod.predict_scores): the canonical tokens' mean per time
+        # segment, in the features' own units unless the run standardised them.
+        pooled = ridge_features(tokens, run.config.ridge, run.feature_mean, run.feature_std)
         scores = (pooled @ run.ridge_weights + run.ridge_bias) * scale
         return [Prediction(key, float(score), math.nan, math.nan) for key, score in zip(keys, scores)]
     value, log_variance = _head_outputs(run, tokens)

@@ -53,6 +53,8 @@ def tampered(config: dict, path: str, value) -> dict:
     ("ridge.alpha", -1, "ridge.alpha: must be a positive penalty, or 'auto'"),
     ("ridge.alphas", [], "ridge.alphas: is empty"),
     ("ridge.alphas", [1, "x"], "ridge.alphas[1]: expected a number, got 'x'"),
+    ("ridge.segments", 0, "ridge.segments: must be a whole number of time segments, at least 1; got 0"),
+    ("ridge.segments", 1.5, "ridge.segments: expected an integer, got 1.5"),
     ("optim.speed", 2, "optim: unknown OptimConfig field(s): speed"),
 ])
 def test_a_tampered_config_json_is_refused_naming_the_file_and_the_field(saved_config, tmp_path, capsys, path,
@@ -85,6 +87,8 @@ def test_the_untampered_config_json_repeats_the_run(saved_config, tmp_path):
     (["--set", "ridge.alpha=0"], "--set ridge.alpha=0: must be a positive penalty, or 'auto'"),
     (["--set", "ridge.alphas="], "--set ridge.alphas=: is empty"),
     (["--set", "ridge.alphas=1,-2"], "--set ridge.alphas=1,-2: candidate penalties must be positive, got -2.0"),
+    (["--set", "ridge.segments=-2"], "--set ridge.segments=-2: must be a whole number of time segments, at least 1"),
+    (["--set", "ridge.segments=two"], "--set ridge.segments=two: expected an integer, got 'two'"),
     (["--set", "reference.heads=3"], "--set reference.heads=3: reference.dim: must be a multiple of reference.heads (3)"),
 ])
 def test_bad_option_and_override_values_are_refused_before_anything_is_read(tiny_dataset, tmp_path, capsys, extra,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from train.config import HeadConfig, ReferenceConfig, apply_overrides, preset_config
-from train.data import draw_split, prepare_data, resample_tokens
+from train.data import draw_split, prepare_data, resample_tokens, segment_means
 from train.methods import make_method
 from train.methods.pseudo_labels import confidence_of
 from train.graph import (
@@ -72,6 +72,20 @@ def test_resample_tokens_pools_and_interpolates():
     assert resample_tokens(features, 6) is features
     uneven = resample_tokens(np.arange(5, dtype=np.float32).reshape(1, 5, 1), 2)
     assert uneven[0, :, 0].tolist() == [1.0, 3.0]  # clips 0-2 and 2-4 (the middle clip shared)
+
+
+def test_segment_means_average_contiguous_runs_of_tokens_in_time_order():
+    tokens = np.arange(2 * 10 * 2, dtype=np.float32).reshape(2, 10, 2)
+    assert np.array_equal(segment_means(tokens, 1), tokens.mean(axis=1))
+    thirds = segment_means(tokens, 3)
+    assert thirds.shape == (2, 6)
+    # 10 tokens in three runs: 0-3, 4-6, 7-9 (the first run one token longer); channels side by side
+    expected = np.concatenate([tokens[:, 0:4].mean(axis=1), tokens[:, 4:7].mean(axis=1), tokens[:, 7:10].mean(axis=1)],
+                              axis=1)
+    assert np.array_equal(thirds, expected)
+    assert thirds[0, :2].tolist() == [3.0, 4.0]  # tokens 0-3 of video 0, channels 0 and 1
+    # at most one run per token: asking for more than there are tokens gives every token alone
+    assert np.array_equal(segment_means(tokens[:, :2], 5), tokens[:, :2].reshape(2, 4))
 
 
 def test_draw_split_is_seeded_and_keeps_at_least_two():

@@ -105,6 +105,25 @@ def test_predicting_the_test_videos_of_a_finished_run_reproduces_its_predictions
                 math.exp(0.5 * float(row["log_variance"])) * _target_std(run_dir), rel=1e-9)
 
 
+def test_ridge_on_time_segments_of_raw_features_predicts_as_it_ran(tiny_dataset, fast_flags, tmp_path):
+    """ridge.segments: the weights cover each segment's channels, and predict pools as training did
+    (here on features in their own units, so each segment's mean is de-standardised too)."""
+    run_dir = train(tiny_dataset["cache"], tiny_dataset["manifest"], tmp_path / "ridge-3", fast_flags, "ridge",
+                    extra=("--set", "ridge.segments=3", "--set", "ridge.standardise=false"))
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    dim = len(checkpoint["feature_mean"])
+    assert checkpoint["ridge_weights"].shape == (min(3, checkpoint["num_tokens"]) * dim,)
+    out = tmp_path / "scores.csv"
+    assert main(["predict", "--run", str(run_dir), "--features", str(tiny_dataset["cache"]), "--out", str(out),
+                 "--threads", "1"]) == 0
+    predicted, stored = {row["key"]: row["pred"] for row in read_csv(out)}, stored_predictions(run_dir)
+    assert sorted(predicted) == sorted(stored)
+    assert_same_scores(predicted, {key: stored[key] for key in predicted})
+    # Weights of one segment's length in a run of three are refused, naming the tensor.
+    torch.save({**checkpoint, "ridge_weights": checkpoint["ridge_weights"][:dim]}, run_dir / "checkpoint.pt")
+    assert main(["predict", "--run", str(run_dir), "--features", str(tiny_dataset["cache"])]) == 2
+
+
 def _target_std(run_dir: Path) -> float:
     return torch.load(run_dir / "checkpoint.pt", weights_only=True)["target_std"]
 

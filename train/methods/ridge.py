@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from train.config import TrainConfig
-from train.data import TrainingData
+from train.data import TrainingData, ridge_features
 from train.methods.interface import Unit
 from train.methods.state_checks import STATE_FORMAT, check_identity, require
 
@@ -31,9 +31,7 @@ class RidgeMethod:
         self.completed = 0
         self.history: list[dict] = []
         self.epoch_predictions: list[tuple[int, np.ndarray]] = []
-        self.pooled = data.tokens[:, 0].mean(axis=1).astype(np.float64)
-        if not config.ridge.standardise:
-            self.pooled = self.pooled * data.feature_std + data.feature_mean
+        self.pooled = ridge_features(data.tokens[:, 0], config.ridge, data.feature_mean, data.feature_std)
         self.weights, self.bias, self.alpha, self.loo_errors = self._fit()
 
     @property
