@@ -410,7 +410,7 @@ def train_command(features, dataset, data_root, manifest, difficulty_aware, pres
       supervised    the student head on labelled videos only
       mean-teacher  consistency with an EMA teacher on unlabelled videos
       pseudo-label  self-training without reference or memory
-      ridge         ridge regression on mean-pooled features
+      ridge         ridge regression on the features' means over 3 time segments
 
     The labelled subset is a seeded random draw of RATIO of the train split; the rest of the
     train split is unlabelled. RUN_DIR gets config.json, split.json, predictions.csv,

@@ -51,8 +51,9 @@ VALIDATION_FRACTION = 0.25
 # 14-15 were written as 6 by mistake: their gate's margin, sqrt(1.06 / (n - 3)), shows the scale);
 # ridge 2: fixed alpha 100 by default instead of leave-one-out; mean-teacher 2: 5 unlabelled
 # epochs and EMA 0.999 by default, the best of the mt-* variants at version 1; pseudo-label 2:
-# unlabelled weight 0.1 by default, the best of the pl-* variants at version 1).
-CODE_VERSIONS = {"trs": 7, "ridge": 2, "mean-teacher": 2, "pseudo-label": 2}
+# unlabelled weight 0.1 by default, the best of the pl-* variants at version 1; ridge 3: the means of
+# 3 time segments side by side by default, research log session 19).
+CODE_VERSIONS = {"trs": 7, "ridge": 3, "mean-teacher": 2, "pseudo-label": 2}
 
 
 def code_version(method: str) -> int:

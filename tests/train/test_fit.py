@@ -104,24 +104,31 @@ def test_every_method_declares_the_same_interface(tiny_dataset, fast):
         assert (method.diagnostics() is None) == (name != "trs")
 
 
-@pytest.mark.parametrize("field, today_value, older_value", [("graph_test_share", 0.5, 0.0),
-                                                              ("gate_scale", "fisher", "spearman")])
-def test_a_saved_configuration_from_before_a_new_default_reads_as_it_ran(tiny_dataset, field, today_value,
-                                                                          older_value):
-    """A trs config.json without a field added with a new default (semi.graph_test_share: the graph
-    took no share of the prediction; semi.gate_scale: the gate's margin on the Spearman scale) reads
-    as it ran, so it repeats as it ran and is not today's default."""
+@pytest.mark.parametrize("method, section, field, today_value, older_value", [
+    ("trs", "semi", "graph_test_share", 0.5, 0.0),
+    ("trs", "semi", "gate_scale", "fisher", "spearman"),
+    ("ridge", "ridge", "segments", 3, 1),
+])
+def test_a_saved_configuration_from_before_a_new_default_reads_as_it_ran(tiny_dataset, method, section, field,
+                                                                          today_value, older_value):
+    """A config.json without a field added with a new default (semi.graph_test_share: the graph
+    took no share of the prediction; semi.gate_scale: the gate's margin on the Spearman scale;
+    ridge.segments: one mean over the video) reads as it ran, so it repeats as it ran and is not
+    today's default."""
     from aqa.config import to_dict
     from train.config import config_from_json
 
-    today = build_config(features=str(tiny_dataset["cache"]), manifest=str(tiny_dataset["manifest"]))
+    def without_field(saved: dict) -> dict:
+        return {**saved, section: {name: value for name, value in saved[section].items() if name != field}}
+
+    paths = {"features": str(tiny_dataset["cache"]), "manifest": str(tiny_dataset["manifest"])}
+    today = build_config(method=method, **paths)
     saved = to_dict(today)
-    assert getattr(config_from_json(saved, "config.json").semi, field) == today_value
-    older = {**saved, "semi": {name: value for name, value in saved["semi"].items() if name != field}}
-    assert getattr(config_from_json(older, "config.json").semi, field) == older_value
+    assert getattr(getattr(config_from_json(saved, "config.json"), section), field) == today_value
+    older = without_field(saved)
+    assert getattr(getattr(config_from_json(older, "config.json"), section), field) == older_value
     assert config_from_json(older, "config.json").identity() != today.identity()
     # other methods: the field changes nothing, so their older runs stay today's
-    supervised = to_dict(build_config(method="supervised", features=str(tiny_dataset["cache"]),
-                                      manifest=str(tiny_dataset["manifest"])))
-    older = {**supervised, "semi": {name: value for name, value in supervised["semi"].items() if name != field}}
-    assert config_from_json(older, "config.json").identity() == config_from_json(supervised, "x").identity()
+    supervised = to_dict(build_config(method="supervised", **paths))
+    assert config_from_json(without_field(supervised), "config.json").identity() == \
+        config_from_json(supervised, "x").identity()

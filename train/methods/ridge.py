@@ -1,4 +1,4 @@
-"""``ridge``: closed-form ridge regression on mean-pooled canonical features (no epochs).
+"""``ridge``: closed-form ridge regression on canonical features averaged per time segment (no epochs).
 
 The same :class:`~train.methods.Method` as the neural methods, with an empty plan: fitted when
 built, finished at once, and its state only says what it is (the fit is recomputed on resume,
