@@ -442,6 +442,7 @@ SEARCH_SPACES: dict[str, tuple[SearchDimension, ...]] = {
     "ridge": (
         FloatRange("ridge.alpha", 0.1, 1e4, log=True),
         Choice("ridge.standardise", (True, False)),
+        Choice("ridge.segments", (1, 2, 3, 4, 6)),
     ),
 }
 
