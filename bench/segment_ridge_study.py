@@ -10,6 +10,7 @@ differences. Records go to bench/results/segment_ridge.jsonl; finished ones are 
 
     python bench/segment_ridge_study.py --variants ridge-1,ridge-3 --seeds 10-19   # the decision
     python bench/segment_ridge_study.py --variants supervised,trs --seeds 10-19    # the context
+    python bench/segment_ridge_study.py --variants trs-no-graph --seeds 10-19       # what the graph does
     python bench/segment_ridge_study.py --report --seeds 10-19
 
 The rule (fixed before the runs): adopt 3 segments iff the mean over the six cells of the paired
@@ -36,7 +37,7 @@ from bench.tune_fisv import build, code_version, parse_variant  # noqa: E402
 RESULTS = REPO_ROOT / "bench" / "results" / "segment_ridge.jsonl"
 # The segment counts are spelled out, so that a record keeps its meaning whatever ridge's default.
 VARIANTS = {"ridge-1": "ridge:ridge.segments=1", "ridge-3": "ridge:ridge.segments=3",
-            "supervised": "supervised", "trs": "trs"}
+            "supervised": "supervised", "trs": "trs", "trs-no-graph": "trs:semi.use_graph=false"}
 CELLS = [("dives", "final_score", 0.1), ("dives", "final_score", 0.2),
          ("fis-v", "TES", 0.1), ("fis-v", "TES", 0.25), ("fis-v", "PCS", 0.1), ("fis-v", "PCS", 0.25)]
 ADOPT_MEAN, WORST_CELL = 0.01, -0.01
