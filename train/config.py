@@ -311,7 +311,8 @@ class RidgeConfig(CheckedConfig):
         require(len(self.alphas) > 0, "alphas", "is empty: give at least one candidate penalty (e.g. 1,10,100)")
         bad = [alpha for alpha in self.alphas if not alpha > 0]
         require(not bad, "alphas", f"candidate penalties must be positive, got {bad[0] if bad else None!r}")
-        require(self.segments >= 1, "segments", f"must be a whole number of time segments, at least 1; got {self.segments!r}")
+        require(self.segments >= 1, "segments",
+                f"must be a whole number of time segments, at least 1; got {self.segments!r}")
 
 
 @dataclass
