@@ -1,0 +1,195 @@
+#!/usr/bin/env python
+"""A closed-form guard for ``trs``'s graph (research log, session 19): can cheap cross-fittings of a
+graph-regularised ridge tell, from the labelled videos alone, the features on which the graph
+hurts (the dives) from those on which it helps (Fis-V)?
+
+For each validation split (``bench/segment_ridge_study.py``'s six cells and protocol), the
+*signal* is the mean out-of-fold Spearman of a Laplacian-regularised ridge with strength γ = 0.3
+minus that of the plain ridge (γ = 0), over ``--repeats`` repetitions of 5-fold cross-fitting on
+the labelled videos (held-out videos become unlabelled nodes of the same graph). Features: the
+3-segment means of ``ridge``; graph: symmetrised 5-nearest neighbours by cosine similarity over
+the labelled and unlabelled training videos (never validation or test), Laplacian divided by k,
+penalty γ · (n_labelled / n_nodes) · fᵀLf; α = 100. The guard drops ``trs``'s graph
+(``semi.use_graph=false``) where the signal is below ``-MARGIN``; ``trs`` is trained both ways
+only where it drops (elsewhere the two are the same run), and the records are shared with the
+segment study (bench/results/segment_ridge.jsonl).
+
+    python bench/graph_guard_probe.py --seeds 20-29            # signals, then the runs it needs
+    python bench/graph_guard_probe.py --seeds 20-29 --report
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import segment_ridge_study as study  # noqa: E402
+from bench.fisv_common import REPO_ROOT, append_result, load_results  # noqa: E402
+
+SIGNALS = REPO_ROOT / "bench" / "results" / "graph_guard_signals.jsonl"
+STRENGTH, MARGIN, NEIGHBOURS, FOLDS, ALPHA = 0.3, 0.1, 5, 5, 100.0
+
+
+def knn_laplacian(features: np.ndarray, neighbours: int) -> np.ndarray:
+    """(D - W) / k of the symmetrised k-nearest-neighbour graph by cosine similarity."""
+    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
+    similarity = unit @ unit.T
+    np.fill_diagonal(similarity, -np.inf)
+    nearest = np.argsort(-similarity, axis=1)[:, :neighbours]
+    adjacency = np.zeros_like(similarity)
+    adjacency[np.repeat(np.arange(len(features)), neighbours), nearest.ravel()] = 1.0
+    adjacency = np.maximum(adjacency, adjacency.T)
+    return (np.diag(adjacency.sum(axis=1)) - adjacency) / neighbours
+
+
+def laplacian_ridge(gram: np.ndarray, labelled: int, targets: np.ndarray, strength: float,
+                    laplacian: np.ndarray) -> np.ndarray:
+    """Dual coefficients over the nodes (the first ``labelled`` of them labelled) of ridge with a
+    graph penalty: (J K + αI + γ' L K) a = J (y - ȳ); a prediction is K[query] @ a + ȳ."""
+    count = len(gram)
+    system = ALPHA * np.eye(count)
+    system[:labelled] += gram[:labelled]
+    if strength:
+        system += strength * (labelled / count) * (laplacian @ gram)
+    right = np.zeros(count)
+    right[:labelled] = targets - targets.mean()
+    return np.linalg.solve(system, right)
+
+
+def signal(cell: tuple, seed: int, repeats: int) -> dict:
+    """The split's out-of-fold estimates with and without the graph (no validation label read)."""
+    from aqa.metrics import spearman
+    from train.config import config_from_json
+    from train.data import prepare_data, ridge_features
+    from train.tune import without_test
+
+    config = config_from_json(study.config_of("ridge-3", *cell, seed), "probe")
+    data = without_test(prepare_data(config))
+    features = ridge_features(data.tokens[:, 0], config.ridge, data.feature_mean, data.feature_std)
+    labelled, unlabelled = data.labelled, data.unlabelled
+    nodes = np.concatenate([labelled, unlabelled])
+    centred = features[nodes] - features[labelled].mean(axis=0)
+    gram, laplacian = centred @ centred.T, knn_laplacian(features[nodes], NEIGHBOURS)
+    targets = data.training_target(labelled)
+    count = len(labelled)
+    rng = np.random.default_rng([seed, 19])
+    estimates = {0.0: [], STRENGTH: []}
+    for _ in range(repeats):
+        fold_of = rng.permutation(count) % FOLDS
+        out_of_fold = {strength: np.zeros(count) for strength in estimates}
+        for fold in range(FOLDS):
+            train, held = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
+            order = np.concatenate([train, held, count + np.arange(len(unlabelled))])
+            fold_gram, fold_laplacian = gram[np.ix_(order, order)], laplacian[np.ix_(order, order)]
+            for strength in estimates:
+                dual = laplacian_ridge(fold_gram, len(train), targets[train], strength, fold_laplacian)
+                rows = fold_gram[len(train):len(train) + len(held)]
+                out_of_fold[strength][held] = rows @ dual + targets[train].mean()
+        for strength in estimates:
+            estimates[strength].append(spearman(targets, out_of_fold[strength]) or 0.0)
+    means = {strength: float(np.mean(values)) for strength, values in estimates.items()}
+    return {"cell": list(cell), "seed": seed, "repeats": repeats, "n_labelled": int(count),
+            "without_graph": means[0.0], "with_graph": means[STRENGTH],
+            "signal": means[STRENGTH] - means[0.0]}
+
+
+def load_signals(seeds: list[int]) -> dict[tuple, dict]:
+    signals = {}
+    if SIGNALS.is_file():
+        for line in SIGNALS.read_text().splitlines():
+            record = json.loads(line)
+            signals[(*record["cell"], record["seed"])] = record
+    return {key: value for key, value in signals.items() if key[-1] in seeds}
+
+
+def report(signals: dict, results: dict, seeds: list[int]) -> str:
+    lines = ["| cell | splits | graph dropped | Δ per split, guard − trs (mean ± se) | dropped runs ahead |",
+             "|---|---|---|---|---|"]
+    cell_means = []
+    for cell in study.CELLS:
+        differences, dropped, ahead, missing = [], 0, 0, 0
+        for seed in seeds:
+            record = signals.get((*cell, seed))
+            if record is None:
+                missing += 1
+                continue
+            if record["signal"] >= -MARGIN:
+                differences.append(0.0)
+                continue
+            dropped += 1
+            kept = results.get(study.record_id("trs", *cell, seed))
+            guarded = results.get(study.record_id("trs-no-graph", *cell, seed))
+            if kept is None or guarded is None:
+                missing += 1
+                continue
+            differences.append(guarded["validation_spearman"] - kept["validation_spearman"])
+            ahead += differences[-1] > 0
+        name = f"{cell[0]} {cell[1]} {cell[2]:g}"
+        if missing or not differences:
+            lines.append(f"| {name} | {len(differences)} | {dropped} | incomplete ({missing} missing) | |")
+            continue
+        mean = statistics.fmean(differences)
+        se = statistics.stdev(differences) / len(differences) ** 0.5 if len(differences) > 1 else float("nan")
+        cell_means.append((cell, mean))
+        lines.append(f"| {name} | {len(differences)} | {dropped} | {mean:+.4f} ± {se:.4f} | {ahead}/{dropped} |")
+    if len(cell_means) == len(study.CELLS):
+        dives = statistics.fmean(mean for cell, mean in cell_means if cell[0] == "dives")
+        fisv_worst = min(mean for cell, mean in cell_means if cell[0] == "fis-v")
+        overall = statistics.fmean(mean for _, mean in cell_means)
+        build = dives > 0 and fisv_worst >= -0.01 and overall > 0
+        lines.append(f"\nrule: dives mean {dives:+.4f} (> 0), worst Fis-V cell {fisv_worst:+.4f} (≥ −0.01), six-cell "
+                     f"mean {overall:+.4f} (> 0): {'BUILD it into the gate' if build else 'do not build'}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", default="20-29")
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--report", action="store_true", help="Only print the table of stored signals and runs.")
+    args = parser.parse_args()
+
+    from train.sweep import parse_seeds
+
+    seeds = parse_seeds(args.seeds)
+    signals = load_signals(seeds)
+    results = load_results(study.RESULTS)
+    if not args.report:
+        from joblib import Parallel, delayed
+
+        todo = [(cell, seed) for cell in study.CELLS for seed in seeds if (*cell, seed) not in signals]
+        print(f"{len(todo)} signals to compute", flush=True)
+        for record in Parallel(n_jobs=args.jobs, return_as="generator_unordered")(
+                delayed(signal)(cell, seed, args.repeats) for cell, seed in todo):
+            append_result(SIGNALS, record)
+            signals[(*record["cell"], record["seed"])] = record
+            print(f"{record['cell']} s{record['seed']}: signal {record['signal']:+.3f}", flush=True)
+        tasks = [((variant, *cell, seed), study.config_of(variant, *cell, seed))
+                 for cell in study.CELLS for seed in seeds
+                 if signals[(*cell, seed)]["signal"] < -MARGIN
+                 for variant in ("trs", "trs-no-graph") if study.record_id(variant, *cell, seed) not in results]
+        print(f"{len(tasks)} trs runs to do", flush=True)
+        for key, result in Parallel(n_jobs=args.jobs, return_as="generator_unordered")(
+                delayed(study._task)(key, config) for key, config in tasks):
+            variant, dataset, target, ratio, seed = key
+            identity = study.record_id(*key)
+            record = {"id": identity, "variant": variant, "dataset": dataset, "target": target, "ratio": ratio,
+                      "seed": seed, **result}
+            append_result(study.RESULTS, record)
+            results[identity] = record
+            print(f"{variant:12s} {dataset} {target} {ratio:g} s{seed}: val {record['validation_spearman']:.3f}",
+                  flush=True)
+    print(report(signals, results, seeds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
