@@ -65,12 +65,19 @@ def laplacian_ridge(gram: np.ndarray, labelled: int, targets: np.ndarray, streng
 
 def signal(cell: tuple, seed: int, repeats: int) -> dict:
     """The split's out-of-fold estimates with and without the graph (no validation label read)."""
+    return {"cell": list(cell), **signal_of(study.config_of("ridge-3", *cell, seed), repeats)}
+
+
+def signal_of(config_dict: dict, repeats: int) -> dict:
+    """The signal on the split of any saved training configuration (its ``ridge`` section and data
+    fields; e.g. a finished run's config.json): only its labelled and unlabelled videos are read."""
     from aqa.metrics import spearman
     from train.config import config_from_json
     from train.data import prepare_data, ridge_features
     from train.tune import without_test
 
-    config = config_from_json(study.config_of("ridge-3", *cell, seed), "probe")
+    config = config_from_json(config_dict, "probe")
+    seed = config.seed
     data = without_test(prepare_data(config))
     features = ridge_features(data.tokens[:, 0], config.ridge, data.feature_mean, data.feature_std)
     labelled, unlabelled = data.labelled, data.unlabelled
@@ -95,7 +102,7 @@ def signal(cell: tuple, seed: int, repeats: int) -> dict:
         for strength in estimates:
             estimates[strength].append(spearman(targets, out_of_fold[strength]) or 0.0)
     means = {strength: float(np.mean(values)) for strength, values in estimates.items()}
-    return {"cell": list(cell), "seed": seed, "repeats": repeats, "n_labelled": int(count),
+    return {"seed": seed, "repeats": repeats, "n_labelled": int(count),
             "without_graph": means[0.0], "with_graph": means[STRENGTH],
             "signal": means[STRENGTH] - means[0.0]}
 
