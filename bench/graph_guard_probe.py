@@ -151,8 +151,9 @@ def report(signals: dict, results: dict, seeds: list[int]) -> str:
         fisv_worst = min(mean for cell, mean in cell_means if cell[0] == "fis-v")
         overall = statistics.fmean(mean for _, mean in cell_means)
         build = dives > 0 and fisv_worst >= -0.01 and overall > 0
-        lines.append(f"\nrule: dives mean {dives:+.4f} (> 0), worst Fis-V cell {fisv_worst:+.4f} (≥ −0.01), six-cell "
-                     f"mean {overall:+.4f} (> 0): {'BUILD it into the gate' if build else 'do not build'}")
+        verdict = "BUILD it into the gate" if build else "do not build"
+        lines.append(f"\nrule: dives mean {dives:+.4f} (> 0), worst Fis-V cell {fisv_worst:+.4f} (≥ −0.01), "
+                     f"six-cell mean {overall:+.4f} (> 0): {verdict}")
     return "\n".join(lines)
 
 
