@@ -38,15 +38,12 @@ STRENGTH, MARGIN, NEIGHBOURS, FOLDS, ALPHA = 0.3, 0.1, 5, 5, 100.0
 
 
 def knn_laplacian(features: np.ndarray, neighbours: int) -> np.ndarray:
-    """(D - W) / k of the symmetrised k-nearest-neighbour graph by cosine similarity."""
+    """The product's k-nearest-neighbour Laplacian (train.graph) by cosine similarity of the
+    features as they are (not centred, unlike trs's pooled graph), divided by k."""
+    from train.graph import knn_laplacian_from_similarity
+
     unit = features / np.linalg.norm(features, axis=1, keepdims=True)
-    similarity = unit @ unit.T
-    np.fill_diagonal(similarity, -np.inf)
-    nearest = np.argsort(-similarity, axis=1)[:, :neighbours]
-    adjacency = np.zeros_like(similarity)
-    adjacency[np.repeat(np.arange(len(features)), neighbours), nearest.ravel()] = 1.0
-    adjacency = np.maximum(adjacency, adjacency.T)
-    return (np.diag(adjacency.sum(axis=1)) - adjacency) / neighbours
+    return knn_laplacian_from_similarity(unit @ unit.T, neighbours) / neighbours
 
 
 def laplacian_ridge(gram: np.ndarray, labelled: int, targets: np.ndarray, strength: float,
@@ -180,21 +177,9 @@ def main() -> int:
             append_result(SIGNALS, record)
             signals[(*record["cell"], record["seed"])] = record
             print(f"{record['cell']} s{record['seed']}: signal {record['signal']:+.3f}", flush=True)
-        tasks = [((variant, *cell, seed), study.config_of(variant, *cell, seed))
-                 for cell in study.CELLS for seed in seeds
-                 if signals[(*cell, seed)]["signal"] < -MARGIN
-                 for variant in ("trs", "trs-no-graph") if study.record_id(variant, *cell, seed) not in results]
-        print(f"{len(tasks)} trs runs to do", flush=True)
-        for key, result in Parallel(n_jobs=args.jobs, return_as="generator_unordered")(
-                delayed(study._task)(key, config) for key, config in tasks):
-            variant, dataset, target, ratio, seed = key
-            identity = study.record_id(*key)
-            record = {"id": identity, "variant": variant, "dataset": dataset, "target": target, "ratio": ratio,
-                      "seed": seed, **result}
-            append_result(study.RESULTS, record)
-            results[identity] = record
-            print(f"{variant:12s} {dataset} {target} {ratio:g} s{seed}: val {record['validation_spearman']:.3f}",
-                  flush=True)
+        study.run_missing([(variant, *cell, seed) for cell in study.CELLS for seed in seeds
+                           if signals[(*cell, seed)]["signal"] < -MARGIN for variant in ("trs", "trs-no-graph")],
+                          results, args.jobs)
     print(report(signals, results, seeds))
     return 0
 

@@ -111,6 +111,30 @@ def report(results: dict, seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
+def run_missing(keys: list[tuple], results: dict, jobs: int) -> None:
+    """Train each ``(variant, dataset, target, ratio, seed)`` of ``keys`` that ``results`` lacks,
+    two processes at a time, appending each record to RESULTS (and ``results``) as it finishes."""
+    keys = [key for key in keys if record_id(*key) not in results]
+    print(f"{len(keys)} runs to do", flush=True)
+    if not keys:
+        return
+    if not DEMO_CACHE.is_file():
+        sys.exit(f"error: {DEMO_CACHE}: no demo features (run make extract first)")
+    ensure_fisv_cache(DEFAULT_FISV_DIR, DEFAULT_CACHE)
+    from joblib import Parallel, delayed
+
+    runner = Parallel(n_jobs=jobs, return_as="generator_unordered")
+    for key, result in runner(delayed(_task)(key, config_of(*key)) for key in keys):
+        variant, dataset, target, ratio, seed = key
+        identity = record_id(*key)
+        record = {"id": identity, "variant": variant, "dataset": dataset, "target": target, "ratio": ratio,
+                  "seed": seed, **result}
+        append_result(RESULTS, record)
+        results[identity] = record
+        print(f"{variant:12s} {dataset} {target} {ratio:g} s{seed}: val {record['validation_spearman']:.3f} "
+              f"({record['seconds']:.1f} s)", flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--variants", default="ridge-1,ridge-3", help=f"Comma-separated, of: {', '.join(VARIANTS)}.")
@@ -128,25 +152,8 @@ def main() -> int:
         unknown = [variant for variant in variants if variant not in VARIANTS]
         if unknown:
             sys.exit(f"error: unknown variant(s) {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
-        if not DEMO_CACHE.is_file():
-            sys.exit(f"error: {DEMO_CACHE}: no demo features (run make extract first)")
-        ensure_fisv_cache(DEFAULT_FISV_DIR, DEFAULT_CACHE)
-        tasks = [((variant, *cell, seed), config_of(variant, *cell, seed))
-                 for variant in variants for cell in CELLS for seed in seeds
-                 if record_id(variant, *cell, seed) not in results]
-        print(f"{len(tasks)} runs to do", flush=True)
-        from joblib import Parallel, delayed
-
-        runner = Parallel(n_jobs=args.jobs, return_as="generator_unordered")
-        for key, result in runner(delayed(_task)(key, config) for key, config in tasks):
-            variant, dataset, target, ratio, seed = key
-            identity = record_id(*key)
-            record = {"id": identity, "variant": variant, "dataset": dataset, "target": target, "ratio": ratio,
-                      "seed": seed, **result}
-            append_result(RESULTS, record)
-            results[identity] = record
-            print(f"{variant:12s} {dataset} {target} {ratio:g} s{seed}: val {record['validation_spearman']:.3f} "
-                  f"({record['seconds']:.1f} s)", flush=True)
+        run_missing([(variant, *cell, seed) for variant in variants for cell in CELLS for seed in seeds],
+                    results, args.jobs)
     print(report(results, seeds))
     return 0
 
