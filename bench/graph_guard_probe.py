@@ -26,38 +26,13 @@ import statistics
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import segment_ridge_study as study  # noqa: E402
 from bench.fisv_common import REPO_ROOT, append_result, load_results  # noqa: E402
 
 SIGNALS = REPO_ROOT / "bench" / "results" / "graph_guard_signals.jsonl"
-STRENGTH, MARGIN, NEIGHBOURS, FOLDS, ALPHA = 0.3, 0.1, 5, 5, 100.0
-
-
-def knn_laplacian(features: np.ndarray, neighbours: int) -> np.ndarray:
-    """The product's k-nearest-neighbour Laplacian (train.graph) by cosine similarity of the
-    features as they are (not centred, unlike trs's pooled graph), divided by k."""
-    from train.graph import knn_laplacian_from_similarity
-
-    unit = features / np.linalg.norm(features, axis=1, keepdims=True)
-    return knn_laplacian_from_similarity(unit @ unit.T, neighbours) / neighbours
-
-
-def laplacian_ridge(gram: np.ndarray, labelled: int, targets: np.ndarray, strength: float,
-                    laplacian: np.ndarray) -> np.ndarray:
-    """Dual coefficients over the nodes (the first ``labelled`` of them labelled) of ridge with a
-    graph penalty: (J K + αI + γ' L K) a = J (y - ȳ); a prediction is K[query] @ a + ȳ."""
-    count = len(gram)
-    system = ALPHA * np.eye(count)
-    system[:labelled] += gram[:labelled]
-    if strength:
-        system += strength * (labelled / count) * (laplacian @ gram)
-    right = np.zeros(count)
-    right[:labelled] = targets - targets.mean()
-    return np.linalg.solve(system, right)
+MARGIN = 0.1  # the margin the rule was registered with (trs's semi.graph_guard_margin default)
 
 
 def signal(cell: tuple, seed: int, repeats: int) -> dict:
@@ -66,42 +41,19 @@ def signal(cell: tuple, seed: int, repeats: int) -> dict:
 
 
 def signal_of(config_dict: dict, repeats: int) -> dict:
-    """The signal on the split of any saved training configuration (its ``ridge`` section and data
-    fields; e.g. a finished run's config.json): only its labelled and unlabelled videos are read."""
-    from aqa.metrics import spearman
+    """The guard's estimates (train.methods.graph_guard, as trs's gate computes them) on the split
+    of any saved training configuration (e.g. a finished run's config.json): only its labelled
+    and unlabelled videos are read."""
     from train.config import config_from_json
-    from train.data import prepare_data, ridge_features
+    from train.data import prepare_data
+    from train.methods.graph_guard import graph_guard
     from train.tune import without_test
 
     config = config_from_json(config_dict, "probe")
-    seed = config.seed
-    data = without_test(prepare_data(config))
-    features = ridge_features(data.tokens[:, 0], config.ridge, data.feature_mean, data.feature_std)
-    labelled, unlabelled = data.labelled, data.unlabelled
-    nodes = np.concatenate([labelled, unlabelled])
-    centred = features[nodes] - features[labelled].mean(axis=0)
-    gram, laplacian = centred @ centred.T, knn_laplacian(features[nodes], NEIGHBOURS)
-    targets = data.training_target(labelled)
-    count = len(labelled)
-    rng = np.random.default_rng([seed, 19])
-    estimates = {0.0: [], STRENGTH: []}
-    for _ in range(repeats):
-        fold_of = rng.permutation(count) % FOLDS
-        out_of_fold = {strength: np.zeros(count) for strength in estimates}
-        for fold in range(FOLDS):
-            train, held = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
-            order = np.concatenate([train, held, count + np.arange(len(unlabelled))])
-            fold_gram, fold_laplacian = gram[np.ix_(order, order)], laplacian[np.ix_(order, order)]
-            for strength in estimates:
-                dual = laplacian_ridge(fold_gram, len(train), targets[train], strength, fold_laplacian)
-                rows = fold_gram[len(train):len(train) + len(held)]
-                out_of_fold[strength][held] = rows @ dual + targets[train].mean()
-        for strength in estimates:
-            estimates[strength].append(spearman(targets, out_of_fold[strength]) or 0.0)
-    means = {strength: float(np.mean(values)) for strength, values in estimates.items()}
-    return {"seed": seed, "repeats": repeats, "n_labelled": int(count),
-            "without_graph": means[0.0], "with_graph": means[STRENGTH],
-            "signal": means[STRENGTH] - means[0.0]}
+    record = graph_guard(without_test(prepare_data(config)), config.seed, repeats, MARGIN)
+    return {"seed": config.seed, "repeats": repeats, "n_labelled": record["n_labelled"],
+            "without_graph": record["without_graph"], "with_graph": record["with_graph"],
+            "signal": record["signal"]}
 
 
 def load_signals(seeds: list[int]) -> dict[tuple, dict]:

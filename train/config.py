@@ -273,11 +273,25 @@ class SemiConfig(CheckedConfig):
     # and on 80 Fis-V validation splits it chooses as the old rule did in every one. The paired
     # rule (gate_paired_z) compares per-fold differences and ignores the scale.
     gate_scale: GateScale = "fisher"
+    # The graph guard (train/methods/graph_guard.py), before the gate's fold jobs: 10 repeats of
+    # 5-fold cross-fitting of a ridge on the labelled videos' 3-segment means with and without a
+    # mild graph penalty; where the graph loses out of fold by more than graph_guard_margin
+    # (Spearman), the gate chooses among the options without the graph. Adopted by a rule
+    # pre-registered before its runs (trs version 8; research log, session 19): on validation
+    # splits it dropped the graph in 18 of 20 dive splits (+0.047 and +0.040 per split at 10 and
+    # 20 % labels) and in none of 40 Fis-V splits. false: trs version 7's gate.
+    graph_guard: bool = True
+    # Negative: stricter, the graph must gain more than -margin out of fold to stay.
+    graph_guard_margin: float = 0.1
+    graph_guard_repeats: int = 10
 
     def check(self) -> None:
         _non_negative(self, "semi_epochs", "unlabelled_weight", "graph_strength", "gate_epochs",
                       "gate_reference_epochs")
-        _positive(self, "mc_samples", "graph_neighbours", "max_confidence_weight", "gate_repeats")
+        _positive(self, "mc_samples", "graph_neighbours", "max_confidence_weight", "gate_repeats",
+                  "graph_guard_repeats")
+        require(math.isfinite(self.graph_guard_margin), "graph_guard_margin",
+                f"must be a finite difference of Spearman correlations, got {self.graph_guard_margin!r}")
         require(self.gate_folds >= 2, "gate_folds", f"must be at least 2, got {self.gate_folds!r}")
         require(self.gate_graph_margin is None or math.isfinite(self.gate_graph_margin), "gate_graph_margin",
                 f"must be a finite number of margins (or null: no separate rule), got {self.gate_graph_margin!r}")
@@ -537,7 +551,7 @@ def apply_overrides(config: TrainConfig, assignments: list[str] | tuple[str, ...
 # as it ran and is never taken for a finished run of today's default (other methods read the
 # default: the field changes nothing for them, and their finished runs stay finished).
 _ADDED_WITH_NEW_DEFAULTS = {("trs", "semi", "graph_test_share"): 0.0, ("trs", "semi", "gate_scale"): "spearman",
-                            ("ridge", "ridge", "segments"): 1}
+                            ("trs", "semi", "graph_guard"): False, ("ridge", "ridge", "segments"): 1}
 
 
 def config_from_json(data: dict, source) -> TrainConfig:

@@ -1,41 +1,12 @@
-"""bench/graph_guard_probe.py (research log, session 19): its graph-regularised ridge is ridge at
-strength 0 and smooths along the graph above it; the report counts kept graphs as zero and applies
-the rule written before the runs."""
+"""bench/graph_guard_probe.py (research log, session 19): the report counts kept graphs as zero and
+applies the rule written before the runs (the guard itself: tests/train/test_graph_guard.py)."""
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from bench import graph_guard_probe as probe
 from bench import segment_ridge_study as study
-
-
-def test_the_laplacian_is_symmetric_with_rows_summing_to_zero():
-    features = np.random.default_rng(0).normal(size=(12, 5))
-    laplacian = probe.knn_laplacian(features, 3)
-    np.testing.assert_allclose(laplacian, laplacian.T)
-    np.testing.assert_allclose(laplacian.sum(axis=1), 0.0, atol=1e-12)
-    assert (np.diag(laplacian) >= 1.0).all()  # every node has at least its k neighbours, over k
-
-
-def test_at_strength_zero_it_is_ridge_and_a_graph_pulls_neighbours_together():
-    rng = np.random.default_rng(1)
-    features, targets = rng.normal(size=(30, 8)), rng.normal(size=10)
-    labelled, queries = features[:10], features[10:]
-    mean = labelled.mean(axis=0)
-    weights = np.linalg.solve((labelled - mean).T @ (labelled - mean) + probe.ALPHA * np.eye(8),
-                              (labelled - mean).T @ (targets - targets.mean()))
-    centred = features - mean
-    gram = centred @ centred.T
-    laplacian = probe.knn_laplacian(features, 3)
-    dual = probe.laplacian_ridge(gram, 10, targets, 0.0, laplacian)
-    np.testing.assert_allclose(gram[10:] @ dual, (queries - mean) @ weights, atol=1e-10)
-    # along the graph the fitted values differ less with a penalty on their differences
-    roughness = [float((gram @ probe.laplacian_ridge(gram, 10, targets, strength, laplacian)) @ laplacian
-                       @ (gram @ probe.laplacian_ridge(gram, 10, targets, strength, laplacian)))
-                 for strength in (0.0, 10.0)]
-    assert roughness[1] < roughness[0]
 
 
 def records(signal_by_cell: dict, dropped_gain: float) -> tuple[dict, dict]:

@@ -3,6 +3,10 @@
 Right after the burn-in (the student, and the reference network when the configuration uses it)
 and before the semi-supervised phase, :func:`run_gate`:
 
+0. asks the graph guard (:mod:`train.methods.graph_guard`, ``semi.graph_guard``) whether a graph
+   helps at all on these features; where it says no, the options without the graph are the
+   only ones, the configured sources without the graph the default (``diagnostics.json``'s
+   ``gate.graph_guard`` has its estimates);
 1. splits the *labelled* videos into ``semi.gate_folds`` folds (its own seed stream);
 2. per fold trains a fold student with the burn-in recipe on the other folds (``semi.gate_epochs``
    labelled epochs, at most ``optim.epochs``; 0 = all of them) and, when an option uses the
@@ -78,9 +82,14 @@ def default_option(config) -> GateOption:
     return GateOption(sources, strength)
 
 
-def gate_options(config) -> list[GateOption]:
-    """{configured sources, teacher only} x {configured graph strength, no graph}, default first."""
+def gate_options(config, without_graph: bool = False) -> list[GateOption]:
+    """{configured sources, teacher only} x {configured graph strength, no graph}, default first.
+
+    ``without_graph`` (the graph guard dropped it): only the options without the graph, the
+    configured sources without the graph first."""
     default = default_option(config)
+    if without_graph:
+        default = GateOption(default.sources, 0.0)
     options = [default]
     for sources in dict.fromkeys([default.sources, ("teacher",)]):
         for strength in dict.fromkeys([default.graph_strength, 0.0]):
@@ -170,6 +179,10 @@ def describe_outcome(outcome: dict) -> str:
     default, chosen, count = outcome["default"], outcome["chosen"], outcome["n_labelled"]
     verdict = gate_verdict(outcome)
     head = f"gate ({count} labelled videos): "
+    if outcome.get("graph_guard") is not None:
+        from train.methods.graph_guard import describe_guard
+
+        head += describe_guard(outcome["graph_guard"]) + "; "
     if verdict == "kept, not cross-fitted":
         return head + f"kept the configured '{default}' ({outcome.get('reason', 'nothing to cross-fit')})"
     estimates = outcome["estimates"]
@@ -228,6 +241,22 @@ def _train_fold_reference(method, positions: torch.Tensor, epochs: int, seed: in
     return network
 
 
+def guard_record(method) -> dict | None:
+    """The graph guard's record for ``method``'s run (:mod:`train.methods.graph_guard`), computed
+    once per method object; None where it does not run (``semi.graph_guard`` off, or no graph
+    configured)."""
+    semi = method.config.semi
+    if not (semi.graph_guard and default_option(method.config).graph_strength > 0):
+        return None
+    cached = getattr(method, "_graph_guard_record", None)
+    if cached is None:
+        from train.methods.graph_guard import graph_guard
+
+        cached = graph_guard(method.data, method.config.seed, semi.graph_guard_repeats, semi.graph_guard_margin)
+        method._graph_guard_record = cached
+    return cached
+
+
 @dataclass
 class GatePlan:
     """What the gate will do for a run, known before any training: its options and fold jobs.
@@ -251,10 +280,13 @@ def plan_gate(method) -> GatePlan:
 
     config, semi = method.config, method.config.semi
     count = len(method.labelled)
-    options = gate_options(config)
+    guard = guard_record(method)
+    options = gate_options(config, without_graph=guard is not None and guard["drops_graph"])
     default = options[0]
     outcome = {"folds": 0, "n_labelled": count, "margin": gate_margin(count, semi.gate_scale), "default": default.name,
                "options": {option.name: option.to_state() for option in options}}
+    if guard is not None:
+        outcome = {**outcome, "graph_guard": guard, "configured": default_option(config).name}
     folds = min(semi.gate_folds, count // 2)  # at least two labelled videos per fold
     if folds < 2 or len(options) == 1:
         decided = {**outcome, "chosen": default.name, "estimates": {}, "fold_estimates": {},

@@ -358,7 +358,11 @@ class TRSMethod(SemiSupervisedMethod):
             return
         require(isinstance(gate, Mapping), f"gate is {shown(gate)}, expected the gate's outcome (a dict)")
         options = check_entry(gate, "options", dict, owner="gate")
-        expected = {option.name: option.to_state() for option in gate_options(self.config)}
+        guard = gate.get("graph_guard")
+        require(guard is None or (isinstance(guard, Mapping) and isinstance(guard.get("drops_graph"), bool)),
+                f"gate's graph_guard is {shown(guard)}, expected the guard's record (a dict with drops_graph)")
+        without_graph = guard is not None and guard["drops_graph"]
+        expected = {option.name: option.to_state() for option in gate_options(self.config, without_graph)}
         require(options == expected, f"gate options are {sorted(map(str, options))}, the run's {sorted(expected)}")
         chosen = gate.get("chosen")
         require(isinstance(chosen, str) and chosen in options,
