@@ -176,3 +176,21 @@ def test_the_guarded_options_are_the_ones_without_the_graph(tiny_dataset, fast):
 def test_bad_guard_settings_are_user_errors(tiny_dataset, fast, assignment):
     with pytest.raises(UserError, match="graph_guard"):
         config_for(tiny_dataset, fast, assignment)
+
+
+@pytest.mark.parametrize("strength", [0.0, 0.3])
+def test_the_fast_fold_solver_gives_the_direct_solution(strength):
+    from train.methods.graph_guard import _FoldSolver
+
+    rng = np.random.default_rng(2)
+    features, targets = rng.normal(size=(40, 12)) * 3, rng.normal(size=15)  # 15 labelled, 25 unlabelled
+    centred = features - features[:15].mean(axis=0)
+    gram = centred @ centred.T
+    laplacian_gram = knn_laplacian(features) @ gram
+    train, held = np.arange(3, 15), np.arange(3)
+    fast = _FoldSolver(gram, laplacian_gram).held_out_values(train, held, targets[train], strength)
+    order = np.concatenate([train, held, np.arange(15, 40)])  # the direct solve: training fold first
+    dual = laplacian_ridge(gram[np.ix_(order, order)], laplacian_gram[np.ix_(order, order)], len(train),
+                           targets[train], strength)
+    direct = gram[np.ix_(held, order)] @ dual + targets[train].mean()
+    np.testing.assert_allclose(fast, direct, rtol=1e-9, atol=1e-9)

@@ -56,15 +56,24 @@ def knn_laplacian(features: np.ndarray, neighbours: int = NEIGHBOURS) -> np.ndar
 def laplacian_ridge(gram: np.ndarray, laplacian_gram: np.ndarray, labelled: int, targets: np.ndarray,
                     strength: float) -> np.ndarray:
     """Dual coefficients over the nodes (the first ``labelled`` of them labelled) of ridge with a
-    graph penalty: (J K + alpha I + gamma' L K) a = J (y - mean y), ``laplacian_gram`` = L K."""
+    graph penalty: (J K + alpha I + gamma' L K) a = J (y - mean y), ``laplacian_gram`` = L K.
+
+    Without the graph the unlabelled rows read alpha a_u = 0, so only the labelled block is solved
+    (plain kernel ridge). torch's solver: numpy's BLAS may start more threads than the run has."""
+    import torch
+
     count = len(gram)
-    system = ALPHA * np.eye(count)
+    right = targets - targets.mean()
+    dual = np.zeros(count)
+    if not strength:
+        system = gram[:labelled, :labelled] + ALPHA * np.eye(labelled)
+        dual[:labelled] = torch.linalg.solve(torch.from_numpy(system), torch.from_numpy(right)).numpy()
+        return dual
+    system = strength * (labelled / count) * laplacian_gram
     system[:labelled] += gram[:labelled]
-    if strength:
-        system += strength * (labelled / count) * laplacian_gram
-    right = np.zeros(count)
-    right[:labelled] = targets - targets.mean()
-    return np.linalg.solve(system, right)
+    system[np.diag_indices(count)] += ALPHA
+    dual[:labelled] = right
+    return torch.linalg.solve(torch.from_numpy(system), torch.from_numpy(dual)).numpy()
 
 
 def graph_guard(data, seed: int, repeats: int, margin: float) -> dict:
@@ -81,11 +90,10 @@ def graph_guard(data, seed: int, repeats: int, margin: float) -> dict:
         reason = "no unlabelled videos" if len(unlabelled) == 0 else f"fewer than {2 * FOLDS} labelled videos"
         return {**record, "reason": reason}
     features = guard_features(data)
-    nodes = np.concatenate([labelled, unlabelled])
+    nodes = np.concatenate([labelled, unlabelled])  # node i < count: labelled position i
     centred = features[nodes] - features[labelled].mean(axis=0)
-    gram = centred @ centred.T
-    # L K once: a fold only reorders the nodes, and (P L P')(P K P') = P (L K) P'.
-    laplacian_gram = knn_laplacian(features[nodes]) @ gram
+    gram = _matmul(centred, centred.T)
+    solver = _FoldSolver(gram, _matmul(knn_laplacian(features[nodes]), gram))
     targets = data.training_target(labelled)
     rng = np.random.default_rng([int(seed), GUARD_STREAM])
     estimates: dict[float, list[float]] = {0.0: [], STRENGTH: []}
@@ -94,19 +102,66 @@ def graph_guard(data, seed: int, repeats: int, margin: float) -> dict:
         out_of_fold = {strength: np.zeros(count) for strength in estimates}
         for fold in range(FOLDS):
             train, held = np.flatnonzero(fold_of != fold), np.flatnonzero(fold_of == fold)
-            order = np.concatenate([train, held, count + np.arange(len(unlabelled))])
-            fold_gram = gram[np.ix_(order, order)]
-            fold_laplacian_gram = laplacian_gram[np.ix_(order, order)]
-            held_rows = fold_gram[len(train):len(train) + len(held)]
             for strength in estimates:
-                dual = laplacian_ridge(fold_gram, fold_laplacian_gram, len(train), targets[train], strength)
-                out_of_fold[strength][held] = held_rows @ dual + targets[train].mean()
+                out_of_fold[strength][held] = solver.held_out_values(train, held, targets[train], strength)
         for strength in estimates:
             estimates[strength].append(spearman(targets, out_of_fold[strength]) or 0.0)
     without, with_graph = float(np.mean(estimates[0.0])), float(np.mean(estimates[STRENGTH]))
     signal = with_graph - without
     return {**record, "without_graph": without, "with_graph": with_graph, "signal": signal,
             "drops_graph": bool(signal < -margin)}
+
+
+def _matmul(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """``left @ right`` in float64 on the run's torch threads."""
+    import torch
+
+    return (torch.from_numpy(np.ascontiguousarray(left)) @ torch.from_numpy(np.ascontiguousarray(right))).numpy()
+
+
+class _FoldSolver:
+    """Out-of-fold values of :func:`laplacian_ridge` for many folds over the same nodes, fast.
+
+    With the graph, the system is B + J K with B = alpha I + gamma' L K the same for every fold of
+    one training size (gamma' scales with it) and J K of rank m (the training fold's rows), so by
+    Woodbury the dual is a = W S^-1 (y - mean y), W = B^-1[:, train], S = I + K[train] W: one
+    n x n inverse per training size instead of an n x n solve per fold (0.1 s instead of 3 s at
+    MTL-AQA size). Without the graph only the training block is solved (plain kernel ridge)."""
+
+    def __init__(self, gram: np.ndarray, laplacian_gram: np.ndarray):
+        import torch
+
+        self.gram = torch.from_numpy(gram)
+        self.laplacian_gram = torch.from_numpy(laplacian_gram)
+        self._inverses: dict[int, object] = {}
+
+    def _graph_inverse(self, size: int):
+        import torch
+
+        if size not in self._inverses:
+            count = len(self.gram)
+            system = STRENGTH * (size / count) * self.laplacian_gram
+            system.diagonal().add_(ALPHA)
+            self._inverses[size] = torch.linalg.inv(system)
+        return self._inverses[size]
+
+    def held_out_values(self, train: np.ndarray, held: np.ndarray, targets: np.ndarray, strength: float) -> np.ndarray:
+        import torch
+
+        mean = targets.mean()
+        centred = torch.from_numpy(targets - mean)
+        train_index, held_index = torch.from_numpy(train), torch.from_numpy(held)
+        if not strength:
+            system = self.gram[train_index][:, train_index] + ALPHA * torch.eye(len(train), dtype=torch.float64)
+            dual = torch.linalg.solve(system, centred)
+            return (self.gram[held_index][:, train_index] @ dual).numpy() + mean
+        if strength != STRENGTH:
+            raise ValueError(f"the fast path is built for strength {STRENGTH}, got {strength}")
+        columns = self._graph_inverse(len(train))[:, train_index]
+        inner = self.gram[train_index] @ columns
+        inner.diagonal().add_(1.0)
+        dual = columns @ torch.linalg.solve(inner, centred)
+        return (self.gram[held_index] @ dual).numpy() + mean
 
 
 def describe_guard(record: dict) -> str:
