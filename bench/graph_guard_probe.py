@@ -16,6 +16,7 @@ segment study (bench/results/segment_ridge.jsonl).
 
     python bench/graph_guard_probe.py --seeds 20-29            # signals, then the runs it needs
     python bench/graph_guard_probe.py --seeds 20-29 --report
+    python bench/graph_guard_probe.py --test-protocols --seeds 0-4   # the README's Fis-V test runs
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import segment_ridge_study as study  # noqa: E402
-from bench.fisv_common import REPO_ROOT, append_result, load_results  # noqa: E402
+from bench.fisv_common import REPO_ROOT, append_result, ensure_fisv_cache, load_results  # noqa: E402
 
 SIGNALS = REPO_ROOT / "bench" / "results" / "graph_guard_signals.jsonl"
 MARGIN = 0.1  # the margin the rule was registered with (trs's semi.graph_guard_margin default)
@@ -54,6 +55,31 @@ def signal_of(config_dict: dict, repeats: int) -> dict:
     return {"seed": config.seed, "repeats": repeats, "n_labelled": record["n_labelled"],
             "without_graph": record["without_graph"], "with_graph": record["with_graph"],
             "signal": record["signal"]}
+
+
+def test_protocol_configs(resplits: int, seeds: list[int]) -> list[tuple[str, dict]]:
+    """(name, trs configuration) of every ``trs`` run of the README's Fis-V tables (official split
+    and ``resplits`` random resplits, as ``bench/bench_fisv.py`` writes them; 10 and 25 %; seeds)."""
+    import dataclasses
+
+    from aqa.config import to_dict
+    from bench.bench_fisv import write_resplit_manifest
+    from train.config import preset_config
+
+    runs = REPO_ROOT / "bench" / "results" / "fisv"
+    splits = [("official", {"dataset": "fis-v", "data_root": str(study.DEFAULT_FISV_DIR)})]
+    for resplit in range(1, resplits + 1):
+        manifest = write_resplit_manifest(study.DEFAULT_FISV_DIR, runs / f"resplit-{resplit}" / "manifest.csv", resplit)
+        splits.append((f"resplit {resplit}", {"dataset": "manifest", "manifest": str(manifest)}))
+    configs = []
+    for split_name, data_fields in splits:
+        for target in ("TES", "PCS"):
+            for ratio in (0.1, 0.25):
+                for seed in seeds:
+                    config = dataclasses.replace(preset_config("default", "trs"), features=str(study.DEFAULT_CACHE),
+                                                 target=target, ratio=ratio, seed=seed, **data_fields)
+                    configs.append((f"{split_name} {target} {ratio:g} s{seed}", to_dict(config)))
+    return configs
 
 
 def load_signals(seeds: list[int]) -> dict[tuple, dict]:
@@ -112,11 +138,26 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--report", action="store_true", help="Only print the table of stored signals and runs.")
+    parser.add_argument("--test-protocols", action="store_true",
+                        help="Instead: where trs's guard drops the graph in the README's Fis-V test runs "
+                             "(official split and --resplits resplits, 10 and 25 %%, --seeds; reported only).")
+    parser.add_argument("--resplits", type=int, default=5)
     args = parser.parse_args()
 
     from train.sweep import parse_seeds
 
     seeds = parse_seeds(args.seeds)
+    if args.test_protocols:
+        ensure_fisv_cache(study.DEFAULT_FISV_DIR, study.DEFAULT_CACHE)
+        configs = test_protocol_configs(args.resplits, seeds)
+        dropped = []
+        for name, config in configs:
+            record = signal_of(config, args.repeats)
+            if record["signal"] < -MARGIN:
+                dropped.append(name)
+            print(f"{name}: signal {record['signal']:+.3f}", flush=True)
+        print(f"the guard drops the graph in {len(dropped)} of {len(configs)} runs: {', '.join(dropped) or 'none'}")
+        return 0
     signals = load_signals(seeds)
     results = load_results(study.RESULTS)
     if not args.report:

@@ -38,3 +38,12 @@ def test_a_dropped_split_without_its_runs_leaves_the_cell_incomplete():
     del results[study.record_id("trs-no-graph", *study.CELLS[0], 1)]
     text = probe.report(signals, results, [0, 1])
     assert "incomplete (1 missing)" in text and "rule:" not in text
+
+
+def test_the_test_protocol_runs_are_the_fisv_tables_trs_runs():
+    configs = probe.test_protocol_configs(0, [0, 1])  # the official split only: no manifest written
+    assert [name for name, _ in configs][:3] == ["official TES 0.1 s0", "official TES 0.1 s1", "official TES 0.25 s0"]
+    assert len(configs) == 2 * 2 * 2
+    for _, config in configs:
+        assert config["method"] == "trs" and config["dataset"] == "fis-v" and config["validation_fraction"] == 0
+        assert config["semi"]["graph_guard"] is True  # today's trs
