@@ -12,7 +12,7 @@ import pytest
 
 from aqa.errors import UserError
 from train import build_config
-from train.methods.gate import gate_options
+from train.methods.gate import describe_outcome, gate_options
 from train.methods.graph_guard import ALPHA, describe_guard, graph_guard, knn_laplacian, laplacian_ridge
 from training import fit_on_one_thread
 
@@ -147,6 +147,9 @@ def test_a_dropped_graph_makes_the_run_the_one_configured_without_it(tiny_datase
     assert all(option["graph_strength"] == 0 for option in gate["options"].values())
     assert gate["options"] == without_graph.diagnostics["gate"]["options"]
     assert gate["chosen"] == without_graph.diagnostics["gate"]["chosen"]
+    line = describe_outcome(gate)
+    assert line.startswith(f"gate ({gate['n_labelled']} labelled videos): graph guard dropped the graph: out of fold ")
+    assert "the guarded 'teacher+reference, graph 0'" in line and "the configured" not in line
     np.testing.assert_allclose(guarded.predictions, without_graph.predictions, rtol=0, atol=1e-6)
 
 

@@ -183,8 +183,10 @@ def describe_outcome(outcome: dict) -> str:
         from train.methods.graph_guard import describe_guard
 
         head += describe_guard(outcome["graph_guard"]) + "; "
+    # after the guard dropped the graph, the option the gate starts from is the configured one without it
+    configured = "the guarded" if (outcome.get("graph_guard") or {}).get("drops_graph") else "the configured"
     if verdict == "kept, not cross-fitted":
-        return head + f"kept the configured '{default}' ({outcome.get('reason', 'nothing to cross-fit')})"
+        return head + f"kept {configured} '{default}' ({outcome.get('reason', 'nothing to cross-fit')})"
     estimates = outcome["estimates"]
 
     def shown(name: str) -> str:
@@ -197,13 +199,13 @@ def describe_outcome(outcome: dict) -> str:
         scale = "on Fisher's z" if outcome.get("scale") == "fisher" else "on the Spearman scale"
         scale = f"margin {outcome['margin']:.3f} {scale}"
     if verdict == "switched":
-        return (head + f"chose '{chosen}' (out of fold {shown(chosen)}) over the configured '{default}' "
+        return (head + f"chose '{chosen}' (out of fold {shown(chosen)}) over {configured} '{default}' "
                 f"({shown(default)}; {scale})")
     if verdict == "kept":
-        return head + f"kept the configured '{default}', the best out of fold ({shown(default)})"
+        return head + f"kept {configured} '{default}', the best out of fold ({shown(default)})"
     leader, lead = out_of_fold_leader(outcome)
     ahead = f"ahead by {lead:.3f}" if math.isfinite(lead) else "ahead of an undefined estimate"
-    return (head + f"kept the configured '{default}' ({shown(default)} out of fold); '{leader}' scored "
+    return (head + f"kept {configured} '{default}' ({shown(default)} out of fold); '{leader}' scored "
             f"{shown(leader)}, {ahead} ({scale}): too few labelled videos to tell them apart")
 
 
