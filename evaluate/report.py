@@ -196,7 +196,9 @@ def _paired_text(paired_rows, config: EvaluateConfig) -> str:
 
 GATE_TITLE = "The label-only gate of trs: the option each run chose (README, \"How we read TRS\")"
 GATE_NOTE = ("Undecided: the run kept the configured option although another scored higher out of fold, by "
-             "less than the margin; with that few labelled videos the gate cannot tell the two apart.")
+             "less than the margin; with that few labelled videos the gate cannot tell the two apart. "
+             "Graph dropped by the guard: its closed-form check found the graph losing out of fold, so the "
+             "gate chose among the options without it.")
 
 
 def _gate_text(gate_rows) -> str:

@@ -50,6 +50,8 @@ class RunEvaluation:
     # trs: what its label-only gate chose and how clearly (metrics.json's gate_choice, gate_verdict)
     gate_choice: str | None = None
     gate_verdict: str | None = None
+    # and what its graph guard did, when it ran (metrics.json's gate_graph_guard: "dropped the graph", ...)
+    gate_graph_guard: str | None = None
 
     # The identity's fields, which the summaries group and label runs by.
     dataset = property(lambda self: self.identity.dataset)
@@ -191,6 +193,7 @@ def evaluate_run(folder: Path, best_on_test: bool = False, write_back: bool = Tr
         split_digest=split_digest,
         gate_choice=_text_or_none(stored, "gate_choice"),
         gate_verdict=_text_or_none(stored, "gate_verdict"),
+        gate_graph_guard=_text_or_none(stored, "gate_graph_guard"),
     )
     stored_rho = stored.get("spearman") if stored else None
     if isinstance(stored_rho, (int, float)) and (

@@ -38,8 +38,9 @@ BEST_EXTRA_COLUMNS = ("epoch_mean", "gain_over_final_mean", "gain_over_final_std
 MEASURE_PREFIXES = ("rho", "rl2", "mse", "epoch", "gain")
 CLASS_COLUMNS = ("dataset", "target", "method", "ratio", "class", "n_seeds", "n_samples", "rho_mean", "rho_std")
 RUN_COLUMNS = ("run", "dataset", "target", "method", "ratio", "seed", "n_test", "rho", "rl2", "mse", "rho_fisher_z",
-               "gate_choice", "gate_verdict")
-GATE_COLUMNS = ("dataset", "target", "method", "ratio", "gate_choice", "n_runs", "n_undecided", "seeds")
+               "gate_choice", "gate_verdict", "gate_graph_guard")
+GATE_COLUMNS = ("dataset", "target", "method", "ratio", "gate_choice", "n_runs", "n_undecided", "n_guard_dropped",
+                "seeds")
 
 
 def _mean(values: list[float]) -> float | None:
@@ -152,6 +153,7 @@ def run_rows(runs: list[RunEvaluation], best_on_test: bool = False) -> list[dict
             "rho_fisher_z": measures.get("spearman_fisher_z"),
             "gate_choice": run.gate_choice,
             "gate_verdict": run.gate_verdict,
+            "gate_graph_guard": run.gate_graph_guard,
         }
         if best_on_test:
             row["epoch"] = measures["epoch"]
@@ -163,7 +165,8 @@ def run_rows(runs: list[RunEvaluation], best_on_test: bool = False) -> list[dict
 def gate_rows(runs: list[RunEvaluation]) -> list[dict[str, Any]]:
     """Per cell and option, how many runs' label-only gates (trs) chose it, how many of those
     kept the configured option without being able to tell it from a higher-scoring one
-    (``"kept, undecided"``), and their seeds; runs without a gate are left out."""
+    (``"kept, undecided"``), in how many the graph guard had dropped the graph before the gate
+    chose, and their seeds; runs without a gate are left out."""
     chosen: dict[tuple, list[RunEvaluation]] = defaultdict(list)
     for run in runs:
         if run.gate_choice is not None:
@@ -175,15 +178,18 @@ def gate_rows(runs: list[RunEvaluation]) -> list[dict[str, Any]]:
             "dataset": key[0], "target": key[1], "method": key[2], "ratio": key[3], "gate_choice": key[4],
             "n_runs": len(members),
             "n_undecided": sum(run.gate_verdict == "kept, undecided" for run in members),
+            "n_guard_dropped": sum(run.gate_graph_guard == "dropped the graph" for run in members),
             "seeds": [run.seed for run in members],
         })
     return rows
 
 
 def gate_table_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
-    header = ["dataset", "target", "method", "ratio", "gate's choice", "runs", "of them undecided", "seeds"]
+    header = ["dataset", "target", "method", "ratio", "gate's choice", "runs", "of them undecided",
+              "graph dropped by the guard", "seeds"]
     body = [[row["dataset"], row["target"], row["method"], format_ratio(row["ratio"]), row["gate_choice"],
-             str(row["n_runs"]), str(row["n_undecided"]), ",".join(str(seed) for seed in row["seeds"])]
+             str(row["n_runs"]), str(row["n_undecided"]), str(row["n_guard_dropped"]),
+             ",".join(str(seed) for seed in row["seeds"])]
             for row in rows]
     return header, body
 

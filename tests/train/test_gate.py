@@ -234,11 +234,13 @@ def test_a_run_reports_its_gate_in_the_log_and_metrics(tiny_dataset, fast, tmp_p
     metrics = train_run(config_for(tiny_dataset, fast), tmp_path / "run", progress=False, log=messages.append)
     outcome = read_json(tmp_path / "run" / "diagnostics.json")["gate"]
     assert metrics["gate_choice"] == outcome["chosen"] and metrics["gate_verdict"] == gate_verdict(outcome)
+    guard = outcome["graph_guard"]  # the tiny data's guard keeps the graph (signal about -0.02)
+    assert metrics["gate_graph_guard"] == ("dropped the graph" if guard["drops_graph"] else "kept the graph")
     assert messages[-1] == describe_outcome(outcome)
     messages.clear()
     off = train_run(config_for(tiny_dataset, fast, "semi.gate=false"), tmp_path / "off", progress=False,
                     log=messages.append)
-    assert "gate_choice" not in off and "gate_verdict" not in off
+    assert "gate_choice" not in off and "gate_verdict" not in off and "gate_graph_guard" not in off
     assert not any(message.startswith("gate") for message in messages)
 
 

@@ -424,4 +424,8 @@ class TRSMethod(SemiSupervisedMethod):
         if self.gate is not None:  # what the label-only gate chose, and how clearly (train.methods.gate.VERDICTS)
             summary["gate_choice"] = self.gate["chosen"]
             summary["gate_verdict"] = gate_verdict(self.gate)
+            guard = self.gate.get("graph_guard")
+            if guard is not None:  # train.methods.graph_guard
+                summary["gate_graph_guard"] = ("not computed" if guard["signal"] is None else
+                                               "dropped the graph" if guard["drops_graph"] else "kept the graph")
         return summary
