@@ -40,6 +40,7 @@ GraphFeatures = Literal["tokens", "pooled"]
 Fusion = Literal["precision", "balanced"]
 PseudoSpread = Literal["as_is", "std", "quantiles"]
 GateScale = Literal["spearman", "fisher"]
+TeacherKind = Literal["ema", "ridge"]
 METHODS = typing.get_args(Method)
 PRESETS = typing.get_args(Preset)
 DATASET_KINDS = typing.get_args(DatasetKind)
@@ -195,6 +196,10 @@ class SemiConfig(CheckedConfig):
     use_memory: bool = True
     use_confidence: bool = True
     use_graph: bool = True
+    # What the "teacher" pseudo-label source is: "ema", the EMA of the student with MC dropout (the
+    # paper's); "ridge", a closed-form ridge on the labelled videos' time-segment means with the
+    # run's `ridge` section (train.methods.pseudo_labels.RidgeTeacherSource).
+    teacher: TeacherKind = "ema"
     mc_samples: int = 4  # MC-dropout passes of the teacher per refresh
     # Confidence memories keep each video's most confident output; stored confidences decay by
     # this factor each epoch so that a better later output can replace an early lucky one.

@@ -18,6 +18,34 @@ from train.methods.interface import Unit
 from train.methods.state_checks import STATE_FORMAT, check_identity, require
 
 
+def fit_ridge(features: np.ndarray, targets: np.ndarray, ridge) -> tuple[np.ndarray, float, float, dict]:
+    """Ridge regression of ``targets`` on the rows of ``features`` (float64), in the dual (fewer
+    videos than features), with ``ridge.alpha`` or, for ``"auto"``, the penalty of ``ridge.alphas``
+    with the least exact leave-one-out error. Returns (weights, bias, alpha, {alpha: LOO MSE})."""
+    feature_mean, target_mean = features.mean(axis=0), targets.mean()
+    centred, centred_targets = features - feature_mean, targets - target_mean
+    gram = centred @ centred.T
+    eigenvalues, eigenvectors = np.linalg.eigh(gram)
+    eigenvalues = np.clip(eigenvalues, 0.0, None)
+    projected = eigenvectors.T @ centred_targets
+    count = len(targets)
+    loo_errors = {}
+    if ridge.alpha != "auto":
+        alpha = float(ridge.alpha)
+    else:
+        for candidate in ridge.alphas:
+            shrink = eigenvalues / (eigenvalues + candidate)
+            fitted = eigenvectors @ (shrink * projected)
+            leverage = (eigenvectors ** 2) @ shrink + 1.0 / count
+            residual = (centred_targets - fitted) / np.clip(1.0 - leverage, 1e-6, None)
+            loo_errors[float(candidate)] = float(np.mean(residual ** 2))
+        alpha = min(loo_errors, key=loo_errors.get)
+    dual = eigenvectors @ (projected / (eigenvalues + alpha))
+    weights = centred.T @ dual
+    bias = target_mean - feature_mean @ weights
+    return weights, float(bias), alpha, loo_errors
+
+
 class RidgeMethod:
     """The penalty ``alpha`` is fixed (``ridge.alpha``, a positive number) or chosen from
     ``ridge.alphas`` by the exact leave-one-out error on the labelled subset (``ridge.alpha = "auto"``)."""
@@ -43,30 +71,7 @@ class RidgeMethod:
 
     def _fit(self):
         data = self.data
-        features = self.pooled[data.labelled]
-        targets = data.training_target(data.labelled)
-        feature_mean, target_mean = features.mean(axis=0), targets.mean()
-        centred, centred_targets = features - feature_mean, targets - target_mean
-        gram = centred @ centred.T
-        eigenvalues, eigenvectors = np.linalg.eigh(gram)
-        eigenvalues = np.clip(eigenvalues, 0.0, None)
-        projected = eigenvectors.T @ centred_targets
-        count = len(targets)
-        loo_errors = {}
-        if self.config.ridge.alpha != "auto":
-            alpha = float(self.config.ridge.alpha)
-        else:
-            for candidate in self.config.ridge.alphas:
-                shrink = eigenvalues / (eigenvalues + candidate)
-                fitted = eigenvectors @ (shrink * projected)
-                leverage = (eigenvectors ** 2) @ shrink + 1.0 / count
-                residual = (centred_targets - fitted) / np.clip(1.0 - leverage, 1e-6, None)
-                loo_errors[float(candidate)] = float(np.mean(residual ** 2))
-            alpha = min(loo_errors, key=loo_errors.get)
-        dual = eigenvectors @ (projected / (eigenvalues + alpha))
-        weights = centred.T @ dual
-        bias = target_mean - feature_mean @ weights
-        return weights, float(bias), alpha, loo_errors
+        return fit_ridge(self.pooled[data.labelled], data.training_target(data.labelled), self.config.ridge)
 
     @contextlib.contextmanager
     def session(self):

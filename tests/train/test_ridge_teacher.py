@@ -1,0 +1,80 @@
+"""``semi.teacher = "ridge"``: trs's teacher source is ridge regression on the labelled videos'
+time-segment means (train.methods.pseudo_labels.RidgeTeacherSource): its pseudo-labels are the
+``ridge`` method's predictions (in standardised units), fitted on the labelled videos it is given."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from aqa.errors import UserError
+from train.config import apply_overrides, preset_config
+from train.data import prepare_data
+from train.methods import make_method
+from train.methods.pseudo_labels import Context, RidgeTeacherSource, TeacherSource, build_sources
+from training import fit_on_one_thread
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def config_of(tiny_dataset, fast_flags, *overrides, method="trs"):
+    config = dataclasses.replace(preset_config("default", method), features=str(tiny_dataset["cache"]),
+                                 dataset="manifest", manifest=str(tiny_dataset["manifest"]), ratio=0.5, seed=0)
+    return apply_overrides(config, [*fast_flags[1::2], *overrides])
+
+
+def context_of(data, labelled: np.ndarray, unlabelled: np.ndarray, targets: np.ndarray) -> Context:
+    return Context(data=data, unlabelled=torch.from_numpy(unlabelled), labelled=torch.from_numpy(labelled),
+                   labelled_targets=torch.from_numpy(targets).float(), views=None, generator=None, teacher=None,
+                   reference=None)
+
+
+def test_its_pseudo_labels_are_the_ridge_methods_predictions(tiny_dataset, fast_flags):
+    config = config_of(tiny_dataset, fast_flags)
+    data = prepare_data(config)
+    ridge = make_method(dataclasses.replace(config, method="ridge"), data)
+    targets = data.training_target(data.labelled)
+    standardised = (targets - targets.mean()) / targets.std()
+    values, confidence = RidgeTeacherSource(config.ridge).estimate(
+        context_of(data, data.labelled, data.unlabelled, standardised.astype(np.float32)))
+    expected = (ridge.predict_scores(data.unlabelled) - targets.mean()) / targets.std()
+    np.testing.assert_allclose(values.numpy(), expected, rtol=1e-4, atol=1e-4)  # float32 targets
+    assert torch.equal(confidence, torch.ones_like(values))  # one fit: every video alike
+
+
+def test_it_fits_on_the_labelled_videos_it_is_given(tiny_dataset, fast_flags):
+    config = config_of(tiny_dataset, fast_flags)
+    data = prepare_data(config)
+    source = RidgeTeacherSource(config.ridge)
+    targets = np.linspace(-1, 1, len(data.labelled))
+    everyone = source.estimate(context_of(data, data.labelled, data.unlabelled, targets))[0]
+    fold = source.estimate(context_of(data, data.labelled[:-3], data.unlabelled, targets[:-3]))[0]
+    assert not torch.allclose(everyone, fold)  # a gate fold's teacher sees only its fold
+    # the other videos' labels are never read: hiding them changes nothing
+    hidden = dataclasses.replace(data, scores=np.where(np.isin(np.arange(len(data.scores)), data.labelled),
+                                                       data.scores, np.nan))
+    assert torch.equal(RidgeTeacherSource(config.ridge).estimate(
+        context_of(hidden, data.labelled, data.unlabelled, targets))[0], everyone)
+
+
+def test_the_configuration_chooses_the_teacher(tiny_dataset, fast_flags):
+    assert isinstance(build_sources(config_of(tiny_dataset, fast_flags), ["teacher"])[0], TeacherSource)
+    ridge = build_sources(config_of(tiny_dataset, fast_flags, "semi.teacher=ridge"), ["teacher"])[0]
+    assert isinstance(ridge, RidgeTeacherSource) and ridge.name == "teacher"
+    with pytest.raises(UserError, match="semi.teacher"):
+        config_of(tiny_dataset, fast_flags, "semi.teacher=forest")
+
+
+def test_a_trs_run_with_the_ridge_teacher_refreshes_with_its_values(tiny_dataset, fast_flags):
+    config = config_of(tiny_dataset, fast_flags, "semi.teacher=ridge")
+    result = fit_on_one_thread(config)
+    refresh = result.method.last_refresh
+    data = result.data
+    ridge = make_method(dataclasses.replace(config, method="ridge"), data)
+    mean, std = result.method.target_mean, result.method.target_std
+    expected = (ridge.predict_scores(refresh["rows"]) - mean) / std
+    np.testing.assert_allclose(refresh["teacher_value"], expected, rtol=1e-4, atol=1e-4)
+    assert result.diagnostics["gate"]["chosen"] in result.diagnostics["gate"]["options"]
