@@ -37,7 +37,12 @@ from bench.tune_fisv import build, code_version, parse_variant  # noqa: E402
 RESULTS = REPO_ROOT / "bench" / "results" / "segment_ridge.jsonl"
 # The segment counts are spelled out, so that a record keeps its meaning whatever ridge's default.
 VARIANTS = {"ridge-1": "ridge:ridge.segments=1", "ridge-3": "ridge:ridge.segments=3",
-            "supervised": "supervised", "trs": "trs", "trs-no-graph": "trs:semi.use_graph=false"}
+            "supervised": "supervised", "trs": "trs", "trs-no-graph": "trs:semi.use_graph=false",
+            "trs-ema": "trs:semi.teacher=ema", "trs-ridge-teacher": "trs:semi.teacher=ridge"}
+# Session 20's variants spell out trs's teacher, the one field a version after 8 may change, so
+# their records keep trs version 8 in their identity whatever trs's default becomes.
+SPELLED_TRS_VERSION = {"trs-ema": 8, "trs-ridge-teacher": 8}
+TEACHER_DIVES_GAIN, TEACHER_WORST_FISV = 0.03, -0.01
 CELLS = [("dives", "final_score", 0.1), ("dives", "final_score", 0.2),
          ("fis-v", "TES", 0.1), ("fis-v", "TES", 0.25), ("fis-v", "PCS", 0.1), ("fis-v", "PCS", 0.25)]
 ADOPT_MEAN, WORST_CELL = 0.01, -0.01
@@ -47,7 +52,7 @@ def record_id(variant: str, dataset: str, target: str, ratio: float, seed: int) 
     method = parse_variant(VARIANTS[variant])[0]
     # The ridge variants spell out every field that ridge's versions changed, so a new default of
     # ridge's leaves their records standing; the other methods' records go with their version.
-    version = None if method == "ridge" else code_version(method)
+    version = None if method == "ridge" else SPELLED_TRS_VERSION.get(variant, code_version(method))
     return config_digest({"variant": VARIANTS[variant], "dataset": dataset, "target": target, "ratio": ratio,
                           "seed": seed, "code_version": version})
 
@@ -111,6 +116,40 @@ def report(results: dict, seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
+def teacher_report(results: dict, seeds: list[int]) -> str:
+    """Session 20's table and rule: ``trs-ridge-teacher`` against ``trs-ema`` (and both against
+    ``supervised``), paired per seed on each cell."""
+    lines = ["| cell | supervised | trs-ema | trs-ridge-teacher | ridge teacher − ema teacher | "
+             "ridge teacher − supervised | ema teacher − supervised |", "|---|---|---|---|---|---|---|"]
+    decision = {}
+    for cell in CELLS:
+        values = {variant: values_of(results, variant, cell, seeds)
+                  for variant in ("supervised", "trs-ema", "trs-ridge-teacher")}
+        row = [f"{cell[0]} {cell[1]} {cell[2]:g}"]
+        for got in values.values():
+            got = list(got.values())
+            row.append(f"{statistics.fmean(got):.3f} ({len(got)})" if got else "—")
+        for a, b in (("trs-ridge-teacher", "trs-ema"), ("trs-ridge-teacher", "supervised"), ("trs-ema", "supervised")):
+            difference = paired(values[a], values[b])
+            row.append("—" if difference is None else f"{difference[0]:+.3f} ± "
+                       f"{difference[1] / math.sqrt(difference[2]):.3f} ({difference[3]}/{difference[2]})")
+            if (a, b) == ("trs-ridge-teacher", "trs-ema") and difference is not None and difference[2] == len(seeds):
+                decision[cell] = difference[0]
+        lines.append("| " + " | ".join(row) + " |")
+    lines.append("\n(validation Spearman, mean (n); paired differences mean ± se (wins/n))")
+    if len(decision) < len(CELLS):
+        lines.append(f"rule: not decided ({len(decision)} of {len(CELLS)} cells have every seed of both)")
+        return "\n".join(lines)
+    dives = statistics.fmean(value for cell, value in decision.items() if cell[0] == "dives")
+    fisv_worst = min(value for cell, value in decision.items() if cell[0] == "fis-v")
+    overall = statistics.fmean(decision.values())
+    adopt = dives > TEACHER_DIVES_GAIN and fisv_worst >= TEACHER_WORST_FISV and overall > 0
+    lines.append(f"rule: dives mean {dives:+.4f} (needs > {TEACHER_DIVES_GAIN:+g}), worst Fis-V cell {fisv_worst:+.4f} "
+                 f"(needs ≥ {TEACHER_WORST_FISV:+g}), six-cell mean {overall:+.4f} (needs > 0): "
+                 f"{'ADOPT semi.teacher=ridge' if adopt else 'do not adopt'}")
+    return "\n".join(lines)
+
+
 def run_missing(keys: list[tuple], results: dict, jobs: int) -> None:
     """Train each ``(variant, dataset, target, ratio, seed)`` of ``keys`` that ``results`` lacks,
     two processes at a time, appending each record to RESULTS (and ``results``) as it finishes."""
@@ -141,6 +180,8 @@ def main() -> int:
     parser.add_argument("--seeds", default="10-19")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--report", action="store_true", help="Only print the table of stored results.")
+    parser.add_argument("--rule", choices=("segments", "teacher"), default="segments",
+                        help="Which decision's table to print: session 19's segments, session 20's teacher.")
     args = parser.parse_args()
 
     from train.sweep import parse_list, parse_seeds
@@ -154,7 +195,7 @@ def main() -> int:
             sys.exit(f"error: unknown variant(s) {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
         run_missing([(variant, *cell, seed) for variant in variants for cell in CELLS for seed in seeds],
                     results, args.jobs)
-    print(report(results, seeds))
+    print(teacher_report(results, seeds) if args.rule == "teacher" else report(results, seeds))
     return 0
 
 

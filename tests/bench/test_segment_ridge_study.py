@@ -48,3 +48,31 @@ def test_the_report_decides_nothing_while_a_cell_misses_seeds():
     values = {(variant, cell): [0.4, 0.5] for variant in ("ridge-1", "ridge-3") for cell in study.CELLS}
     values[("ridge-3", study.CELLS[-1])] = [0.6]  # one seed short
     assert "not decided (5 of 6 cells" in study.report(results_from(values), [0, 1])
+
+
+def test_the_teacher_variants_spell_out_the_teacher_and_keep_their_identity(monkeypatch):
+    ema, ridge = study.config_of("trs-ema", "dives", "final_score", 0.1, 3), study.config_of(
+        "trs-ridge-teacher", "dives", "final_score", 0.1, 3)
+    assert (ema["semi"]["teacher"], ridge["semi"]["teacher"]) == ("ema", "ridge")
+    assert {key: value for key, value in ema.items() if key != "semi"} == \
+        {key: value for key, value in ridge.items() if key != "semi"}
+    pinned = study.record_id("trs-ema", "dives", "final_score", 0.1, 3)
+    default = study.record_id("trs", "dives", "final_score", 0.1, 3)
+    monkeypatch.setattr(study, "code_version", lambda method: 99)  # a later trs version
+    assert study.record_id("trs-ema", "dives", "final_score", 0.1, 3) == pinned
+    assert study.record_id("trs", "dives", "final_score", 0.1, 3) != default  # the default's runs go with it
+
+
+@pytest.mark.parametrize("dives_gain, fisv_gain, adopted", [(0.05, 0.0, True), (0.02, 0.0, False),
+                                                             (0.1, -0.02, False), (0.05, 0.01, True)])
+def test_the_teacher_report_applies_its_rule(dives_gain, fisv_gain, adopted):
+    values = {}
+    for cell in study.CELLS:
+        base = [0.3 + 0.1 * seed for seed in range(3)]
+        shift = dives_gain if cell[0] == "dives" else fisv_gain
+        values[("trs-ema", cell)] = base
+        values[("trs-ridge-teacher", cell)] = [value + shift for value in base]
+        values[("supervised", cell)] = [value - 0.01 for value in base]
+    text = study.teacher_report(results_from(values), [0, 1, 2])
+    assert ("ADOPT semi.teacher=ridge" in text) == adopted
+    assert "do not adopt" in text or adopted
