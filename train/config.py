@@ -40,7 +40,7 @@ GraphFeatures = Literal["tokens", "pooled"]
 Fusion = Literal["precision", "balanced"]
 PseudoSpread = Literal["as_is", "std", "quantiles"]
 GateScale = Literal["spearman", "fisher"]
-TeacherKind = Literal["ema", "ridge"]
+TeacherKind = Literal["ema", "ridge", "auto"]
 METHODS = typing.get_args(Method)
 PRESETS = typing.get_args(Preset)
 DATASET_KINDS = typing.get_args(DatasetKind)
@@ -198,7 +198,9 @@ class SemiConfig(CheckedConfig):
     use_graph: bool = True
     # What the "teacher" pseudo-label source is: "ema", the EMA of the student with MC dropout (the
     # paper's); "ridge", a closed-form ridge on the labelled videos' time-segment means with the
-    # run's `ridge` section (train.methods.pseudo_labels.RidgeTeacherSource).
+    # run's `ridge` section (train.methods.pseudo_labels.RidgeTeacherSource); "auto", decided at
+    # the gate: "ridge" where the graph guard drops the graph, else "ema" (without a computed
+    # guard, e.g. semi.gate=false: "ema"). Research log, session 20.
     teacher: TeacherKind = "ema"
     mc_samples: int = 4  # MC-dropout passes of the teacher per refresh
     # Confidence memories keep each video's most confident output; stored confidences decay by

@@ -47,3 +47,15 @@ def test_the_test_protocol_runs_are_the_fisv_tables_trs_runs():
     for _, config in configs:
         assert config["method"] == "trs" and config["dataset"] == "fis-v" and config["validation_fraction"] == 0
         assert config["semi"]["graph_guard"] is True  # today's trs
+
+
+@pytest.mark.parametrize("dives_gain, adopted", [(0.05, True), (0.02, False)])
+def test_the_teacher_pair_reports_the_auto_teachers_rule(dives_gain, adopted):
+    signals, results = {}, {}
+    for cell in study.CELLS:
+        for seed in (0, 1):
+            signals[(*cell, seed)] = {"signal": -0.2 if cell[0] == "dives" else 0.05}
+            for variant, value in (("trs-ema", 0.5), ("trs-ridge-teacher", 0.5 + dives_gain)):
+                results[study.record_id(variant, *cell, seed)] = {"validation_spearman": value}
+    text = probe.report(signals, results, [0, 1], "teacher")
+    assert ("ADOPT semi.teacher=auto" in text) == adopted and "BUILD" not in text

@@ -14,6 +14,7 @@ from aqa.errors import UserError
 from train.config import apply_overrides, preset_config
 from train.data import prepare_data
 from train.methods import make_method
+from train.methods.gate import describe_outcome
 from train.methods.pseudo_labels import Context, RidgeTeacherSource, TeacherSource, build_sources
 from training import fit_on_one_thread
 
@@ -78,3 +79,21 @@ def test_a_trs_run_with_the_ridge_teacher_refreshes_with_its_values(tiny_dataset
     expected = (ridge.predict_scores(refresh["rows"]) - mean) / std
     np.testing.assert_allclose(refresh["teacher_value"], expected, rtol=1e-4, atol=1e-4)
     assert result.diagnostics["gate"]["chosen"] in result.diagnostics["gate"]["options"]
+
+
+@pytest.mark.parametrize("margin, teacher", [("-2", "ridge"), ("2", "ema")])
+def test_auto_takes_the_ridge_teacher_where_the_guard_drops_the_graph(tiny_dataset, fast_flags, margin, teacher):
+    # margin -2: the guard always drops the graph; margin 2: it never does
+    auto = fit_on_one_thread(config_of(tiny_dataset, fast_flags, "semi.teacher=auto",
+                                       f"semi.graph_guard_margin={margin}"))
+    fixed = fit_on_one_thread(config_of(tiny_dataset, fast_flags, f"semi.teacher={teacher}",
+                                        f"semi.graph_guard_margin={margin}"))
+    assert auto.diagnostics["gate"]["teacher"] == fixed.diagnostics["gate"]["teacher"] == teacher
+    assert auto.diagnostics["gate"]["graph_guard"]["drops_graph"] == (teacher == "ridge")
+    np.testing.assert_array_equal(auto.predictions, fixed.predictions)  # the same run
+    assert ("the teacher is the ridge" in describe_outcome(auto.diagnostics["gate"])) == (teacher == "ridge")
+
+
+def test_without_the_gate_auto_is_the_ema_teacher(tiny_dataset, fast_flags):
+    config = config_of(tiny_dataset, fast_flags, "semi.teacher=auto", "semi.gate=false")
+    assert isinstance(make_method(config, prepare_data(config)).labelling.sources[0].source, TeacherSource)

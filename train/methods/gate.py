@@ -183,6 +183,8 @@ def describe_outcome(outcome: dict) -> str:
         from train.methods.graph_guard import describe_guard
 
         head += describe_guard(outcome["graph_guard"]) + "; "
+    if outcome.get("teacher") == "ridge":
+        head += "the teacher is the ridge; "
     # after the guard dropped the graph, the option the gate starts from is the configured one without it
     configured = "the guarded" if (outcome.get("graph_guard") or {}).get("drops_graph") else "the configured"
     if verdict == "kept, not cross-fitted":
@@ -285,8 +287,11 @@ def plan_gate(method) -> GatePlan:
     guard = guard_record(method)
     options = gate_options(config, without_graph=guard is not None and guard["drops_graph"])
     default = options[0]
+    # semi.teacher = "auto": the ridge teacher where the guard found the graph losing out of fold
+    teacher = semi.teacher if semi.teacher != "auto" else (
+        "ridge" if guard is not None and guard["drops_graph"] else "ema")
     outcome = {"folds": 0, "n_labelled": count, "margin": gate_margin(count, semi.gate_scale), "default": default.name,
-               "options": {option.name: option.to_state() for option in options}}
+               "options": {option.name: option.to_state() for option in options}, "teacher": teacher}
     if guard is not None:
         outcome = {**outcome, "graph_guard": guard, "configured": default_option(config).name}
     folds = min(semi.gate_folds, count // 2)  # at least two labelled videos per fold
@@ -489,7 +494,7 @@ class FoldJobsInFlight:
 
 def _run_fold_job(method, plan: GatePlan, job: FoldJob) -> dict[str, np.ndarray]:
     return _label_held_out_fold(method, plan.options, job.train, job.held, job.seed, plan.student_epochs,
-                                plan.reference_epochs)
+                                plan.reference_epochs, plan.outcome["teacher"])
 
 
 _FORKED_GATE: tuple | None = None  # what forked workers inherit from FoldJobsInFlight: (method, plan)
@@ -514,7 +519,7 @@ def _can_fork() -> bool:
 
 
 def _label_held_out_fold(method, options: list[GateOption], train: np.ndarray, held: np.ndarray, fold_seed: int,
-                         student_epochs: int, reference_epochs: int) -> dict[str, np.ndarray]:
+                         student_epochs: int, reference_epochs: int, teacher: str) -> dict[str, np.ndarray]:
     """Each option's pseudo-labels of the ``held`` labelled positions, from fold models trained on
     the ``train`` positions (a fold reference only when ``reference_epochs``), fused as the run
     fuses and refined on the run's graph with only the ``train`` positions anchored."""
@@ -532,7 +537,7 @@ def _label_held_out_fold(method, options: list[GateOption], train: np.ndarray, h
                       labelled_targets=method.labelled_targets[train_positions],
                       views=ViewMaker(method.tokens, config.views, generator), generator=generator,
                       teacher=student, reference=reference)
-    sources = build_sources(config, ("teacher", "reference") if reference is not None else ("teacher",))
+    sources = build_sources(config, ("teacher", "reference") if reference is not None else ("teacher",), teacher)
     estimates = {source.name: source.estimate(context) for source in sources}
     # Graph nodes: the labelled videos (data.labelled order), then the unlabelled.
     query_nodes = np.concatenate([held, len(method.labelled) + np.arange(len(method.unlabelled))])

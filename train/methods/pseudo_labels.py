@@ -340,9 +340,17 @@ class PseudoLabelling:
 _MEMORY_SLOTS = ("teacher", "reference")
 
 
-def build_sources(config: TrainConfig, names) -> list[Source]:
-    """Fresh sources (no memory) named ``names`` ("teacher", "reference"), in that order."""
-    teacher = (lambda: TeacherSource(config.semi.mc_samples)) if config.semi.teacher == "ema" else (
+def resolved_teacher(config: TrainConfig, teacher: str | None = None) -> str:
+    """The teacher kind a source is built with: ``teacher`` (the gate's resolution of
+    ``semi.teacher = "auto"``) when given, else the configured one ("auto" unresolved: "ema")."""
+    kind = teacher or config.semi.teacher
+    return "ema" if kind == "auto" else kind
+
+
+def build_sources(config: TrainConfig, names, teacher: str | None = None) -> list[Source]:
+    """Fresh sources (no memory) named ``names`` ("teacher", "reference"), in that order;
+    ``teacher``: the teacher's kind when the gate resolved it (:func:`resolved_teacher`)."""
+    teacher = (lambda: TeacherSource(config.semi.mc_samples)) if resolved_teacher(config, teacher) == "ema" else (
         lambda: RidgeTeacherSource(config.ridge))
     makers = {"teacher": teacher,
               "reference": lambda: ReferenceSource(config.reference.exemplars)}
@@ -350,15 +358,16 @@ def build_sources(config: TrainConfig, names) -> list[Source]:
 
 
 def build_pseudo_labelling(config: TrainConfig, count: int, option: GateOption | None = None,
-                           graph: GraphRefiner | None = None) -> PseudoLabelling:
+                           graph: GraphRefiner | None = None, teacher: str | None = None) -> PseudoLabelling:
     """TRS's sources, fusion, refiners and weighting from ``config.semi`` (``count``: videos).
 
     ``option``: the gate's choice (:mod:`train.methods.gate`), which then says which sources feed
     the pseudo-labels and the graph strength; ``None``: the configuration's own
-    (:func:`~train.methods.gate.default_option`). ``graph``: a refiner whose graph to reuse."""
+    (:func:`~train.methods.gate.default_option`). ``graph``: a refiner whose graph to reuse.
+    ``teacher``: the teacher's kind as the gate resolved it (``semi.teacher = "auto"``)."""
     semi = config.semi
     option = option or default_option(config)
-    sources = build_sources(config, option.sources)
+    sources = build_sources(config, option.sources, teacher)
     memory = ConfidenceMemory(dict.fromkeys([*_MEMORY_SLOTS, *(source.name for source in sources)]), count,
                               semi.memory_decay)
     if semi.use_memory:

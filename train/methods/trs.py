@@ -184,7 +184,7 @@ class TRSMethod(SemiSupervisedMethod):
         """The semi-supervised phase's sources and graph strength from the gate's ``outcome``."""
         self.gate = outcome
         self.labelling = build_pseudo_labelling(self.config, len(self.data.keys), chosen_option(outcome),
-                                                graph=self.labelling.graph)
+                                                graph=self.labelling.graph, teacher=outcome.get("teacher"))
         self.memory = self.labelling.memory
 
     def _pseudo_label_loss(self, batch: torch.Tensor) -> torch.Tensor:
@@ -364,6 +364,9 @@ class TRSMethod(SemiSupervisedMethod):
         without_graph = guard is not None and guard["drops_graph"]
         expected = {option.name: option.to_state() for option in gate_options(self.config, without_graph)}
         require(options == expected, f"gate options are {sorted(map(str, options))}, the run's {sorted(expected)}")
+        teacher = gate.get("teacher")
+        require(teacher is None or teacher in ("ema", "ridge"),
+                f"gate's teacher is {shown(teacher)}, expected 'ema' or 'ridge'")
         chosen = gate.get("chosen")
         require(isinstance(chosen, str) and chosen in options,
                 f"gate chose {shown(chosen)}, not one of the run's options")
