@@ -98,7 +98,8 @@ PAIRS = {"graph": ("trs", "trs-no-graph"), "teacher": ("trs-ema", "trs-ridge-tea
 
 
 def report(signals: dict, results: dict, seeds: list[int], pair: str = "graph") -> str:
-    lines = ["| cell | splits | graph dropped | Δ per split, guard − trs (mean ± se) | dropped runs ahead |",
+    compared = "guard − trs" if pair == "graph" else "auto − ema teacher"
+    lines = [f"| cell | splits | graph dropped | Δ per split, {compared} (mean ± se) | dropped runs ahead |",
              "|---|---|---|---|---|"]
     cell_means = []
     for cell in study.CELLS:

@@ -53,7 +53,7 @@ VALIDATION_FRACTION = 0.25
 # epochs and EMA 0.999 by default, the best of the mt-* variants at version 1; pseudo-label 2:
 # unlabelled weight 0.1 by default, the best of the pl-* variants at version 1; ridge 3: the means of
 # 3 time segments side by side by default, research log session 19).
-CODE_VERSIONS = {"trs": 8, "ridge": 3, "mean-teacher": 2, "pseudo-label": 2}
+CODE_VERSIONS = {"trs": 9, "ridge": 3, "mean-teacher": 2, "pseudo-label": 2}
 
 
 def code_version(method: str) -> int:

@@ -108,13 +108,14 @@ def test_every_method_declares_the_same_interface(tiny_dataset, fast):
     ("trs", "semi", "graph_test_share", 0.5, 0.0),
     ("trs", "semi", "gate_scale", "fisher", "spearman"),
     ("trs", "semi", "graph_guard", True, False),
+    ("trs", "semi", "teacher", "auto", "ema"),
     ("ridge", "ridge", "segments", 3, 1),
 ])
 def test_a_saved_configuration_from_before_a_new_default_reads_as_it_ran(tiny_dataset, method, section, field,
                                                                           today_value, older_value):
     """A config.json without a field added with a new default (semi.graph_test_share: the graph
     took no share of the prediction; semi.gate_scale: the gate's margin on the Spearman scale;
-    semi.graph_guard: no guard before the gate; ridge.segments: one mean over the video) reads as it ran, so it repeats as it ran and is not
+    semi.graph_guard: no guard before the gate; semi.teacher: the EMA teacher; ridge.segments: one mean over the video) reads as it ran, so it repeats as it ran and is not
     today's default."""
     from aqa.config import to_dict
     from train.config import config_from_json

@@ -62,7 +62,9 @@ def test_it_fits_on_the_labelled_videos_it_is_given(tiny_dataset, fast_flags):
 
 
 def test_the_configuration_chooses_the_teacher(tiny_dataset, fast_flags):
+    assert config_of(tiny_dataset, fast_flags).semi.teacher == "auto"  # the default since trs version 9
     assert isinstance(build_sources(config_of(tiny_dataset, fast_flags), ["teacher"])[0], TeacherSource)
+    assert isinstance(build_sources(config_of(tiny_dataset, fast_flags), ["teacher"], "ridge")[0], RidgeTeacherSource)
     ridge = build_sources(config_of(tiny_dataset, fast_flags, "semi.teacher=ridge"), ["teacher"])[0]
     assert isinstance(ridge, RidgeTeacherSource) and ridge.name == "teacher"
     with pytest.raises(UserError, match="semi.teacher"):
