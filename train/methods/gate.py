@@ -6,7 +6,9 @@ and before the semi-supervised phase, :func:`run_gate`:
 0. asks the graph guard (:mod:`train.methods.graph_guard`, ``semi.graph_guard``) whether a graph
    helps at all on these features; where it says no, the options without the graph are the
    only ones, the configured sources without the graph the default (``diagnostics.json``'s
-   ``gate.graph_guard`` has its estimates);
+   ``gate.graph_guard`` has its estimates), and with ``semi.teacher = "auto"`` (the default) the
+   teacher source becomes the ridge (:class:`~train.methods.pseudo_labels.RidgeTeacherSource`),
+   for the fold models and the semi-supervised phase alike (``gate.teacher``);
 1. splits the *labelled* videos into ``semi.gate_folds`` folds (its own seed stream);
 2. per fold trains a fold student with the burn-in recipe on the other folds (``semi.gate_epochs``
    labelled epochs, at most ``optim.epochs``; 0 = all of them) and, when an option uses the

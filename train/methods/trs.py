@@ -12,7 +12,10 @@
 * Between the burn-in and the semi-supervised phase, the label-only gate
   (:mod:`train.methods.gate`, ``semi.gate``) cross-fits the options on the labelled videos and
   picks which sources feed the pseudo-labels and the graph strength; the semi-supervised phase
-  runs with its choice (the configured option unless another clearly beats it).
+  runs with its choice (the configured option unless another clearly beats it). Before it, the
+  graph guard (:mod:`train.methods.graph_guard`) may rule the graph out, and then (``semi.teacher
+  = "auto"``) the teacher source is a ridge on the labelled videos' time-segment means instead of
+  the EMA teacher.
 * At test time the student predicts, blended with the reference network against every labelled
   exemplar of the video's pool (``reference.test_share``, half by default; 0: the student alone,
   the paper's reading), then, when the run's pseudo-labels went through the graph, with the
