@@ -13,7 +13,7 @@ import pytest
 from aqa.errors import UserError
 from train import build_config
 from train.methods.gate import describe_outcome, gate_options
-from train.methods.graph_guard import ALPHA, describe_guard, graph_guard, knn_laplacian, laplacian_ridge
+from train.methods.graph_guard import ALPHA, STRENGTH, _FoldSolver, describe_guard, graph_guard, knn_laplacian
 from training import fit_on_one_thread
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -57,9 +57,20 @@ def test_the_laplacian_is_symmetric_with_rows_summing_to_zero():
     assert (np.diag(laplacian) >= 1.0).all()  # every node has at least its k neighbours, over k
 
 
-def test_at_strength_zero_it_is_ridge_and_a_graph_pulls_neighbours_together():
+def laplacian_ridge(gram, laplacian_gram, labelled: int, targets, strength: float):
+    """The direct solve the guard's fast path must give: dual coefficients over the nodes (the
+    first ``labelled`` of them labelled) of (J K + alpha I + gamma' L K) a = J (y - mean y)."""
+    count = len(gram)
+    system = ALPHA * np.eye(count) + strength * (labelled / count) * laplacian_gram
+    system[:labelled] += gram[:labelled]
+    right = np.zeros(count)
+    right[:labelled] = targets - targets.mean()
+    return np.linalg.solve(system, right)
+
+
+def test_without_the_graph_it_is_ridge_and_the_graph_pulls_neighbours_together():
     rng = np.random.default_rng(1)
-    features, targets = rng.normal(size=(30, 8)), rng.normal(size=10)
+    features, targets = rng.normal(size=(30, 8)) * 5, rng.normal(size=10)
     labelled, queries = features[:10], features[10:]
     mean = labelled.mean(axis=0)
     weights = np.linalg.solve((labelled - mean).T @ (labelled - mean) + ALPHA * np.eye(8),
@@ -67,14 +78,15 @@ def test_at_strength_zero_it_is_ridge_and_a_graph_pulls_neighbours_together():
     centred = features - mean
     gram = centred @ centred.T
     laplacian = knn_laplacian(features, 3)
-    dual = laplacian_ridge(gram, laplacian @ gram, 10, targets, 0.0)
-    np.testing.assert_allclose(gram[10:] @ dual, (queries - mean) @ weights, atol=1e-10)
+    solver = _FoldSolver(gram, laplacian @ gram)
+    train, everyone = np.arange(10), np.arange(30)
+    plain = solver.held_out_values(train, everyone, targets, 0.0)
+    np.testing.assert_allclose(plain[10:], (queries - mean) @ weights + targets.mean(), atol=1e-9)
 
-    def roughness(strength):  # along the graph the fitted values differ less with a penalty on it
-        fitted = gram @ laplacian_ridge(gram, laplacian @ gram, 10, targets, strength)
-        return float(fitted @ laplacian @ fitted)
+    def roughness(values):  # along the graph the fitted values differ less with a penalty on it
+        return float(values @ laplacian @ values)
 
-    assert roughness(10.0) < roughness(0.0)
+    assert roughness(solver.held_out_values(train, everyone, targets, STRENGTH)) < roughness(plain)
 
 
 @pytest.mark.parametrize("seed", [3, 5])
@@ -184,8 +196,6 @@ def test_bad_guard_settings_are_user_errors(tiny_dataset, fast, assignment):
 
 @pytest.mark.parametrize("strength", [0.0, 0.3])
 def test_the_fast_fold_solver_gives_the_direct_solution(strength):
-    from train.methods.graph_guard import _FoldSolver
-
     rng = np.random.default_rng(2)
     features, targets = rng.normal(size=(40, 12)) * 3, rng.normal(size=15)  # 15 labelled, 25 unlabelled
     centred = features - features[:15].mean(axis=0)

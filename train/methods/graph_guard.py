@@ -53,29 +53,6 @@ def knn_laplacian(features: np.ndarray, neighbours: int = NEIGHBOURS) -> np.ndar
     return knn_laplacian_from_similarity(unit @ unit.T, neighbours) / neighbours
 
 
-def laplacian_ridge(gram: np.ndarray, laplacian_gram: np.ndarray, labelled: int, targets: np.ndarray,
-                    strength: float) -> np.ndarray:
-    """Dual coefficients over the nodes (the first ``labelled`` of them labelled) of ridge with a
-    graph penalty: (J K + alpha I + gamma' L K) a = J (y - mean y), ``laplacian_gram`` = L K.
-
-    Without the graph the unlabelled rows read alpha a_u = 0, so only the labelled block is solved
-    (plain kernel ridge). torch's solver: numpy's BLAS may start more threads than the run has."""
-    import torch
-
-    count = len(gram)
-    right = targets - targets.mean()
-    dual = np.zeros(count)
-    if not strength:
-        system = gram[:labelled, :labelled] + ALPHA * np.eye(labelled)
-        dual[:labelled] = torch.linalg.solve(torch.from_numpy(system), torch.from_numpy(right)).numpy()
-        return dual
-    system = strength * (labelled / count) * laplacian_gram
-    system[:labelled] += gram[:labelled]
-    system[np.diag_indices(count)] += ALPHA
-    dual[:labelled] = right
-    return torch.linalg.solve(torch.from_numpy(system), torch.from_numpy(dual)).numpy()
-
-
 def graph_guard(data, seed: int, repeats: int, margin: float) -> dict:
     """The guard's record for a run on ``data`` (a TrainingData; only its labelled and unlabelled
     videos are read): the mean out-of-fold Spearman with and without the graph, the signal, and
@@ -120,13 +97,16 @@ def _matmul(left: np.ndarray, right: np.ndarray) -> np.ndarray:
 
 
 class _FoldSolver:
-    """Out-of-fold values of :func:`laplacian_ridge` for many folds over the same nodes, fast.
+    """Out-of-fold values of the Laplacian-regularised ridge (the module docstring's system) for
+    many folds over the same nodes, fast.
 
     With the graph, the system is B + J K with B = alpha I + gamma' L K the same for every fold of
     one training size (gamma' scales with it) and J K of rank m (the training fold's rows), so by
     Woodbury the dual is a = W S^-1 (y - mean y), W = B^-1[:, train], S = I + K[train] W: one
     n x n inverse per training size instead of an n x n solve per fold (0.1 s instead of 3 s at
-    MTL-AQA size). Without the graph only the training block is solved (plain kernel ridge)."""
+    MTL-AQA size). Without the graph the unlabelled rows read alpha a_u = 0, so only the training
+    block is solved (plain kernel ridge). torch's solvers: numpy's BLAS may start more threads than
+    the run has."""
 
     def __init__(self, gram: np.ndarray, laplacian_gram: np.ndarray):
         import torch
