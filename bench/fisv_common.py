@@ -57,6 +57,7 @@ def run_in_process(config_dict: dict, threads: int = 1) -> dict:
         gate = fitted.diagnostics.get("gate") or {}
         if gate.get("estimates"):
             result["gate"] = {"chosen": gate["chosen"], "default": gate["default"], "margin": gate["margin"],
+                              "teacher": gate.get("teacher"),
                               "estimates": gate["estimates"], "fold_estimates": gate.get("fold_estimates", {})}
     if config.method == "ridge":
         result["ridge_alpha"] = fitted.method.model_summary()["ridge_alpha"]

@@ -52,6 +52,8 @@ class RunEvaluation:
     gate_verdict: str | None = None
     # and what its graph guard did, when it ran (metrics.json's gate_graph_guard: "dropped the graph", ...)
     gate_graph_guard: str | None = None
+    # and whose pseudo-labels taught the student (metrics.json's gate_teacher: "ema" or "ridge")
+    gate_teacher: str | None = None
 
     # The identity's fields, which the summaries group and label runs by.
     dataset = property(lambda self: self.identity.dataset)
@@ -194,6 +196,7 @@ def evaluate_run(folder: Path, best_on_test: bool = False, write_back: bool = Tr
         gate_choice=_text_or_none(stored, "gate_choice"),
         gate_verdict=_text_or_none(stored, "gate_verdict"),
         gate_graph_guard=_text_or_none(stored, "gate_graph_guard"),
+        gate_teacher=_text_or_none(stored, "gate_teacher"),
     )
     stored_rho = stored.get("spearman") if stored else None
     if isinstance(stored_rho, (int, float)) and (

@@ -38,9 +38,9 @@ BEST_EXTRA_COLUMNS = ("epoch_mean", "gain_over_final_mean", "gain_over_final_std
 MEASURE_PREFIXES = ("rho", "rl2", "mse", "epoch", "gain")
 CLASS_COLUMNS = ("dataset", "target", "method", "ratio", "class", "n_seeds", "n_samples", "rho_mean", "rho_std")
 RUN_COLUMNS = ("run", "dataset", "target", "method", "ratio", "seed", "n_test", "rho", "rl2", "mse", "rho_fisher_z",
-               "gate_choice", "gate_verdict", "gate_graph_guard")
+               "gate_choice", "gate_verdict", "gate_graph_guard", "gate_teacher")
 GATE_COLUMNS = ("dataset", "target", "method", "ratio", "gate_choice", "n_runs", "n_undecided", "n_guard_dropped",
-                "seeds")
+                "n_ridge_teacher", "seeds")
 
 
 def _mean(values: list[float]) -> float | None:
@@ -154,6 +154,7 @@ def run_rows(runs: list[RunEvaluation], best_on_test: bool = False) -> list[dict
             "gate_choice": run.gate_choice,
             "gate_verdict": run.gate_verdict,
             "gate_graph_guard": run.gate_graph_guard,
+            "gate_teacher": run.gate_teacher,
         }
         if best_on_test:
             row["epoch"] = measures["epoch"]
@@ -166,7 +167,7 @@ def gate_rows(runs: list[RunEvaluation]) -> list[dict[str, Any]]:
     """Per cell and option, how many runs' label-only gates (trs) chose it, how many of those
     kept the configured option without being able to tell it from a higher-scoring one
     (``"kept, undecided"``), in how many the graph guard had dropped the graph before the gate
-    chose, and their seeds; runs without a gate are left out."""
+    chose, in how many the ridge taught the student (``semi.teacher``), and their seeds; runs without a gate are left out."""
     chosen: dict[tuple, list[RunEvaluation]] = defaultdict(list)
     for run in runs:
         if run.gate_choice is not None:
@@ -179,6 +180,7 @@ def gate_rows(runs: list[RunEvaluation]) -> list[dict[str, Any]]:
             "n_runs": len(members),
             "n_undecided": sum(run.gate_verdict == "kept, undecided" for run in members),
             "n_guard_dropped": sum(run.gate_graph_guard == "dropped the graph" for run in members),
+            "n_ridge_teacher": sum(run.gate_teacher == "ridge" for run in members),
             "seeds": [run.seed for run in members],
         })
     return rows
@@ -186,9 +188,9 @@ def gate_rows(runs: list[RunEvaluation]) -> list[dict[str, Any]]:
 
 def gate_table_cells(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[str]]]:
     header = ["dataset", "target", "method", "ratio", "gate's choice", "runs", "of them undecided",
-              "graph dropped by the guard", "seeds"]
+              "graph dropped by the guard", "ridge teacher", "seeds"]
     body = [[row["dataset"], row["target"], row["method"], format_ratio(row["ratio"]), row["gate_choice"],
-             str(row["n_runs"]), str(row["n_undecided"]), str(row["n_guard_dropped"]),
+             str(row["n_runs"]), str(row["n_undecided"]), str(row["n_guard_dropped"]), str(row["n_ridge_teacher"]),
              ",".join(str(seed) for seed in row["seeds"])]
             for row in rows]
     return header, body

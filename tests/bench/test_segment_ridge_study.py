@@ -76,3 +76,44 @@ def test_the_teacher_report_applies_its_rule(dives_gain, fisv_gain, adopted):
     text = study.teacher_report(results_from(values), [0, 1, 2])
     assert ("ADOPT semi.teacher=ridge" in text) == adopted
     assert "do not adopt" in text or adopted
+
+
+def gated_results(switched_delta: dict[tuple, float], seeds=range(4)) -> dict:
+    """trs-gate-teacher records per cell and seed; the gate switched where ``switched_delta`` names
+    the (cell, seed), and there a trs record ``delta`` below it."""
+    results = {}
+    for cell in study.CELLS:
+        for seed in seeds:
+            delta = switched_delta.get((cell, seed))
+            chosen = "teacher+reference, graph 0.3" + ("" if delta is None else ", ridge teacher")
+            identity = study.record_id("trs-gate-teacher", *cell, seed)
+            results[identity] = {"id": identity, "validation_spearman": 0.5,
+                                 "gate": {"chosen": chosen, "default": "teacher+reference, graph 0.3"}}
+            if delta is not None:
+                identity = study.record_id("trs", *cell, seed)
+                results[identity] = {"id": identity, "validation_spearman": 0.5 - delta}
+    return results
+
+
+@pytest.mark.parametrize("deltas, adopted", [
+    ({}, False),  # never switched: nothing gained
+    ({(cell, 0): 0.04 for cell in study.CELLS}, True),
+    ({(cell, 0): 0.04 for cell in study.CELLS if cell[0] == "dives"}, False),  # nothing on Fis-V
+    ({**{(cell, 0): 0.04 for cell in study.CELLS}, (study.CELLS[2], 1): -0.2}, False),  # a cell below -0.01
+    ({**{(cell, 0): 0.04 for cell in study.CELLS}, **{(cell, 1): -0.01 for cell in study.CELLS},
+      **{(cell, 2): -0.01 for cell in study.CELLS}}, False),  # more switched runs behind than ahead
+])
+def test_the_gate_teacher_report_pairs_switched_runs_only(deltas, adopted):
+    text = study.gate_teacher_report(gated_results(deltas), list(range(4)))
+    assert ("ADOPT semi.teacher=gate" in text) == adopted
+    assert "do not adopt" in text or adopted
+
+
+def test_the_gate_teacher_report_waits_for_the_runs_of_switched_gates():
+    results = gated_results({(study.CELLS[0], 1): 0.05})
+    del results[study.record_id("trs", *study.CELLS[0], 1)]  # the switched split's trs run is missing
+    text = study.gate_teacher_report(results, list(range(4)))
+    assert "not decided (5 of 6 cells" in text
+    assert study.gate_kept(results[study.record_id("trs-gate-teacher", *study.CELLS[1], 1)])
+    assert not study.gate_kept(results[study.record_id("trs-gate-teacher", *study.CELLS[0], 1)])
+    assert study.config_of("trs-gate-teacher", "fis-v", "PCS", 0.25, 3)["semi"]["teacher"] == "gate"

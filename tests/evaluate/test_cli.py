@@ -152,24 +152,28 @@ def test_paired_table_is_printed_and_written(runs_dir, capsys):
 
 def test_the_gate_table_counts_each_cells_choices_and_disappears_with_them(tmp_path, make_run, capsys):
     runs = tmp_path / "runs"
-    choices = [("graph 3", "kept", "kept the graph"), ("graph 0", "switched", "dropped the graph"),
-               ("graph 3", "kept, undecided", None), (7, "kept", None)]
-    for seed, (choice, verdict, guard) in enumerate(choices):  # a gate_choice that is not text is ignored
+    choices = [("graph 3", "kept", "kept the graph", "ema"), ("graph 0", "switched", "dropped the graph", "ridge"),
+               ("graph 3", "kept, undecided", None, "ridge"), (7, "kept", None, None)]
+    for seed, (choice, verdict, guard, teacher) in enumerate(choices):  # a gate_choice that is not text is ignored
         guarded = {} if guard is None else {"gate_graph_guard": guard}
+        taught = {} if teacher is None else {"gate_teacher": teacher}
         make_run(runs / f"trs-{seed}", method="trs", seed=seed,
-                 extra_metrics={"gate_choice": choice, "gate_verdict": verdict, **guarded})
+                 extra_metrics={"gate_choice": choice, "gate_verdict": verdict, **guarded, **taught})
     make_run(runs / "supervised-0", method="supervised", seed=0)
     assert main(["evaluate", str(runs), "--plots", "none", "--bootstrap", "200"]) == 0
     out = capsys.readouterr().out
     assert "The label-only gate of trs" in out and "Undecided:" in out
     rows = _csv_rows(runs / "summary_gate.csv")
-    assert [(row["method"], row["gate_choice"], row["n_runs"], row["n_undecided"], row["n_guard_dropped"], row["seeds"])
-            for row in rows] == [("trs", "graph 3", "2", "1", "0", "0 2"), ("trs", "graph 0", "1", "0", "1", "1")]
-    assert "graph dropped by the guard" in out
+    assert [(row["method"], row["gate_choice"], row["n_runs"], row["n_undecided"], row["n_guard_dropped"],
+             row["n_ridge_teacher"], row["seeds"])
+            for row in rows] == [("trs", "graph 3", "2", "1", "0", "1", "0 2"), ("trs", "graph 0", "1", "0", "1", "1", "1")]
+    assert "graph dropped by the guard" in out and "ridge teacher" in out
     assert json.loads((runs / "summary.json").read_text())["gate"][0]["seeds"] == [0, 2]
     per_run = {row["run"].rsplit("/", 1)[-1]: row for row in _csv_rows(runs / "summary_runs.csv")}
     assert per_run["trs-1"]["gate_verdict"] == "switched" and per_run["trs-3"]["gate_choice"] == ""
     assert per_run["trs-1"]["gate_graph_guard"] == "dropped the graph" and per_run["trs-2"]["gate_graph_guard"] == ""
+    assert (per_run["trs-0"]["gate_teacher"], per_run["trs-1"]["gate_teacher"], per_run["trs-3"]["gate_teacher"]) == \
+        ("ema", "ridge", "")
     assert per_run["supervised-0"]["gate_choice"] == ""
     assert "## The label-only gate of trs" in (runs / "summary.md").read_text()
     # Evaluated again without any gate: the old gate table must not stay beside the new summary.

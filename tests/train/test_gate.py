@@ -236,11 +236,12 @@ def test_a_run_reports_its_gate_in_the_log_and_metrics(tiny_dataset, fast, tmp_p
     assert metrics["gate_choice"] == outcome["chosen"] and metrics["gate_verdict"] == gate_verdict(outcome)
     guard = outcome["graph_guard"]  # the tiny data's guard keeps the graph (signal about -0.02)
     assert metrics["gate_graph_guard"] == ("dropped the graph" if guard["drops_graph"] else "kept the graph")
+    assert metrics["gate_teacher"] == outcome["teacher"] == ("ridge" if guard["drops_graph"] else "ema")
     assert messages[-1] == describe_outcome(outcome)
     messages.clear()
     off = train_run(config_for(tiny_dataset, fast, "semi.gate=false"), tmp_path / "off", progress=False,
                     log=messages.append)
-    assert "gate_choice" not in off and "gate_verdict" not in off and "gate_graph_guard" not in off
+    assert not {"gate_choice", "gate_verdict", "gate_graph_guard", "gate_teacher"} & set(off)
     assert not any(message.startswith("gate") for message in messages)
 
 
