@@ -38,13 +38,11 @@ RESULTS = REPO_ROOT / "bench" / "results" / "segment_ridge.jsonl"
 # The segment counts are spelled out, so that a record keeps its meaning whatever ridge's default.
 VARIANTS = {"ridge-1": "ridge:ridge.segments=1", "ridge-3": "ridge:ridge.segments=3",
             "supervised": "supervised", "trs": "trs", "trs-no-graph": "trs:semi.use_graph=false",
-            "trs-ema": "trs:semi.teacher=ema", "trs-ridge-teacher": "trs:semi.teacher=ridge",
-            "trs-gate-teacher": "trs:semi.teacher=gate"}
+            "trs-ema": "trs:semi.teacher=ema", "trs-ridge-teacher": "trs:semi.teacher=ridge"}
 # Session 20's variants spell out trs's teacher, the one field a version after 8 may change, so
 # their records keep trs version 8 in their identity whatever trs's default becomes.
 SPELLED_TRS_VERSION = {"trs-ema": 8, "trs-ridge-teacher": 8}
 TEACHER_DIVES_GAIN, TEACHER_WORST_FISV = 0.03, -0.01
-GATE_TEACHER_WORST, GATE_TEACHER_FISV_GAIN = -0.01, 0.005  # session 21's rule
 CELLS = [("dives", "final_score", 0.1), ("dives", "final_score", 0.2),
          ("fis-v", "TES", 0.1), ("fis-v", "TES", 0.25), ("fis-v", "PCS", 0.1), ("fis-v", "PCS", 0.25)]
 ADOPT_MEAN, WORST_CELL = 0.01, -0.01
@@ -152,67 +150,6 @@ def teacher_report(results: dict, seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
-def gate_kept(record: dict) -> bool:
-    """Whether a ``trs-gate-teacher`` run's gate kept its default option (then the run is ``trs``'s
-    own, bit for bit: tests/train/test_ridge_teacher.py), so that only switched runs need ``trs``."""
-    gate = record.get("gate")
-    return gate is None or gate["chosen"] == gate["default"]
-
-
-def gate_teacher_deltas(results: dict, cell: tuple, seeds: list[int]) -> dict[int, tuple[float, bool]] | None:
-    """Per seed of ``cell``: (``trs-gate-teacher`` − ``trs``, switched), zero where the gate kept its
-    default; None while a run is missing."""
-    deltas = {}
-    for seed in seeds:
-        gated = results.get(record_id("trs-gate-teacher", *cell, seed))
-        if gated is None:
-            return None
-        if gate_kept(gated):
-            deltas[seed] = (0.0, False)
-            continue
-        plain = results.get(record_id("trs", *cell, seed))
-        if plain is None:
-            return None
-        deltas[seed] = (gated["validation_spearman"] - plain["validation_spearman"], True)
-    return deltas
-
-
-def gate_teacher_report(results: dict, seeds: list[int]) -> str:
-    """Session 21's table and rule: ``trs-gate-teacher`` (``semi.teacher=gate``) against ``trs``
-    (version 9, ``auto``), paired per split."""
-    lines = ["| cell | splits | switched | to | Δ per split (mean ± se) | switched runs ahead |", "|---|---|---|---|---|---|"]
-    decision, switched_signs = {}, []
-    for cell in CELLS:
-        deltas = gate_teacher_deltas(results, cell, seeds)
-        name = f"{cell[0]} {cell[1]} {cell[2]:g}"
-        if deltas is None:
-            lines.append(f"| {name} | — | | | not all runs yet | |")
-            continue
-        values = [delta for delta, _ in deltas.values()]
-        switched = [delta for delta, moved in deltas.values() if moved]
-        targets = sorted({results[record_id("trs-gate-teacher", *cell, seed)]["gate"]["chosen"].rsplit(", ", 1)[-1]
-                          for seed, (_, moved) in deltas.items() if moved})
-        switched_signs += [math.copysign(1, delta) for delta in switched if delta != 0]
-        se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
-        lines.append(f"| {name} | {len(values)} | {len(switched)} | {', '.join(targets) or '—'} | "
-                     f"{statistics.fmean(values):+.3f} ± {se:.3f} | "
-                     f"{sum(delta > 0 for delta in switched)}/{len(switched)} |")
-        decision[cell] = statistics.fmean(values)
-    if len(decision) < len(CELLS):
-        lines.append(f"\nrule: not decided ({len(decision)} of {len(CELLS)} cells complete)")
-        return "\n".join(lines)
-    worst = min(decision.values())
-    fisv = statistics.fmean(value for cell, value in decision.items() if cell[0] == "fis-v")
-    overall = statistics.fmean(decision.values())
-    ahead, behind = switched_signs.count(1), switched_signs.count(-1)
-    adopt = worst >= GATE_TEACHER_WORST and fisv > GATE_TEACHER_FISV_GAIN and overall > 0 and ahead > behind
-    lines.append(f"\nrule: worst cell {worst:+.4f} (needs ≥ {GATE_TEACHER_WORST:+g}), Fis-V four-cell mean {fisv:+.4f} "
-                 f"(needs > {GATE_TEACHER_FISV_GAIN:+g}), six-cell mean {overall:+.4f} (needs > 0), switched runs "
-                 f"ahead {ahead} / behind {behind} (needs more ahead): "
-                 f"{'ADOPT semi.teacher=gate' if adopt else 'do not adopt'}")
-    return "\n".join(lines)
-
-
 def run_missing(keys: list[tuple], results: dict, jobs: int) -> None:
     """Train each ``(variant, dataset, target, ratio, seed)`` of ``keys`` that ``results`` lacks,
     two processes at a time, appending each record to RESULTS (and ``results``) as it finishes."""
@@ -243,29 +180,22 @@ def main() -> int:
     parser.add_argument("--seeds", default="10-19")
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--report", action="store_true", help="Only print the table of stored results.")
-    parser.add_argument("--rule", choices=("segments", "teacher", "gate-teacher"), default="segments",
-                        help="Which decision's table to print: session 19's segments, session 20's teacher, "
-                             "session 21's gate-chosen teacher (without --report it also trains trs-gate-teacher "
-                             "everywhere and trs where that gate switched).")
+    parser.add_argument("--rule", choices=("segments", "teacher"), default="segments",
+                        help="Which decision's table to print: session 19's segments, session 20's teacher.")
     args = parser.parse_args()
 
     from train.sweep import parse_list, parse_seeds
 
     seeds = parse_seeds(args.seeds)
     results = load_results(RESULTS)
-    if not args.report and args.rule == "gate-teacher":
-        run_missing([("trs-gate-teacher", *cell, seed) for cell in CELLS for seed in seeds], results, args.jobs)
-        run_missing([("trs", *cell, seed) for cell in CELLS for seed in seeds
-                     if not gate_kept(results[record_id("trs-gate-teacher", *cell, seed)])], results, args.jobs)
-    elif not args.report:
+    if not args.report:
         variants = parse_list(args.variants, "variants")
         unknown = [variant for variant in variants if variant not in VARIANTS]
         if unknown:
             sys.exit(f"error: unknown variant(s) {', '.join(unknown)} (known: {', '.join(VARIANTS)})")
         run_missing([(variant, *cell, seed) for variant in variants for cell in CELLS for seed in seeds],
                     results, args.jobs)
-    reports = {"teacher": teacher_report, "gate-teacher": gate_teacher_report, "segments": report}
-    print(reports[args.rule](results, seeds))
+    print(teacher_report(results, seeds) if args.rule == "teacher" else report(results, seeds))
     return 0
 
 

@@ -40,7 +40,7 @@ GraphFeatures = Literal["tokens", "pooled"]
 Fusion = Literal["precision", "balanced"]
 PseudoSpread = Literal["as_is", "std", "quantiles"]
 GateScale = Literal["spearman", "fisher"]
-TeacherKind = Literal["ema", "ridge", "auto", "gate"]
+TeacherKind = Literal["ema", "ridge", "auto"]
 METHODS = typing.get_args(Method)
 PRESETS = typing.get_args(Preset)
 DATASET_KINDS = typing.get_args(DatasetKind)
@@ -200,9 +200,7 @@ class SemiConfig(CheckedConfig):
     # paper's); "ridge", a closed-form ridge on the labelled videos' time-segment means with the
     # run's `ridge` section (train.methods.pseudo_labels.RidgeTeacherSource); "auto", decided at
     # the gate: "ridge" where the graph guard drops the graph, else "ema" (without a computed
-    # guard, e.g. semi.gate=false: "ema"); "gate", as "auto" and then the gate's cross-fitting may
-    # switch to the other kind (one more gate option: the default with the other teacher, which
-    # must beat it by the gate's margin). "auto" since trs version 9, adopted by a rule written
+    # guard, e.g. semi.gate=false: "ema"). "auto" since trs version 9, adopted by a rule written
     # before its runs (research log, session 20: validation seeds 30-39, dives +0.078 and +0.046 per split at 10 and 20 % labels, Fis-V untouched: no split dropped).
     teacher: TeacherKind = "auto"
     mc_samples: int = 4  # MC-dropout passes of the teacher per refresh

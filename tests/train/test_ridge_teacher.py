@@ -99,38 +99,3 @@ def test_auto_takes_the_ridge_teacher_where_the_guard_drops_the_graph(tiny_datas
 def test_without_the_gate_auto_is_the_ema_teacher(tiny_dataset, fast_flags):
     config = config_of(tiny_dataset, fast_flags, "semi.teacher=auto", "semi.gate=false")
     assert isinstance(make_method(config, prepare_data(config)).labelling.sources[0].source, TeacherSource)
-
-
-def gate_run(tiny_dataset, fast_flags, teacher, *overrides):
-    return fit_on_one_thread(config_of(tiny_dataset, fast_flags, f"semi.teacher={teacher}", *overrides))
-
-
-@pytest.mark.parametrize("margin, other", [("-2", "ema teacher"), ("2", "ridge teacher")])
-def test_gate_adds_the_default_with_the_other_teacher(tiny_dataset, fast_flags, margin, other):
-    # margin -2: the guard drops the graph (the run's teacher is the ridge); 2: it keeps it (EMA)
-    keep = "semi.gate_paired_z=1000"  # the paired rule with an unreachable bar: the default is kept
-    gated = gate_run(tiny_dataset, fast_flags, "gate", f"semi.graph_guard_margin={margin}", keep)
-    auto = gate_run(tiny_dataset, fast_flags, "auto", f"semi.graph_guard_margin={margin}", keep)
-    gate, auto_gate = gated.diagnostics["gate"], auto.diagnostics["gate"]
-    extra = [name for name in gate["options"] if name not in auto_gate["options"]]
-    assert extra == [f"{gate['default']}, {other}"] and gate["options"][extra[0]]["teacher"] == other.split()[0]
-    assert gate["teacher"] == auto_gate["teacher"]
-    # the extra option's teacher is computed after the run's sources: every other option's
-    # out-of-fold values, and the kept run, are exactly auto's
-    assert {name: gate["fold_estimates"][name] for name in auto_gate["options"]} == auto_gate["fold_estimates"]
-    assert gate["chosen"] == gate["default"]
-    np.testing.assert_array_equal(gated.predictions, auto.predictions)
-
-
-def test_a_chosen_other_teacher_feeds_the_semi_supervised_phase(tiny_dataset, fast_flags):
-    config = config_of(tiny_dataset, fast_flags, "semi.teacher=gate", "semi.graph_guard_margin=2")
-    method = make_method(config, prepare_data(config))
-    outcome = gate_run(tiny_dataset, fast_flags, "gate", "semi.graph_guard_margin=2").diagnostics["gate"]
-    assert outcome["teacher"] == "ema"
-    method._apply_gate({**outcome, "chosen": f"{outcome['default']}, ridge teacher"})
-    assert isinstance(method.labelling.sources[0].source, RidgeTeacherSource)
-    method._apply_gate({**outcome, "chosen": outcome["default"]})
-    assert isinstance(method.labelling.sources[0].source, TeacherSource)
-    # without the gate, "gate" is the EMA teacher, as "auto" is
-    config = config_of(tiny_dataset, fast_flags, "semi.teacher=gate", "semi.gate=false")
-    assert isinstance(make_method(config, prepare_data(config)).labelling.sources[0].source, TeacherSource)

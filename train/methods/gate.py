@@ -67,18 +67,13 @@ class GateOption:
 
     sources: tuple[str, ...]  # ("teacher",) or ("teacher", "reference")
     graph_strength: float  # 0: no graph refinement
-    # The teacher source's kind ("ema" or "ridge") where the option names one (semi.teacher =
-    # "gate"'s alternative teacher); None: the run's teacher (the outcome's "teacher").
-    teacher: str | None = None
 
     @property
     def name(self) -> str:
-        named = "" if self.teacher is None else f", {self.teacher} teacher"
-        return f"{'+'.join(self.sources)}, graph {self.graph_strength:g}{named}"
+        return f"{'+'.join(self.sources)}, graph {self.graph_strength:g}"
 
     def to_state(self) -> dict:
-        state = {"sources": list(self.sources), "graph_strength": float(self.graph_strength)}
-        return state if self.teacher is None else {**state, "teacher": self.teacher}
+        return {"sources": list(self.sources), "graph_strength": float(self.graph_strength)}
 
 
 def default_option(config) -> GateOption:
@@ -89,18 +84,8 @@ def default_option(config) -> GateOption:
     return GateOption(sources, strength)
 
 
-def run_teacher(config, drops_graph: bool) -> str:
-    """The teacher kind the run starts from at the gate: ``semi.teacher`` where it names one;
-    for "auto" and "gate" the ridge where the graph guard dropped the graph, else the EMA teacher."""
-    kind = config.semi.teacher
-    if kind in ("ema", "ridge"):
-        return kind
-    return "ridge" if drops_graph else "ema"
-
-
 def gate_options(config, without_graph: bool = False) -> list[GateOption]:
-    """{configured sources, teacher only} x {configured graph strength, no graph}, default first;
-    with ``semi.teacher = "gate"`` one more: the default with the other teacher kind.
+    """{configured sources, teacher only} x {configured graph strength, no graph}, default first.
 
     ``without_graph`` (the graph guard dropped it): only the options without the graph, the
     configured sources without the graph first."""
@@ -113,9 +98,6 @@ def gate_options(config, without_graph: bool = False) -> list[GateOption]:
             option = GateOption(sources, strength)
             if option not in options:
                 options.append(option)
-    if config.semi.teacher == "gate":
-        other = "ema" if run_teacher(config, without_graph) == "ridge" else "ridge"
-        options.append(GateOption(default.sources, default.graph_strength, other))
     return options
 
 
@@ -307,9 +289,9 @@ def plan_gate(method) -> GatePlan:
     guard = guard_record(method)
     options = gate_options(config, without_graph=guard is not None and guard["drops_graph"])
     default = options[0]
-    # semi.teacher = "auto" (and "gate"'s default): the ridge teacher where the guard found the graph
-    # losing out of fold
-    teacher = run_teacher(config, guard is not None and guard["drops_graph"])
+    # semi.teacher = "auto": the ridge teacher where the guard found the graph losing out of fold
+    teacher = semi.teacher if semi.teacher != "auto" else (
+        "ridge" if guard is not None and guard["drops_graph"] else "ema")
     outcome = {"folds": 0, "n_labelled": count, "margin": gate_margin(count, semi.gate_scale), "default": default.name,
                "options": {option.name: option.to_state() for option in options}, "teacher": teacher}
     if guard is not None:
@@ -558,19 +540,13 @@ def _label_held_out_fold(method, options: list[GateOption], train: np.ndarray, h
                       views=ViewMaker(method.tokens, config.views, generator), generator=generator,
                       teacher=student, reference=reference)
     sources = build_sources(config, ("teacher", "reference") if reference is not None else ("teacher",), teacher)
-    estimates = {(teacher, source.name): source.estimate(context) for source in sources}
-    # An option's other teacher kind (semi.teacher = "gate") after the run's sources, so that
-    # their draws from the fold's generator, and hence every other option's values, are as without it.
-    for kind in dict.fromkeys(option.teacher for option in options if option.teacher not in (None, teacher)):
-        estimates[(kind, "teacher")] = build_sources(config, ("teacher",), kind)[0].estimate(context)
+    estimates = {source.name: source.estimate(context) for source in sources}
     # Graph nodes: the labelled videos (data.labelled order), then the unlabelled.
     query_nodes = np.concatenate([held, len(method.labelled) + np.arange(len(method.unlabelled))])
     truth = method.labelled_targets.double().numpy()
     held_values = {}
     for option in options:
-        kind = option.teacher or teacher
-        fused, confidence = method.labelling.fuse([estimates[(kind if name == "teacher" else teacher, name)]
-                                                   for name in option.sources])
+        fused, confidence = method.labelling.fuse([estimates[name] for name in option.sources])
         values = fused.numpy()
         if option.graph_strength > 0:
             laplacian = method.labelling.graph_laplacian(method.data)  # built once per run
@@ -614,10 +590,4 @@ def graph_must_earn_its_place(options: list[GateOption], estimates: dict, defaul
 
 def chosen_option(outcome: dict) -> GateOption:
     entry = outcome["options"][outcome["chosen"]]
-    return GateOption(tuple(entry["sources"]), float(entry["graph_strength"]), entry.get("teacher"))
-
-
-def chosen_teacher(outcome: dict) -> str | None:
-    """The teacher kind of the semi-supervised phase: the chosen option's where it names one, else
-    the outcome's (None in outcomes from before ``semi.teacher``: the EMA teacher)."""
-    return chosen_option(outcome).teacher or outcome.get("teacher")
+    return GateOption(tuple(entry["sources"]), float(entry["graph_strength"]))

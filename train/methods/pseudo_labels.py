@@ -342,9 +342,9 @@ _MEMORY_SLOTS = ("teacher", "reference")
 
 def resolved_teacher(config: TrainConfig, teacher: str | None = None) -> str:
     """The teacher kind a source is built with: ``teacher`` (the gate's resolution of
-    ``semi.teacher = "auto"`` or ``"gate"``) when given, else the configured one (unresolved: "ema")."""
+    ``semi.teacher = "auto"``) when given, else the configured one ("auto" unresolved: "ema")."""
     kind = teacher or config.semi.teacher
-    return "ema" if kind in ("auto", "gate") else kind
+    return "ema" if kind == "auto" else kind
 
 
 def build_sources(config: TrainConfig, names, teacher: str | None = None) -> list[Source]:

@@ -41,7 +41,7 @@ from aqa.metrics import known_pairs, spearman
 from train.config import TrainConfig
 from train.data import TrainingData
 from train.methods.baselines import SemiSupervisedMethod
-from train.methods.gate import chosen_option, chosen_teacher, gate_options, gate_verdict, run_gate, start_gate_early
+from train.methods.gate import chosen_option, gate_options, gate_verdict, run_gate, start_gate_early
 from train.methods.interface import Unit
 from train.graph import nearest_node_mean, similarity_to_nodes
 from train.methods.pseudo_labels import (
@@ -187,7 +187,7 @@ class TRSMethod(SemiSupervisedMethod):
         """The semi-supervised phase's sources and graph strength from the gate's ``outcome``."""
         self.gate = outcome
         self.labelling = build_pseudo_labelling(self.config, len(self.data.keys), chosen_option(outcome),
-                                                graph=self.labelling.graph, teacher=chosen_teacher(outcome))
+                                                graph=self.labelling.graph, teacher=outcome.get("teacher"))
         self.memory = self.labelling.memory
 
     def _pseudo_label_loss(self, batch: torch.Tensor) -> torch.Tensor:
@@ -431,7 +431,7 @@ class TRSMethod(SemiSupervisedMethod):
             summary["gate_choice"] = self.gate["chosen"]
             summary["gate_verdict"] = gate_verdict(self.gate)
             # the teacher source of the semi-supervised phase (semi.teacher resolved: "ema" or "ridge")
-            summary["gate_teacher"] = chosen_teacher(self.gate) or "ema"
+            summary["gate_teacher"] = self.gate.get("teacher") or "ema"
             guard = self.gate.get("graph_guard")
             if guard is not None:  # train.methods.graph_guard
                 summary["gate_graph_guard"] = ("not computed" if guard["signal"] is None else
