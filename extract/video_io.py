@@ -140,6 +140,15 @@ def _read_frame_folder(source, preprocessing, min_frames, max_frames) -> np.ndar
     return frames
 
 
+def frame_to_image(frame):
+    """A decoded PyAV frame as an RGB PIL image, converted on one thread.
+
+    With swscale's default (one slice thread per core) the frame's converter keeps its threads
+    as long as the frame lives; a process forked meanwhile (the DataLoader's workers) that frees
+    an inherited converter waits for those threads, which it does not have, forever."""
+    return frame.to_image(threads=1)
+
+
 def _read_video_file(source, preprocessing, min_frames, max_frames) -> np.ndarray:
     import av
 
@@ -163,7 +172,7 @@ def _read_video_file(source, preprocessing, min_frames, max_frames) -> np.ndarra
                 decoded += 1
                 if decoded <= first:
                     continue
-                frames.append(preprocessing.apply(frame.to_image()))
+                frames.append(preprocessing.apply(frame_to_image(frame)))
                 if limit is not None and len(frames) >= limit:
                     break
     except UserError:

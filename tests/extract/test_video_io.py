@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -130,3 +132,41 @@ def test_frames_of_different_sizes_are_refused(tmp_path, tiny):
     Image.fromarray(tiny.frames(1, width=40, height=40)[0]).save(folder / "00009.jpg")
     with pytest.raises(UserError, match="differs from the first frame"):
         read_frames(FrameSource(str(folder), "frames"), Preprocessing(64, 56))
+
+
+def _free_inherited_frame() -> None:
+    global _KEPT_FRAME
+    import gc
+
+    _KEPT_FRAME = None
+    gc.collect()
+
+
+_KEPT_FRAME = None
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="fork is the DataLoader's default start method on Linux only")
+def test_a_forked_worker_can_free_a_converted_frame_it_inherited(tmp_path, tiny):
+    # Stage 1's DataLoader forks its workers from a process that may still hold decoded frames
+    # (a test's, a traceback's); a frame converted with swscale's slice threads made the worker
+    # that freed it hang forever on machines with more than one core.
+    import multiprocessing
+
+    import av
+
+    from extract.video_io import frame_to_image
+
+    global _KEPT_FRAME
+    path = tiny.mp4(tmp_path / "clip.mp4", tiny.frames(4, width=64, height=48))
+    with av.open(str(path)) as container:
+        _KEPT_FRAME = next(container.decode(container.streams.video[0]))
+        frame_to_image(_KEPT_FRAME)  # the frame now holds its converter
+    worker = multiprocessing.get_context("fork").Process(target=_free_inherited_frame)
+    worker.start()
+    worker.join(timeout=60)
+    hung = worker.is_alive()
+    if hung:
+        worker.kill()
+        worker.join()
+    _KEPT_FRAME = None
+    assert not hung and worker.exitcode == 0
