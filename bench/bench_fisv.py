@@ -21,7 +21,7 @@ result"):
 
     python bench/bench_fisv.py [--fisv-dir ../shared/data/fisv-swin] [--jobs 2] [--resplits 5 --resplit-seeds 0-4]
 
-(the README's tables: ``--jobs 2 --resplits 5 --resplit-seeds 0-4``)
+(the README's tables: ``--seeds 0-9 --jobs 2 --resplits 5 --resplit-seeds 0-9``; five seeds until 2026-12-07)
 """
 
 from __future__ import annotations
