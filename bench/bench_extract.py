@@ -62,7 +62,7 @@ def reference_decode(path: str, num_frames: int, resize: int, crop: int) -> torc
     frames = []
     with av.open(path) as container:
         for frame in container.decode(video=0):
-            frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24")))
+            frames.append(torch.from_numpy(frame.to_ndarray(format="rgb24", threads=1)))  # as extract.video_io.frame_to_image
             if len(frames) == num_frames:
                 break
     video = torch.stack(frames).permute(0, 3, 1, 2).float()  # [T, 3, H, W], 0..255

@@ -52,6 +52,10 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int = 25) -> Path:
         stream = container.add_stream("mpeg4", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
+        # One thread: the encoder's rgb -> yuv converter would otherwise keep one swscale thread
+        # per core while the stream lives, and a process forked meanwhile that frees it hangs
+        # (extract.video_io.frame_to_image says why).
+        stream.codec_context.thread_count = 1
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)

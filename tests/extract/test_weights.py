@@ -448,7 +448,7 @@ def decode_centre_clip(path: Path, num_frames: int) -> torch.Tensor:
     frames = []
     with av.open(str(path)) as container:
         for frame in container.decode(video=0):
-            frames.append(frame.to_ndarray(format="rgb24"))
+            frames.append(frame.to_ndarray(format="rgb24", threads=1))  # as extract.video_io.frame_to_image
             if len(frames) == num_frames:
                 break
     assert len(frames) == num_frames
