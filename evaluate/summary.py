@@ -167,7 +167,8 @@ def gate_rows(runs: list[RunEvaluation]) -> list[dict[str, Any]]:
     """Per cell and option, how many runs' label-only gates (trs) chose it, how many of those
     kept the configured option without being able to tell it from a higher-scoring one
     (``"kept, undecided"``), in how many the graph guard had dropped the graph before the gate
-    chose, in how many the ridge taught the student (``semi.teacher``), and their seeds; runs without a gate are left out."""
+    chose, in how many the ridge taught the student (``semi.teacher``), and their seeds; runs
+    without a gate are left out."""
     chosen: dict[tuple, list[RunEvaluation]] = defaultdict(list)
     for run in runs:
         if run.gate_choice is not None:

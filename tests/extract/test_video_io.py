@@ -134,15 +134,15 @@ def test_frames_of_different_sizes_are_refused(tmp_path, tiny):
         read_frames(FrameSource(str(folder), "frames"), Preprocessing(64, 56))
 
 
+_KEPT_FRAME = None  # a decoded frame the test process holds while it forks
+
+
 def _free_inherited_frame() -> None:
     global _KEPT_FRAME
     import gc
 
     _KEPT_FRAME = None
     gc.collect()
-
-
-_KEPT_FRAME = None
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="fork is the DataLoader's default start method on Linux only")

@@ -45,7 +45,7 @@ from train.methods.gate import chosen_option, gate_options, gate_verdict, run_ga
 from train.methods.interface import Unit
 from train.graph import nearest_node_mean, similarity_to_nodes
 from train.methods.pseudo_labels import (
-    Context, GraphRefiner, build_pseudo_labelling, pools_for, score_against_exemplars,
+    Context, GraphRefiner, build_pseudo_labelling, pools_for, resolved_teacher, score_against_exemplars,
 )
 from train.methods.state_checks import (
     check_entry, check_module_state, check_optimiser_state, check_tensor, require, shown,
@@ -430,8 +430,8 @@ class TRSMethod(SemiSupervisedMethod):
         if self.gate is not None:  # what the label-only gate chose, and how clearly (train.methods.gate.VERDICTS)
             summary["gate_choice"] = self.gate["chosen"]
             summary["gate_verdict"] = gate_verdict(self.gate)
-            # the teacher source of the semi-supervised phase (semi.teacher resolved: "ema" or "ridge")
-            summary["gate_teacher"] = self.gate.get("teacher") or "ema"
+            # the teacher source of the semi-supervised phase, resolved as _apply_gate builds it
+            summary["gate_teacher"] = resolved_teacher(self.config, self.gate.get("teacher"))
             guard = self.gate.get("graph_guard")
             if guard is not None:  # train.methods.graph_guard
                 summary["gate_graph_guard"] = ("not computed" if guard["signal"] is None else
