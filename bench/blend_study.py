@@ -1,0 +1,165 @@
+#!/usr/bin/env python
+"""Session 22's study (docs/research/issue11-2026-12-01.md): does `trs`'s test-time prediction
+gain from taking a share of `ridge`'s (a linear model on time-segment means, trained on the same
+labelled videos)?
+
+The same six validation cells as ``bench/segment_ridge_study.py`` (the embedded dives at 10 % and
+20 % labels, Fis-V TES and PCS at 10 % and 25 %; 25 % of the training videos held out as the
+validation set, the test rows cut off before training). Each run keeps its predictions for the
+validation videos, so every blend ``(1 − s) · trs + s · ridge`` is scored after the fact on
+identical splits, paired by seed. Records go to bench/results/blend_study.jsonl; finished runs are
+never rerun.
+
+    python bench/blend_study.py --seeds 50-59            # runs trs, ridge, supervised; prints the table
+    python bench/blend_study.py --seeds 50-59 --report   # only the table
+
+The table gives, per cell, each method's mean validation ρ and, per share s, the blend's mean and
+its paired difference against `trs` and against `supervised` (mean ± sd, wins).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.fisv_common import (  # noqa: E402
+    DEFAULT_CACHE, DEFAULT_FISV_DIR, REPO_ROOT, append_result, config_digest, ensure_fisv_cache, load_results,
+)
+from bench.gate_rule_study import DEMO_CACHE  # noqa: E402
+from bench.segment_ridge_study import CELLS, config_of  # noqa: E402
+from bench.tune_fisv import code_version  # noqa: E402
+
+RESULTS = REPO_ROOT / "bench" / "results" / "blend_study.jsonl"
+METHODS = ("trs", "ridge", "supervised")
+STUDY_VARIANT = {"trs": "trs", "ridge": "ridge-3", "supervised": "supervised"}  # bench/segment_ridge_study.py's
+SHARES = (0.25, 0.5, 0.75)
+
+
+def record_id(method: str, dataset: str, target: str, ratio: float, seed: int) -> str:
+    return config_digest({"study": "blend", "method": method, "dataset": dataset, "target": target, "ratio": ratio,
+                          "seed": seed, "code_version": code_version(method)})
+
+
+def validation_predictions(config_dict: dict) -> dict:
+    """Train one configuration without its test rows (as ``tune`` does); the validation videos'
+    true scores and predictions."""
+    import torch
+
+    from train.config import config_from_json
+    from train.data import prepare_data
+    from train.fitting import fit
+    from train.tune import without_test
+
+    torch.set_num_threads(1)
+    config = config_from_json(config_dict, "blend study")
+    fitted = fit(config, without_test(prepare_data(config)), progress=False)
+    rows = fitted.data.validation
+    return {"keys": [str(fitted.data.keys[row]) for row in rows], "truth": fitted.data.scores[rows].tolist(),
+            "predicted": fitted.predictions[rows].tolist(), "validation_spearman": fitted.validation["spearman"],
+            "seconds": fitted.seconds, "teacher": (getattr(fitted.method, "gate", None) or {}).get("teacher")}
+
+
+def _task(key: tuple, config: dict) -> tuple[tuple, dict]:
+    return key, validation_predictions(config)
+
+
+def run_missing(keys: list[tuple], results: dict, jobs: int) -> None:
+    keys = [key for key in keys if record_id(*key) not in results]
+    print(f"{len(keys)} runs to do", flush=True)
+    if not keys:
+        return
+    if not DEMO_CACHE.is_file():
+        sys.exit(f"error: {DEMO_CACHE}: no demo features (run make extract first)")
+    ensure_fisv_cache(DEFAULT_FISV_DIR, DEFAULT_CACHE)
+    from joblib import Parallel, delayed
+
+    runner = Parallel(n_jobs=jobs, return_as="generator_unordered")
+    for key, result in runner(delayed(_task)(key, config_of(STUDY_VARIANT[key[0]], *key[1:])) for key in keys):
+        method, dataset, target, ratio, seed = key
+        record = {"id": record_id(*key), "method": method, "dataset": dataset, "target": target, "ratio": ratio,
+                  "seed": seed, **result}
+        append_result(RESULTS, record)
+        results[record["id"]] = record
+        print(f"{method:10s} {dataset} {target} {ratio:g} s{seed}: val {record['validation_spearman']:.3f} "
+              f"({record['seconds']:.1f} s)", flush=True)
+
+
+def blend_spearman(trs: dict, ridge: dict, share: float) -> float:
+    from aqa.metrics import spearman
+
+    if trs["keys"] != ridge["keys"]:
+        raise AssertionError("the two runs scored different validation videos")
+    blended = (1 - share) * np.asarray(trs["predicted"]) + share * np.asarray(ridge["predicted"])
+    return spearman(np.asarray(trs["truth"]), blended)
+
+
+def _paired(a: dict[int, float], b: dict[int, float]) -> str:
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return "–"
+    differences = [a[seed] - b[seed] for seed in seeds]
+    sd = statistics.stdev(differences) if len(differences) > 1 else 0.0
+    wins = sum(difference > 0 for difference in differences)
+    return f"{statistics.fmean(differences):+.3f} ± {sd:.3f} ({wins}/{len(seeds)})"
+
+
+def report(results: dict, seeds: list[int]) -> str:
+    header = ["cell", *METHODS] + [f"s={share:g}: mean, − trs, − supervised" for share in SHARES]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    summary = {share: [] for share in SHARES}
+    for cell in CELLS:
+        runs = {method: {seed: results.get(record_id(method, *cell, seed)) for seed in seeds} for method in METHODS}
+        runs = {method: {seed: run for seed, run in by_seed.items() if run is not None} for method, by_seed in runs.items()}
+        values = {method: {seed: run["validation_spearman"] for seed, run in by_seed.items()}
+                  for method, by_seed in runs.items()}
+        row = [f"{cell[0]} {cell[1]} {cell[2]:.0%}"]
+        row += [f"{statistics.fmean(values[method].values()):.3f}" if values[method] else "–" for method in METHODS]
+        both = sorted(set(runs["trs"]) & set(runs["ridge"]))
+        for share in SHARES:
+            blend = {seed: blend_spearman(runs["trs"][seed], runs["ridge"][seed], share) for seed in both}
+            if not blend:
+                row.append("–")
+                continue
+            summary[share].append(statistics.fmean(blend[seed] - values["trs"][seed] for seed in both))
+            row.append(f"{statistics.fmean(blend.values()):.3f}, {_paired(blend, values['trs'])}, "
+                       f"{_paired(blend, values['supervised'])}")
+        lines.append("| " + " | ".join(row) + " |")
+    for share, gains in summary.items():
+        if gains:
+            lines.append(f"s={share:g}: six-cell mean of blend − trs {statistics.fmean(gains):+.4f}, "
+                         f"worst cell {min(gains):+.4f} ({len(gains)} cells)")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", default="50-59")
+    parser.add_argument("--methods", default=",".join(METHODS))
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--report", action="store_true", help="Only print the table of stored results.")
+    args = parser.parse_args()
+
+    from train.sweep import parse_list, parse_seeds
+
+    seeds = parse_seeds(args.seeds)
+    results = load_results(RESULTS)
+    if not args.report:
+        methods = parse_list(args.methods, "methods")
+        unknown = [method for method in methods if method not in METHODS]
+        if unknown:
+            sys.exit(f"error: unknown method(s) {', '.join(unknown)} (known: {', '.join(METHODS)})")
+        # The quick methods first, so a partial table already pairs them.
+        run_missing([(method, *cell, seed) for method in reversed(methods) for cell in CELLS for seed in seeds],
+                    results, args.jobs)
+    print(report(results, seeds))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
