@@ -14,7 +14,12 @@ never rerun.
     python bench/blend_study.py --seeds 50-59 --report   # only the table
 
 The table gives, per cell, each method's mean validation ρ and, per share s, the blend's mean and
-its paired difference against `trs` and against `supervised` (mean ± sd, wins).
+its paired difference against `trs` (version 9) and against `supervised` (mean ± sd, wins).
+``--rule`` prints session 22's decision instead: version 10 (the ridge's half where it taught)
+scored from the version-9 runs, and how closely real version-10 runs (``--methods trs`` today)
+reproduce it:
+
+    python bench/blend_study.py --seeds 60-69 --rule
 """
 
 from __future__ import annotations
@@ -41,9 +46,15 @@ STUDY_VARIANT = {"trs": "trs", "ridge": "ridge-3", "supervised": "supervised"}  
 SHARES = (0.25, 0.5, 0.75)
 
 
-def record_id(method: str, dataset: str, target: str, ratio: float, seed: int) -> str:
+def record_id(method: str, dataset: str, target: str, ratio: float, seed: int, version: int | None = None) -> str:
+    """A run's identity; ``version``: the method's code version (default: today's)."""
     return config_digest({"study": "blend", "method": method, "dataset": dataset, "target": target, "ratio": ratio,
-                          "seed": seed, "code_version": code_version(method)})
+                          "seed": seed, "code_version": code_version(method) if version is None else version})
+
+
+# Session 22's rule (research log): version 10 = version 9 with half of the ridge's prediction
+# where the run's teacher was the ridge; scored after the fact from version-9 and ridge runs.
+VERSION_9, RULE_SHARE, RULE_MEAN, RULE_WORST = 9, 0.5, 0.01, -0.01
 
 
 def validation_predictions(config_dict: dict) -> dict:
@@ -114,7 +125,9 @@ def report(results: dict, seeds: list[int]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     summary = {share: [] for share in SHARES}
     for cell in CELLS:
-        runs = {method: {seed: results.get(record_id(method, *cell, seed)) for seed in seeds} for method in METHODS}
+        # the exploratory table blends version 9 (session 22), whatever trs's version today
+        runs = {method: {seed: results.get(record_id(method, *cell, seed, VERSION_9 if method == "trs" else None))
+                         for seed in seeds} for method in METHODS}
         runs = {method: {seed: run for seed, run in by_seed.items() if run is not None} for method, by_seed in runs.items()}
         values = {method: {seed: run["validation_spearman"] for seed, run in by_seed.items()}
                   for method, by_seed in runs.items()}
@@ -137,19 +150,61 @@ def report(results: dict, seeds: list[int]) -> str:
     return "\n".join(lines)
 
 
+def rule_report(results: dict, seeds: list[int]) -> str:
+    """Session 22's decision: version 10 (post hoc) against version 9 and `supervised`, per cell;
+    where real version-10 runs exist, how far their ρ is from the post-hoc one."""
+    lines = ["| cell | v9 | v10 | v10 − v9 | v10 − supervised | ridge taught | real v10 runs: max |Δρ| |",
+             "|---|---|---|---|---|---|---|"]
+    gains, dives_gains, worst_check = [], [], 0.0
+    for cell in CELLS:
+        v9 = {seed: results.get(record_id("trs", *cell, seed, VERSION_9)) for seed in seeds}
+        ridge = {seed: results.get(record_id("ridge", *cell, seed)) for seed in seeds}
+        supervised = {seed: results.get(record_id("supervised", *cell, seed)) for seed in seeds}
+        # (runs from before the study recorded the teacher cannot be scored)
+        both = [seed for seed in seeds if v9[seed] is not None and "teacher" in v9[seed] and ridge[seed] is not None]
+        if not both:
+            lines.append(f"| {cell[0]} {cell[1]} {cell[2]:.0%} | – | – | – | – | – | – |")
+            continue
+        old = {seed: v9[seed]["validation_spearman"] for seed in both}
+        new = {seed: blend_spearman(v9[seed], ridge[seed], RULE_SHARE) if v9[seed]["teacher"] == "ridge" else old[seed]
+               for seed in both}
+        sup = {seed: run["validation_spearman"] for seed, run in supervised.items() if run is not None}
+        real = {seed: results.get(record_id("trs", *cell, seed)) for seed in both}
+        deviations = [abs(run["validation_spearman"] - new[seed]) for seed, run in real.items() if run is not None]
+        worst_check = max([worst_check, *deviations])
+        gain = statistics.fmean(new[seed] - old[seed] for seed in both)
+        gains.append(gain)
+        if cell[0] == "dives":
+            dives_gains.append(gain)
+        taught = sum(v9[seed]["teacher"] == "ridge" for seed in both)
+        lines.append(f"| {cell[0]} {cell[1]} {cell[2]:.0%} | {statistics.fmean(old.values()):.3f} | "
+                     f"{statistics.fmean(new.values()):.3f} | {_paired(new, old)} | {_paired(new, sup)} | "
+                     f"{taught}/{len(both)} | " + (f"{max(deviations):.1e} ({len(deviations)})" if deviations else "–")
+                     + " |")
+    if len(gains) == len(CELLS):
+        adopted = statistics.fmean(gains) > RULE_MEAN and min(gains) >= RULE_WORST and min(dives_gains) > 0
+        lines.append(f"six-cell mean of v10 − v9 {statistics.fmean(gains):+.4f}, worst cell {min(gains):+.4f}, "
+                     f"dives {', '.join(f'{gain:+.4f}' for gain in dives_gains)}: "
+                     f"{'ADOPT' if adopted else 'do not adopt'} (rule: mean > {RULE_MEAN}, no cell < {RULE_WORST}, "
+                     f"both dives cells > 0); real v10 runs within {worst_check:.1e} of the post-hoc ρ")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default="50-59")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--jobs", type=int, default=2)
     parser.add_argument("--report", action="store_true", help="Only print the table of stored results.")
+    parser.add_argument("--rule", action="store_true",
+                        help="Only print session 22's decision table (version 10 against version 9).")
     args = parser.parse_args()
 
     from train.sweep import parse_list, parse_seeds
 
     seeds = parse_seeds(args.seeds)
     results = load_results(RESULTS)
-    if not args.report:
+    if not (args.report or args.rule):
         methods = parse_list(args.methods, "methods")
         unknown = [method for method in methods if method not in METHODS]
         if unknown:
@@ -157,7 +212,7 @@ def main() -> int:
         # The quick methods first, so a partial table already pairs them.
         run_missing([(method, *cell, seed) for method in reversed(methods) for cell in CELLS for seed in seeds],
                     results, args.jobs)
-    print(report(results, seeds))
+    print(rule_report(results, seeds) if args.rule else report(results, seeds))
     return 0
 
 
