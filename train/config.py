@@ -225,6 +225,14 @@ class SemiConfig(CheckedConfig):
     # it beat the run's prediction without it in all four cells, on the seeds it was chosen on
     # (10-19) and on seeds 0-9 (+0.007 to +0.034 per cell over 20 seeds; bench/graph_share_probe.py).
     graph_test_share: float = 0.5
+    # Share of the ridge in the test-time prediction where the run's teacher is the ridge
+    # (`teacher` resolved to "ridge": on features where the graph guard dropped the graph): the
+    # prediction is (1 - share) * (student, blended with the reference and the graph) + share *
+    # the ridge the teacher fitted on the labelled videos. 0: off (the `paper` preset). 0.5 since
+    # trs version 10, adopted by a rule written before its runs (research log, session 22): the
+    # student does not reach the ridge it learns from on the dives. Where the teacher is the EMA
+    # teacher (Fis-V) it changes nothing.
+    ridge_test_share: float = 0.5
     max_confidence_weight: float = 3.0  # per-video loss weights are confidence / mean, clipped
     # How the sources' pseudo-labels are fused: "precision": weighted by their confidences as
     # they are (1 / variance; a source with larger variances counts less everywhere);
@@ -306,7 +314,7 @@ class SemiConfig(CheckedConfig):
         require(self.gate_paired_z is None or (math.isfinite(self.gate_paired_z) and self.gate_paired_z >= 0),
                 "gate_paired_z", f"must be a non-negative number of standard errors (or null: the margin rule), "
                 f"got {self.gate_paired_z!r}")
-        _share(self, "ema_decay", "memory_decay", "graph_test_share", one_allowed=True)
+        _share(self, "ema_decay", "memory_decay", "graph_test_share", "ridge_test_share", one_allowed=True)
 
 
 @dataclass
@@ -432,7 +440,8 @@ def preset_config(preset: str, method: str) -> TrainConfig:
         config.reference = ReferenceConfig(dim=1024, heads=8, dropout=0.1, epochs=50, semi_training=False,
                                            test_share=0.0)
         config.optim = OptimConfig(epochs=150, batch_size=16, unlabelled_batch_size=32, lr=1e-4, weight_decay=1e-2)
-        config.semi = dataclasses.replace(config.semi, semi_epochs=50, fusion="precision", graph_test_share=0.0)
+        config.semi = dataclasses.replace(config.semi, semi_epochs=50, fusion="precision", graph_test_share=0.0,
+                                          ridge_test_share=0.0)
     return config
 
 
@@ -560,6 +569,7 @@ def apply_overrides(config: TrainConfig, assignments: list[str] | tuple[str, ...
 # default: the field changes nothing for them, and their finished runs stay finished).
 _ADDED_WITH_NEW_DEFAULTS = {("trs", "semi", "graph_test_share"): 0.0, ("trs", "semi", "gate_scale"): "spearman",
                             ("trs", "semi", "graph_guard"): False, ("trs", "semi", "teacher"): "ema",
+                            ("trs", "semi", "ridge_test_share"): 0.0,
                             ("ridge", "ridge", "segments"): 1}
 
 

@@ -82,8 +82,9 @@ class TrainedRun:
     target_mean: float = 0.0
     target_std: float = 1.0
     student: object = None  # train.models.MixerHead, in eval mode (neural methods)
-    ridge_weights: np.ndarray | None = None  # float64 [segments * dim] (ridge)
+    ridge_weights: np.ndarray | None = None  # float64 [segments * dim] (ridge; trs whose teacher was the ridge)
     ridge_bias: float = 0.0
+    ridge_share: float = 0.0  # trs: semi.ridge_test_share where its teacher was the ridge, else 0
     exemplars: Exemplars | None = None  # trs with reference.test_share > 0
     graph: GraphNodes | None = None  # trs whose graph shared the predictions (semi.graph_test_share)
 
@@ -289,6 +290,16 @@ def load_run(run_dir) -> TrainedRun:
                             f"{config.semi.graph_test_share:g}", path)
         if share > 0:
             run.graph = _graph_nodes(state, config, num_tokens, len(mean), path)
+        # Likewise the ridge's share (checkpoints from before trs version 10 predicted without it).
+        share = _number(state, "ridge_test_share", path) if method == "trs" and "ridge_test_share" in state else 0.0
+        if share not in (0.0, config.semi.ridge_test_share):
+            raise UserError(f"checkpoint ridge_test_share is {share:g}, the run's {CONFIG} says "
+                            f"{config.semi.ridge_test_share:g}", path)
+        if share > 0:
+            run.ridge_share = share
+            segments = min(config.ridge.segments, num_tokens)  # train.data.segment_means
+            run.ridge_weights = _tensor(state, "ridge_weights", path, _float64(), (segments * len(mean),))
+            run.ridge_bias = _number(state, "ridge_bias", path)
     return run
 
 
@@ -422,6 +433,16 @@ def _with_graph(graph: GraphNodes, tokens: np.ndarray, value: np.ndarray) -> np.
     return blend_predictions(torch.from_numpy(value), by_graph, graph.share).numpy()
 
 
+def _with_ridge(run: TrainedRun, tokens: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """``value`` blended with the run's ridge teacher's, as :meth:`train.methods.trs.TRSMethod.predict_scores` does."""
+    import torch
+
+    from train.methods.trs import blend_predictions
+
+    by_ridge = ridge_features(tokens, run.config.ridge, run.feature_mean, run.feature_std) @ run.ridge_weights
+    return blend_predictions(torch.from_numpy(value), torch.from_numpy(by_ridge + run.ridge_bias), run.ridge_share).numpy()
+
+
 def predict(run: TrainedRun, cache: FeatureCache, keys: list[str] | None = None,
             difficulty: Mapping[str, float] | None = None) -> list[Prediction]:
     """Each video's predicted score (in the score's own units) and uncertainty, in ``keys`` order
@@ -447,6 +468,8 @@ def predict(run: TrainedRun, cache: FeatureCache, keys: list[str] | None = None,
         value = _with_reference(run.exemplars, tokens, value, scale if run.difficulty_aware else None)
     if run.graph is not None:
         value = _with_graph(run.graph, tokens, value)
+    if run.ridge_share > 0:
+        value = _with_ridge(run, tokens, value)
     # SupervisedMethod.predict_scores: de-standardise the target, then undo the difficulty division.
     scores = (value * run.target_std + run.target_mean) * scale
     stds = np.exp(0.5 * log_variance) * run.target_std * scale

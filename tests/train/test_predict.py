@@ -97,12 +97,35 @@ def test_predicting_the_test_videos_of_a_finished_run_reproduces_its_predictions
     if method == "trs":  # the reference's and the graph's shares are both part of these predictions
         checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
         assert checkpoint["graph_test_share"] == 0.5 and "exemplar_tokens" in checkpoint
+        assert checkpoint["ridge_test_share"] == 0.0 and "ridge_weights" not in checkpoint  # the EMA teacher taught
     if method == "ridge":
         assert all(row["std"] == "" and row["log_variance"] == "" for row in rows)
     else:
         for row in rows:
             assert float(row["std"]) == pytest.approx(
                 math.exp(0.5 * float(row["log_variance"])) * _target_std(run_dir), rel=1e-9)
+
+
+def test_a_trs_run_taught_by_the_ridge_predicts_with_its_share_as_it_ran(tiny_dataset, fast_flags, tmp_path, capsys):
+    """semi.ridge_test_share: where the ridge was trs's teacher, the checkpoint carries its weights
+    and share, and predict blends it in as the run did; a share or weights that do not fit the
+    run are refused in one line."""
+    run_dir = train(tiny_dataset["cache"], tiny_dataset["manifest"], tmp_path / "trs-ridge", fast_flags, "trs",
+                    extra=(*KEEP_THE_GRAPH, "--set", "semi.teacher=ridge"))
+    checkpoint = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert checkpoint["ridge_test_share"] == 0.5 and checkpoint["ridge_weights"].dtype == torch.float64
+    assert json.loads((run_dir / "metrics.json").read_text())["ridge_test_share"] == 0.5
+    out = tmp_path / "scores.csv"
+    assert main(["predict", "--run", str(run_dir), "--features", str(tiny_dataset["cache"]), "--out", str(out),
+                 "--threads", "1"]) == 0
+    predicted, stored = {row["key"]: row["pred"] for row in read_csv(out)}, stored_predictions(run_dir)
+    assert_same_scores(predicted, {key: stored[key] for key in predicted})
+    for damaged, expected in [({**checkpoint, "ridge_test_share": 0.3}, "ridge_test_share is 0.3"),
+                              ({**checkpoint, "ridge_weights": checkpoint["ridge_weights"][:-1]}, "ridge_weights"),
+                              ({key: value for key, value in checkpoint.items() if key != "ridge_bias"}, "ridge_bias")]:
+        torch.save(damaged, run_dir / "checkpoint.pt")
+        message = one_line_error(["predict", "--run", str(run_dir), "--features", str(tiny_dataset["cache"])], capsys)
+        assert expected in message and "checkpoint.pt" in message
 
 
 def test_ridge_on_time_segments_of_raw_features_predicts_as_it_ran(tiny_dataset, fast_flags, tmp_path):

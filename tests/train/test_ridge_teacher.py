@@ -99,3 +99,42 @@ def test_auto_takes_the_ridge_teacher_where_the_guard_drops_the_graph(tiny_datas
 def test_without_the_gate_auto_is_the_ema_teacher(tiny_dataset, fast_flags):
     config = config_of(tiny_dataset, fast_flags, "semi.teacher=auto", "semi.gate=false")
     assert isinstance(make_method(config, prepare_data(config)).labelling.sources[0].source, TeacherSource)
+
+
+def test_where_the_ridge_teaches_it_takes_its_share_of_the_test_prediction(tiny_dataset, fast_flags):
+    """semi.ridge_test_share (trs version 10): (1 - share) x the rest of the prediction + share x
+    the ridge the teacher fitted (the ``ridge`` method's predictions on the same labelled videos);
+    it changes nothing in training, and nothing at all where the EMA teacher taught."""
+    config = config_of(tiny_dataset, fast_flags, "semi.teacher=ridge")
+    assert config.semi.ridge_test_share == 0.5  # the default since trs version 10
+    shared = fit_on_one_thread(config)
+    alone = fit_on_one_thread(apply_overrides(config, ["semi.ridge_test_share=0"]))
+    ridge = make_method(dataclasses.replace(config, method="ridge"), shared.data).predict_scores(
+        np.arange(len(shared.data.keys)))
+    np.testing.assert_allclose(shared.predictions, 0.5 * alone.predictions + 0.5 * ridge, rtol=1e-6, atol=1e-6)
+    assert not np.allclose(shared.predictions, alone.predictions)
+    assert torch.equal(shared.method.pseudo, alone.method.pseudo)  # training itself is the same
+    assert shared.method.model_summary()["ridge_test_share"] == 0.5
+    assert alone.method.model_summary()["ridge_test_share"] == 0.0
+
+    ema = fit_on_one_thread(config_of(tiny_dataset, fast_flags, "semi.teacher=ema"))
+    ema_without = fit_on_one_thread(config_of(tiny_dataset, fast_flags, "semi.teacher=ema", "semi.ridge_test_share=0"))
+    np.testing.assert_array_equal(ema.predictions, ema_without.predictions)
+    assert ema.method.model_summary()["ridge_test_share"] == 0.0
+
+
+def test_a_saved_configuration_from_before_version_10_repeats_without_the_ridge_share(tiny_dataset, fast_flags):
+    from aqa.config import to_dict
+    from train.config import config_from_json
+
+    saved = to_dict(config_of(tiny_dataset, fast_flags))
+    saved.pop("resolved", None)
+    del saved["semi"]["ridge_test_share"]
+    assert config_from_json(saved, "config.json").semi.ridge_test_share == 0.0
+    assert preset_config("paper", "trs").semi.ridge_test_share == 0.0  # the paper's reading: the student alone
+
+
+@pytest.mark.parametrize("value", ["-0.5", "1.5", "nan"])
+def test_a_ridge_share_outside_0_1_is_refused(tiny_dataset, fast_flags, value):
+    with pytest.raises(UserError, match="ridge_test_share"):
+        config_of(tiny_dataset, fast_flags, f"semi.ridge_test_share={value}")

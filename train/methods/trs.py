@@ -20,8 +20,19 @@
   exemplar of the video's pool (``reference.test_share``, half by default; 0: the student alone,
   the paper's reading), then, when the run's pseudo-labels went through the graph, with the
   graph: the mean of the video's nearest training videos' labels and last pseudo-labels
-  (``semi.graph_test_share``, half by default). With ``reference.semi_training`` (default) the
-  reference keeps learning on pseudo-labelled pairs after each refresh.
+  (``semi.graph_test_share``, half by default), and, where the run's teacher was the ridge, with
+  that ridge (``semi.ridge_test_share``, half by default). With ``reference.semi_training``
+  (default) the reference keeps learning on pseudo-labelled pairs after each refresh.
+
+  Test-time prediction of a scored video::
+
+      student ──(1 − r)──┐
+      reference ──(r)────┴─► value ──(1 − g)──┐
+      graph neighbours' labels ──(g)──────────┴─► value ──(1 − q)──┐
+      ridge on segment means (teacher = ridge) ──(q)───────────────┴─► prediction
+
+  r = ``reference.test_share``, g = ``semi.graph_test_share`` (0 where the graph was dropped),
+  q = ``semi.ridge_test_share`` (0 where the teacher was the EMA teacher).
 
 The ``semi.use_*`` switches ablate parts; they only change which parts
 :func:`~train.methods.pseudo_labels.build_pseudo_labelling` puts in its lists (and which options
@@ -269,6 +280,27 @@ class TRSMethod(SemiSupervisedMethod):
                 and any(isinstance(refiner, GraphRefiner) for refiner in self.labelling.refiners)
                 and any(unit.phase == "semi" for unit in self.units[:self.completed]))
 
+    def _ridge_predicts(self) -> bool:
+        """Whether the ridge takes ``semi.ridge_test_share`` of the prediction: the run's teacher
+        was the ridge (as the gate resolved ``semi.teacher``), and the semi-supervised phase has
+        run on it."""
+        return (self.config.semi.ridge_test_share > 0 and len(self.labelled) > 0 and len(self.unlabelled) > 0
+                and resolved_teacher(self.config, (self.gate or {}).get("teacher")) == "ridge"
+                and any(unit.phase == "semi" for unit in self.units[:self.completed]))
+
+    def _ridge_fit(self) -> tuple[np.ndarray, np.ndarray, float]:
+        """The teacher's ridge (:class:`~train.methods.pseudo_labels.RidgeTeacherSource`) on the
+        labelled videos, in standardised target units: every training video's ridge features, the
+        weights and the bias. A closed form, so refitting gives the teacher's fit."""
+        from train.data import ridge_features
+        from train.methods.ridge import fit_ridge
+
+        features = ridge_features(self.data.tokens[:, 0], self.config.ridge, self.data.feature_mean,
+                                  self.data.feature_std)
+        weights, bias, _, _ = fit_ridge(features[self.labelled.numpy()], self.labelled_targets.double().numpy(),
+                                        self.config.ridge)
+        return features, weights, bias
+
     def _graph_nodes(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The graph's nodes as a scored video meets them: standardised canonical tokens of the
         labelled then unlabelled training videos, and their values (labels, last pseudo-labels)."""
@@ -277,11 +309,12 @@ class TRSMethod(SemiSupervisedMethod):
         return self.views.canonical(rows).contiguous(), values
 
     def predict_scores(self, indices) -> np.ndarray:
-        """The student's predictions, blended with the reference network's (``reference.test_share``)
-        and then with the graph's (``semi.graph_test_share``)."""
+        """The student's predictions, blended with the reference network's (``reference.test_share``),
+        then with the graph's (``semi.graph_test_share``), then with the ridge's
+        (``semi.ridge_test_share``)."""
         indices = np.ascontiguousarray(indices)
-        by_reference, by_graph = self._reference_predicts(), self._graph_predicts()
-        if not (by_reference or by_graph) or len(indices) == 0:
+        by_reference, by_graph, by_ridge = self._reference_predicts(), self._graph_predicts(), self._ridge_predicts()
+        if not (by_reference or by_graph or by_ridge) or len(indices) == 0:
             return super().predict_scores(indices)
         rows = torch.from_numpy(indices).long()
         value, _ = predict_in_batches(self.student, rows, self.views.canonical)
@@ -297,13 +330,17 @@ class TRSMethod(SemiSupervisedMethod):
                                            node_values.numpy(), self.config.semi.graph_neighbours,
                                            self.config.semi.graph_features)
             value = blend_predictions(value, graph_value, self.config.semi.graph_test_share)
+        if by_ridge:
+            features, weights, bias = self._ridge_fit()
+            ridge_value = torch.from_numpy(features[indices] @ weights + bias)
+            value = blend_predictions(value, ridge_value, self.config.semi.ridge_test_share)
         return self.data.to_score(indices, value.numpy() * self.target_std + self.target_mean)
 
     def prediction_fields(self) -> dict:
         """Besides the target standardisation, what the reference's and the graph's shares of a
         prediction need (:mod:`train.predict`): the labelled exemplars' standardised canonical
         tokens, targets and difficulties (the reference network itself is in the state); the
-        graph's nodes' tokens and values."""
+        graph's nodes' tokens and values; the ridge's weights and bias (standardised targets)."""
         fields = super().prediction_fields()
         if self._reference_predicts():
             fields["exemplar_tokens"] = self.views.canonical(self.labelled).contiguous()
@@ -315,6 +352,11 @@ class TRSMethod(SemiSupervisedMethod):
         fields["graph_test_share"] = graph_share
         if graph_share > 0:
             fields["graph_node_tokens"], fields["graph_node_values"] = self._graph_nodes()
+        # 0: the ridge had no share (the teacher was the EMA teacher)
+        fields["ridge_test_share"] = self.config.semi.ridge_test_share if self._ridge_predicts() else 0.0
+        if fields["ridge_test_share"] > 0:
+            _, weights, bias = self._ridge_fit()
+            fields["ridge_weights"], fields["ridge_bias"] = torch.from_numpy(weights), bias
         return fields
 
     # ------------------------------------------------------------ state
@@ -425,6 +467,8 @@ class TRSMethod(SemiSupervisedMethod):
 
     def model_summary(self) -> dict:
         summary = super().model_summary()
+        # the ridge's share of the test prediction (semi.ridge_test_share where it taught, else 0)
+        summary["ridge_test_share"] = self.config.semi.ridge_test_share if self._ridge_predicts() else 0.0
         if self.reference is not None:
             summary["reference_parameters"] = sum(p.numel() for p in self.reference.parameters())
         if self.gate is not None:  # what the label-only gate chose, and how clearly (train.methods.gate.VERDICTS)
