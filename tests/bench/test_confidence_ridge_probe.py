@@ -22,12 +22,14 @@ def _record(target: str, ratio: float, seed: int, teacher_is_ridge: bool = False
 
 def test_a_perfect_confidence_ranks_the_error_and_the_oracle_row_is_computed():
     table = probe.report([_record("TES", 0.1, seed) for seed in range(3)])
-    rows = {line.split(" | ")[0].strip("| "): line for line in table.splitlines()[2:]}
-    perfect = rows["the run's (fused, the loss weight)"].split(" | ")[1]
+    def row(name: str) -> str:
+        return next(line for line in table.splitlines() if line.startswith(f"| {name} | "))
+
+    perfect = row("the run's (fused, the loss weight)").split(" | ")[1]
     assert perfect.startswith("-1.000 (0.") and perfect.endswith("; 3 runs)")
     assert float(perfect.split("(")[1].split(";")[0]) < 0.2  # the most confident fifth errs far less
-    assert "3 runs" in rows["oracle: −|truth − mean|"]
-    assert rows["−|teacher − ridge|"].count("–") == 3  # the cells without runs
+    assert "3 runs" in row("oracle: −|truth − mean|")
+    assert row("−|teacher − ridge|").count("| – ") == 3  # the cells without runs
 
 
 def test_a_confidence_without_spread_is_left_out():
