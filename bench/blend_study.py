@@ -33,11 +33,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.fisv_common import (  # noqa: E402
-    DEFAULT_CACHE, DEFAULT_FISV_DIR, REPO_ROOT, append_result, config_digest, ensure_fisv_cache, load_results,
-)
+from bench.fisv_common import DEFAULT_CACHE, DEFAULT_FISV_DIR, REPO_ROOT, config_digest, load_results  # noqa: E402
 from bench.gate_rule_study import DEMO_CACHE, DEMO_ROOT  # noqa: E402
-from bench.segment_ridge_study import CELLS  # noqa: E402
+from bench.segment_ridge_study import CELLS, run_keyed  # noqa: E402
 from bench.tune_fisv import build, code_version  # noqa: E402
 
 RESULTS = REPO_ROOT / "bench" / "results" / "blend_study.jsonl"
@@ -99,24 +97,8 @@ def _task(key: tuple, config: dict) -> tuple[tuple, dict]:
 
 
 def run_missing(keys: list[tuple], results: dict, jobs: int) -> None:
-    keys = [key for key in keys if record_id(*key) not in results]
-    print(f"{len(keys)} runs to do", flush=True)
-    if not keys:
-        return
-    if not DEMO_CACHE.is_file():
-        sys.exit(f"error: {DEMO_CACHE}: no demo features (run make extract first)")
-    ensure_fisv_cache(DEFAULT_FISV_DIR, DEFAULT_CACHE)
-    from joblib import Parallel, delayed
-
-    runner = Parallel(n_jobs=jobs, return_as="generator_unordered")
-    for key, result in runner(delayed(_task)(key, config_of(*key)) for key in keys):
-        method, dataset, target, ratio, seed = key
-        record = {"id": record_id(*key), "method": method, "dataset": dataset, "target": target, "ratio": ratio,
-                  "seed": seed, **result}
-        append_result(RESULTS, record)
-        results[record["id"]] = record
-        print(f"{method:10s} {dataset} {target} {ratio:g} s{seed}: val {record['validation_spearman']:.3f} "
-              f"({record['seconds']:.1f} s)", flush=True)
+    """Train each ``(method, dataset, target, ratio, seed)`` of ``keys`` that ``results`` lacks."""
+    run_keyed(keys, results, jobs, identify=record_id, configure=config_of, task=_task, path=RESULTS, label="method")
 
 
 def blend_spearman(trs: dict, ridge: dict, share: float) -> float:

@@ -153,7 +153,16 @@ def teacher_report(results: dict, seeds: list[int]) -> str:
 def run_missing(keys: list[tuple], results: dict, jobs: int) -> None:
     """Train each ``(variant, dataset, target, ratio, seed)`` of ``keys`` that ``results`` lacks,
     two processes at a time, appending each record to RESULTS (and ``results``) as it finishes."""
-    keys = [key for key in keys if record_id(*key) not in results]
+    run_keyed(keys, results, jobs, identify=record_id, configure=config_of, task=_task, path=RESULTS, label="variant")
+
+
+def run_keyed(keys: list[tuple], results: dict, jobs: int, *, identify, configure, task, path: Path,
+              label: str) -> None:
+    """Train each ``(name, dataset, target, ratio, seed)`` of ``keys`` whose ``identify(*key)`` is
+    not in ``results``: ``task(key, configure(*key))`` in ``jobs`` processes, each record (``label``:
+    the name's field) appended to ``path`` and ``results`` as it finishes. Shared by the studies
+    on these six cells (bench/blend_study.py too)."""
+    keys = [key for key in keys if identify(*key) not in results]
     print(f"{len(keys)} runs to do", flush=True)
     if not keys:
         return
@@ -163,14 +172,14 @@ def run_missing(keys: list[tuple], results: dict, jobs: int) -> None:
     from joblib import Parallel, delayed
 
     runner = Parallel(n_jobs=jobs, return_as="generator_unordered")
-    for key, result in runner(delayed(_task)(key, config_of(*key)) for key in keys):
-        variant, dataset, target, ratio, seed = key
-        identity = record_id(*key)
-        record = {"id": identity, "variant": variant, "dataset": dataset, "target": target, "ratio": ratio,
+    for key, result in runner(delayed(task)(key, configure(*key)) for key in keys):
+        name, dataset, target, ratio, seed = key
+        identity = identify(*key)
+        record = {"id": identity, label: name, "dataset": dataset, "target": target, "ratio": ratio,
                   "seed": seed, **result}
-        append_result(RESULTS, record)
+        append_result(path, record)
         results[identity] = record
-        print(f"{variant:12s} {dataset} {target} {ratio:g} s{seed}: val {record['validation_spearman']:.3f} "
+        print(f"{name:12s} {dataset} {target} {ratio:g} s{seed}: val {record['validation_spearman']:.3f} "
               f"({record['seconds']:.1f} s)", flush=True)
 
 
