@@ -33,7 +33,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.fisv_common import DEFAULT_CACHE, DEFAULT_FISV_DIR, REPO_ROOT, config_digest, load_results  # noqa: E402
+from bench.fisv_common import (  # noqa: E402
+    DEFAULT_CACHE, DEFAULT_FISV_DIR, REPO_ROOT, config_digest, fit_without_test, load_results,
+)
 from bench.gate_rule_study import DEMO_CACHE, DEMO_ROOT  # noqa: E402
 from bench.segment_ridge_study import CELLS, run_keyed  # noqa: E402
 from bench.tune_fisv import build, code_version  # noqa: E402
@@ -75,17 +77,8 @@ SECOND_DIVES_GAIN, SECOND_FISV_WORST = 0.01, -0.005
 
 def validation_predictions(config_dict: dict) -> dict:
     """Train one configuration without its test rows (as ``tune`` does); the validation videos'
-    true scores and predictions."""
-    import torch
-
-    from train.config import config_from_json
-    from train.data import prepare_data
-    from train.fitting import fit
-    from train.tune import without_test
-
-    torch.set_num_threads(1)
-    config = config_from_json(config_dict, "blend study")
-    fitted = fit(config, without_test(prepare_data(config)), progress=False)
+    true scores and predictions, and the run's teacher (trs)."""
+    fitted = fit_without_test(config_dict, threads=1)
     rows = fitted.data.validation
     return {"keys": [str(fitted.data.keys[row]) for row in rows], "truth": fitted.data.scores[rows].tolist(),
             "predicted": fitted.predictions[rows].tolist(), "validation_spearman": fitted.validation["spearman"],

@@ -28,7 +28,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.fisv_common import DEFAULT_CACHE, DEFAULT_FISV_DIR, REPO_ROOT, append_result, ensure_fisv_cache  # noqa: E402
+from bench.fisv_common import (  # noqa: E402
+    DEFAULT_CACHE, DEFAULT_FISV_DIR, REPO_ROOT, append_result, ensure_fisv_cache, fit_without_test,
+)
 from bench.segment_ridge_study import config_of  # noqa: E402
 from bench.tune_fisv import code_version  # noqa: E402
 
@@ -37,23 +39,13 @@ CELLS = [("TES", 0.1), ("TES", 0.25), ("PCS", 0.1), ("PCS", 0.25)]
 
 
 def last_refresh_with_ridge(target: str, ratio: float, seed: int) -> dict:
-    import torch
+    from train.methods.pseudo_labels import RidgeTeacherSource
 
-    from train.config import config_from_json
-    from train.data import prepare_data, ridge_features
-    from train.fitting import fit
-    from train.methods.ridge import fit_ridge
-    from train.tune import without_test
-
-    torch.set_num_threads(1)
-    config = config_from_json(config_of("trs", "fis-v", target, ratio, seed), "confidence probe")
-    data = without_test(prepare_data(config))
-    method = fit(config, data, progress=False).method
+    fitted = fit_without_test(config_of("trs", "fis-v", target, ratio, seed), threads=1)
+    config, data, method = fitted.config, fitted.data, fitted.method
     last = method.last_refresh
     rows = last["rows"]
-    features = ridge_features(data.tokens[:, 0], config.ridge, data.feature_mean, data.feature_std)
-    labelled = method.labelled.numpy()
-    weights, bias, _, _ = fit_ridge(features[labelled], method.labelled_targets.double().numpy(), config.ridge)
+    features, weights, bias = RidgeTeacherSource(config.ridge).fit(data, method.labelled, method.labelled_targets)
     return {"target": target, "ratio": ratio, "seed": seed, "code_version": code_version("trs"),
             "teacher": (method.gate or {}).get("teacher"),
             "truth": ((data.scores[rows] - method.target_mean) / method.target_std).tolist(),

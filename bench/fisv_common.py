@@ -33,10 +33,9 @@ def config_digest(data: dict) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def run_in_process(config_dict: dict, threads: int = 1) -> dict:
+def fit_without_test(config_dict: dict, threads: int = 1):
     """Train one configuration in this process (:func:`train.fitting.fit`, no run folder) on its
-    data without the test rows; its validation and unlabelled measures, trs diagnostics and the
-    chosen ridge penalty."""
+    data without the test rows, as ``tune`` does (so no variant can read them); the FitResult."""
     import torch
 
     from train.config import config_from_json
@@ -46,8 +45,14 @@ def run_in_process(config_dict: dict, threads: int = 1) -> dict:
 
     torch.set_num_threads(threads)
     config = config_from_json(config_dict, "tuning")
-    # As in `tune`: the test rows are cut off before training, so no variant can read them.
-    fitted = fit(config, without_test(prepare_data(config)), progress=False)
+    return fit(config, without_test(prepare_data(config)), progress=False)
+
+
+def run_in_process(config_dict: dict, threads: int = 1) -> dict:
+    """:func:`fit_without_test`'s validation and unlabelled measures, trs diagnostics and the
+    chosen ridge penalty."""
+    fitted = fit_without_test(config_dict, threads)
+    config = fitted.config
     result = {"seconds": fitted.seconds, "validation_spearman": (fitted.validation or {}).get("spearman")}
     if fitted.unlabelled is not None:
         result["unlabelled_spearman"] = fitted.unlabelled["spearman"]

@@ -433,14 +433,21 @@ def _with_graph(graph: GraphNodes, tokens: np.ndarray, value: np.ndarray) -> np.
     return blend_predictions(torch.from_numpy(value), by_graph, graph.share).numpy()
 
 
+def _ridge_values(run: TrainedRun, tokens: np.ndarray) -> np.ndarray:
+    """The run's ridge on ``tokens``: each video's canonical tokens averaged per time segment (in
+    the features' own units unless the run standardised them), times the weights, plus the bias
+    (the ``ridge`` method's scores; a ``trs`` run's teacher ridge in standardised target units)."""
+    return ridge_features(tokens, run.config.ridge, run.feature_mean, run.feature_std) @ run.ridge_weights + run.ridge_bias
+
+
 def _with_ridge(run: TrainedRun, tokens: np.ndarray, value: np.ndarray) -> np.ndarray:
     """``value`` blended with the run's ridge teacher's, as :meth:`train.methods.trs.TRSMethod.predict_scores` does."""
     import torch
 
     from train.methods.trs import blend_predictions
 
-    by_ridge = ridge_features(tokens, run.config.ridge, run.feature_mean, run.feature_std) @ run.ridge_weights
-    return blend_predictions(torch.from_numpy(value), torch.from_numpy(by_ridge + run.ridge_bias), run.ridge_share).numpy()
+    return blend_predictions(torch.from_numpy(value), torch.from_numpy(_ridge_values(run, tokens)),
+                             run.ridge_share).numpy()
 
 
 def predict(run: TrainedRun, cache: FeatureCache, keys: list[str] | None = None,
@@ -458,10 +465,7 @@ def predict(run: TrainedRun, cache: FeatureCache, keys: list[str] | None = None,
     scale = _difficulties(run, keys, difficulty)
     tokens = _tokens(run, cache, keys)
     if run.student is None:
-        # Ridge (train.methods.ridge.RidgeMethod.predict_scores): the canonical tokens' mean per time
-        # segment, in the features' own units unless the run standardised them.
-        pooled = ridge_features(tokens, run.config.ridge, run.feature_mean, run.feature_std)
-        scores = (pooled @ run.ridge_weights + run.ridge_bias) * scale
+        scores = _ridge_values(run, tokens) * scale  # train.methods.ridge.RidgeMethod.predict_scores
         return [Prediction(key, float(score), math.nan, math.nan) for key, score in zip(keys, scores)]
     value, log_variance = _head_outputs(run, tokens)
     if run.exemplars is not None:

@@ -115,12 +115,19 @@ class RidgeTeacherSource:
                                                         data.feature_std))
         return self._features[1]
 
-    def estimate(self, context: Context) -> Estimate:
+    def fit(self, data: TrainingData, labelled: torch.Tensor, labelled_targets: torch.Tensor
+            ) -> tuple[np.ndarray, np.ndarray, float]:
+        """The ridge on ``labelled`` (rows of ``data``) at ``labelled_targets`` (standardised):
+        every video's ridge features, the weights and the bias. Also what trs's test-time share
+        of the ridge predicts with (``semi.ridge_test_share``)."""
         from train.methods.ridge import fit_ridge
 
-        features = self.features(context.data)
-        weights, bias, _, _ = fit_ridge(features[context.labelled.numpy()], context.labelled_targets.double().numpy(),
-                                        self.ridge)
+        features = self.features(data)
+        weights, bias, _, _ = fit_ridge(features[labelled.numpy()], labelled_targets.double().numpy(), self.ridge)
+        return features, weights, bias
+
+    def estimate(self, context: Context) -> Estimate:
+        features, weights, bias = self.fit(context.data, context.labelled, context.labelled_targets)
         values = torch.from_numpy(features[context.unlabelled.numpy()] @ weights + bias)
         return values, torch.ones_like(values)
 

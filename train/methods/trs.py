@@ -56,7 +56,8 @@ from train.methods.gate import chosen_option, gate_options, gate_verdict, run_ga
 from train.methods.interface import Unit
 from train.graph import nearest_node_mean, similarity_to_nodes
 from train.methods.pseudo_labels import (
-    Context, GraphRefiner, build_pseudo_labelling, pools_for, resolved_teacher, score_against_exemplars,
+    Context, GraphRefiner, RidgeTeacherSource, build_pseudo_labelling, pools_for, resolved_teacher,
+    score_against_exemplars,
 )
 from train.methods.state_checks import (
     check_entry, check_module_state, check_optimiser_state, check_tensor, require, shown,
@@ -118,6 +119,7 @@ class TRSMethod(SemiSupervisedMethod):
         self.pseudo = torch.zeros(count)
         self.weights = torch.ones(count)
         self.last_refresh: dict[str, np.ndarray] = {}  # the latest refresh's arrays, per unlabelled video
+        self._ridge: tuple | None = None  # the teacher's ridge fit, for its test-time share (_ridge_fit)
 
     @contextlib.contextmanager
     def session(self):
@@ -280,26 +282,23 @@ class TRSMethod(SemiSupervisedMethod):
                 and any(isinstance(refiner, GraphRefiner) for refiner in self.labelling.refiners)
                 and any(unit.phase == "semi" for unit in self.units[:self.completed]))
 
-    def _ridge_predicts(self) -> bool:
-        """Whether the ridge takes ``semi.ridge_test_share`` of the prediction: the run's teacher
-        was the ridge (as the gate resolved ``semi.teacher``), and the semi-supervised phase has
-        run on it."""
-        return (self.config.semi.ridge_test_share > 0 and len(self.labelled) > 0 and len(self.unlabelled) > 0
-                and resolved_teacher(self.config, (self.gate or {}).get("teacher")) == "ridge"
-                and any(unit.phase == "semi" for unit in self.units[:self.completed]))
+    def _ridge_share(self) -> float:
+        """The ridge's share of the prediction: ``semi.ridge_test_share`` where the run's teacher
+        was the ridge (as the gate resolved ``semi.teacher``) and the semi-supervised phase has run
+        on it, else 0."""
+        taught = (len(self.labelled) > 0 and len(self.unlabelled) > 0
+                  and resolved_teacher(self.config, (self.gate or {}).get("teacher")) == "ridge"
+                  and any(unit.phase == "semi" for unit in self.units[:self.completed]))
+        return self.config.semi.ridge_test_share if taught else 0.0
 
     def _ridge_fit(self) -> tuple[np.ndarray, np.ndarray, float]:
-        """The teacher's ridge (:class:`~train.methods.pseudo_labels.RidgeTeacherSource`) on the
+        """The teacher's ridge (:meth:`~train.methods.pseudo_labels.RidgeTeacherSource.fit`) on the
         labelled videos, in standardised target units: every training video's ridge features, the
-        weights and the bias. A closed form, so refitting gives the teacher's fit."""
-        from train.data import ridge_features
-        from train.methods.ridge import fit_ridge
-
-        features = ridge_features(self.data.tokens[:, 0], self.config.ridge, self.data.feature_mean,
-                                  self.data.feature_std)
-        weights, bias, _, _ = fit_ridge(features[self.labelled.numpy()], self.labelled_targets.double().numpy(),
-                                        self.config.ridge)
-        return features, weights, bias
+        weights and the bias. A closed form, so refitting gives the teacher's fit; computed once
+        (the labelled videos never change), not part of the state."""
+        if self._ridge is None:
+            self._ridge = RidgeTeacherSource(self.config.ridge).fit(self.data, self.labelled, self.labelled_targets)
+        return self._ridge
 
     def _graph_nodes(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The graph's nodes as a scored video meets them: standardised canonical tokens of the
@@ -313,7 +312,7 @@ class TRSMethod(SemiSupervisedMethod):
         then with the graph's (``semi.graph_test_share``), then with the ridge's
         (``semi.ridge_test_share``)."""
         indices = np.ascontiguousarray(indices)
-        by_reference, by_graph, by_ridge = self._reference_predicts(), self._graph_predicts(), self._ridge_predicts()
+        by_reference, by_graph, by_ridge = self._reference_predicts(), self._graph_predicts(), self._ridge_share() > 0
         if not (by_reference or by_graph or by_ridge) or len(indices) == 0:
             return super().predict_scores(indices)
         rows = torch.from_numpy(indices).long()
@@ -353,7 +352,7 @@ class TRSMethod(SemiSupervisedMethod):
         if graph_share > 0:
             fields["graph_node_tokens"], fields["graph_node_values"] = self._graph_nodes()
         # 0: the ridge had no share (the teacher was the EMA teacher)
-        fields["ridge_test_share"] = self.config.semi.ridge_test_share if self._ridge_predicts() else 0.0
+        fields["ridge_test_share"] = self._ridge_share()
         if fields["ridge_test_share"] > 0:
             _, weights, bias = self._ridge_fit()
             fields["ridge_weights"], fields["ridge_bias"] = torch.from_numpy(weights), bias
@@ -468,7 +467,7 @@ class TRSMethod(SemiSupervisedMethod):
     def model_summary(self) -> dict:
         summary = super().model_summary()
         # the ridge's share of the test prediction (semi.ridge_test_share where it taught, else 0)
-        summary["ridge_test_share"] = self.config.semi.ridge_test_share if self._ridge_predicts() else 0.0
+        summary["ridge_test_share"] = self._ridge_share()
         if self.reference is not None:
             summary["reference_parameters"] = sum(p.numel() for p in self.reference.parameters())
         if self.gate is not None:  # what the label-only gate chose, and how clearly (train.methods.gate.VERDICTS)
