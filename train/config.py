@@ -300,12 +300,21 @@ class SemiConfig(CheckedConfig):
     # Negative: stricter, the graph must gain more than -margin out of fold to stay.
     graph_guard_margin: float = 0.1
     graph_guard_repeats: int = 10
+    # Where the guard kept the graph although its signal was below 0, and semi.teacher is "auto":
+    # the gate also scores the ridge teacher on its own folds (train.methods.gate.ridge_check) and,
+    # where the ridge's out-of-fold Spearman beats the chosen option's by more than
+    # gate_ridge_margin gate margins (on gate_scale), the ridge teaches and the graph is dropped,
+    # as where the guard drops it. false: trs version 10.
+    gate_ridge_check: bool = False
+    gate_ridge_margin: float = 0.5
 
     def check(self) -> None:
         _non_negative(self, "semi_epochs", "unlabelled_weight", "graph_strength", "gate_epochs",
                       "gate_reference_epochs")
         _positive(self, "mc_samples", "graph_neighbours", "max_confidence_weight", "gate_repeats",
                   "graph_guard_repeats")
+        require(math.isfinite(self.gate_ridge_margin), "gate_ridge_margin",
+                f"must be a finite number of gate margins, got {self.gate_ridge_margin!r}")
         require(math.isfinite(self.graph_guard_margin), "graph_guard_margin",
                 f"must be a finite difference of Spearman correlations, got {self.graph_guard_margin!r}")
         require(self.gate_folds >= 2, "gate_folds", f"must be at least 2, got {self.gate_folds!r}")

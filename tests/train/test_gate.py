@@ -207,7 +207,8 @@ def test_the_verdict_says_whether_the_gate_switched_kept_the_best_or_could_not_t
     assert gate_verdict(paired) == "kept, undecided"
     paired["paired_differences"]["no graph"]["mean"] = -0.01
     assert gate_verdict(paired) == "kept"
-    assert set(VERDICTS) == {"switched", "kept", "kept, undecided", "kept, not cross-fitted"}
+    assert set(VERDICTS) == {"switched", "switched to the ridge teacher", "kept", "kept, undecided",
+                             "kept, not cross-fitted"}
 
 
 def test_the_description_names_the_choice_the_estimates_and_the_margin():

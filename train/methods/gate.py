@@ -138,6 +138,7 @@ def margin_choice(scores: dict[str, float | None], default: str, margin: float) 
 
 VERDICTS = {
     "switched": "another option beat the configured one out of fold",
+    "switched to the ridge teacher": "the ridge teacher beat the chosen option out of fold (semi.gate_ridge_check)",
     "kept": "the configured option scored best out of fold",
     "kept, undecided": "another option scored higher out of fold, by less than the margin: with this many "
                        "labelled videos the gate cannot tell them apart, and keeps the configured one",
@@ -171,6 +172,8 @@ def gate_verdict(outcome: dict) -> str:
     """How the gate's choice came about, one of :data:`VERDICTS` (``metrics.json``'s ``gate_verdict``)."""
     if not outcome.get("estimates"):
         return "kept, not cross-fitted"
+    if (outcome.get("ridge_check") or {}).get("switches"):
+        return "switched to the ridge teacher"
     if outcome["chosen"] != outcome["default"]:
         return "switched"
     return "kept, undecided" if out_of_fold_leader(outcome)[0] is not None else "kept"
@@ -185,6 +188,12 @@ def describe_outcome(outcome: dict) -> str:
         from train.methods.graph_guard import describe_guard
 
         head += describe_guard(outcome["graph_guard"]) + "; "
+    check = outcome.get("ridge_check") or {}
+    if check.get("switches"):
+        estimate = check["estimate"]
+        return (head + f"the ridge teacher scored {'undefined' if estimate is None else f'{estimate:.3f}'} out "
+                f"of fold against '{check['compared_with']}' {_shown(outcome['estimates'], check['compared_with'])}"
+                f" (lead needed {check['needed']:.3f}): the ridge teaches, '{outcome['chosen']}'")
     if outcome.get("teacher") == "ridge":
         head += "the teacher is the ridge; "
     # after the guard dropped the graph, the option the gate starts from is the configured one without it
@@ -194,8 +203,7 @@ def describe_outcome(outcome: dict) -> str:
     estimates = outcome["estimates"]
 
     def shown(name: str) -> str:
-        value = estimates.get(name)
-        return "undefined" if value is None else f"{value:.3f}"
+        return _shown(estimates, name)
 
     if outcome.get("rule") == "paired":
         scale = f"paired rule, z = {outcome['z']:g}"
@@ -211,6 +219,11 @@ def describe_outcome(outcome: dict) -> str:
     ahead = f"ahead by {lead:.3f}" if math.isfinite(lead) else "ahead of an undefined estimate"
     return (head + f"kept {configured} '{default}' ({shown(default)} out of fold); '{leader}' scored "
             f"{shown(leader)}, {ahead} ({scale}): too few labelled videos to tell them apart")
+
+
+def _shown(estimates: dict, name: str) -> str:
+    value = estimates.get(name)
+    return "undefined" if value is None else f"{value:.3f}"
 
 
 def _train_fold_student(method, positions: torch.Tensor, epochs: int, seed: int) -> MixerHead:
@@ -365,7 +378,56 @@ def decide(method, plan: GatePlan, held_values: list[dict[str, np.ndarray]]) -> 
         differences = paired_differences({name: per_fold[name] for name in names}, start.name)
         chosen = paired_choice(differences, start.name, semi.gate_paired_z)
         rule = {"rule": "paired", "z": semi.gate_paired_z, "paired_differences": differences}
-    return {**outcome, "estimates": estimates, "fold_estimates": per_fold, **rule, "chosen": chosen}
+    outcome = {**outcome, "estimates": estimates, "fold_estimates": per_fold, **rule, "chosen": chosen}
+    guard = outcome.get("graph_guard") or {}
+    if (semi.gate_ridge_check and semi.teacher == "auto" and outcome["teacher"] == "ema"
+            and guard.get("signal") is not None and guard["signal"] < 0):
+        outcome = ridge_check(method, plan, outcome)
+    return outcome
+
+
+def ridge_check(method, plan: GatePlan, outcome: dict) -> dict:
+    """``semi.gate_ridge_check``: where the guard kept the graph although it lost out of fold
+    (a signal below 0 but above ``-semi.graph_guard_margin``), so that the EMA teacher teaches,
+    is the ridge teacher's pseudo-labelling clearly better than the option the gate chose?
+
+    The ridge (:class:`~train.methods.pseudo_labels.RidgeTeacherSource`) is fitted on each fold
+    job's training folds and labels its held-out fold, so its pooled out-of-fold Spearman is
+    scored exactly as the gate's options are, on the same folds of the same cross-fittings. Where
+    it beats the chosen option's estimate by more than ``semi.gate_ridge_margin`` gate margins
+    (on the gate's scale), the run goes on as where the guard drops the graph: the ridge teaches
+    and the chosen sources run without the graph (and the ridge takes ``semi.ridge_test_share``
+    of the prediction). Why: on the embedded dives at 10 % labels the guard's signal is small
+    there (-0.01 to -0.09 with 17 labels), the gate keeps the graph within its margin, and those
+    runs end far below `ridge` and `supervised` (research log, session 23).
+    ``gate.ridge_check`` records the estimate, its lead, the lead needed and whether it switched."""
+    from train.methods.pseudo_labels import RidgeTeacherSource
+
+    truth = method.labelled_targets.double().numpy()
+    repeats = max(job.repeat for job in plan.jobs) + 1
+    out_of_fold = [np.zeros(len(truth)) for _ in range(repeats)]
+    source = RidgeTeacherSource(method.config.ridge)
+    for job in plan.jobs:
+        train, held = torch.from_numpy(job.train), torch.from_numpy(job.held)
+        features, weights, bias = source.fit(method.data, method.labelled[train], method.labelled_targets[train])
+        out_of_fold[job.repeat][job.held] = features[method.labelled[held].numpy()] @ weights + bias
+    estimate = _mean_or_none([spearman(truth, values) for values in out_of_fold])
+    chosen = outcome["chosen"]
+    compared = on_scale({"ridge": estimate, "chosen": outcome["estimates"].get(chosen)}, method.config.semi.gate_scale)
+    if compared["ridge"] is None:
+        lead = -math.inf
+    elif compared["chosen"] is None:
+        lead = math.inf
+    else:
+        lead = compared["ridge"] - compared["chosen"]
+    needed = method.config.semi.gate_ridge_margin * outcome["margin"]
+    switches = lead > needed
+    record = {"estimate": estimate, "compared_with": chosen, "lead": lead if math.isfinite(lead) else None,
+              "needed": needed, "switches": bool(switches)}
+    if not switches:
+        return {**outcome, "ridge_check": record}
+    without_graph = GateOption(chosen_option(outcome).sources, 0.0).name
+    return {**outcome, "ridge_check": record, "teacher": "ridge", "chosen": without_graph}
 
 
 def paired_differences(fold_estimates: dict[str, list], default: str) -> dict[str, dict | None]:

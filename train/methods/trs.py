@@ -411,6 +411,15 @@ class TRSMethod(SemiSupervisedMethod):
         teacher = gate.get("teacher")
         require(teacher is None or teacher in ("ema", "ridge"),
                 f"gate's teacher is {shown(teacher)}, expected 'ema' or 'ridge'")
+        check = gate.get("ridge_check")
+        require(check is None or (self.config.semi.gate_ridge_check and isinstance(check, Mapping)
+                                  and isinstance(check.get("switches"), bool)),
+                f"gate's ridge_check is {shown(check)}, expected the check's record (a dict with switches) "
+                f"and semi.gate_ridge_check on")
+        if teacher is not None and self.config.semi.teacher == "auto":  # as train.methods.gate resolves it
+            expected = "ridge" if without_graph or (check is not None and check["switches"]) else "ema"
+            require(teacher == expected, f"gate's teacher is {shown(teacher)}, the run's guard and ridge check "
+                                         f"make it {expected!r}")
         chosen = gate.get("chosen")
         require(isinstance(chosen, str) and chosen in options,
                 f"gate chose {shown(chosen)}, not one of the run's options")

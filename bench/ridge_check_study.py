@@ -1,0 +1,185 @@
+#!/usr/bin/env python
+"""Session 23's study (docs/research/issue11-2026-12-01.md): the gate's ridge check
+(``semi.gate_ridge_check``), on validation splits only.
+
+Where the graph guard keeps the graph, version 10's teacher is the EMA teacher, and on the
+embedded dives at 10 % labels those runs are where `trs` collapses (validation ρ 0.16-0.53 on
+seeds 50-79, against `ridge` 0.60-0.87). The check scores the ridge teacher on the gate's own
+folds and lets it teach (without the graph) where it beats the option the gate chose by more
+than the gate's margin (train.methods.gate.ridge_check).
+
+The same six validation cells as ``bench/segment_ridge_study.py`` (the embedded dives at 10 % and
+20 % labels, Fis-V TES and PCS at 10 % and 25 %; 25 % of the training videos held out, the test
+rows cut off before training). `trs` with the check runs everywhere; where its check did not
+switch, the run is version 10's bit for bit (tests/train/test_gate_ridge_check.py), so version 10
+is trained only where it switched (and on ``--verify`` runs where it did not, to show the
+identity). Records go to bench/results/ridge_check_study.jsonl; finished runs are never rerun.
+
+    python bench/ridge_check_study.py --seeds 60-69            # exploratory (session 23)
+    python bench/ridge_check_study.py --seeds 90-99 --rule     # the registered decision
+
+The table gives per cell each method's mean validation ρ, the check's paired difference against
+version 10 and against `supervised` (mean ± sd, wins), and in how many runs the check switched.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.fisv_common import (  # noqa: E402
+    DEFAULT_CACHE, DEFAULT_FISV_DIR, REPO_ROOT, config_digest, fit_without_test, load_results,
+)
+from bench.gate_rule_study import DEMO_CACHE, DEMO_ROOT  # noqa: E402
+from bench.segment_ridge_study import CELLS, run_keyed  # noqa: E402
+from bench.tune_fisv import build  # noqa: E402
+
+RESULTS = REPO_ROOT / "bench" / "results" / "ridge_check_study.jsonl"
+# Each variant spelled out, so that its identity does not move with today's defaults.
+VARIANTS = {"trs-check": "trs:semi.gate_ridge_check=true", "trs-v10": "trs:semi.gate_ridge_check=false",
+            "ridge": "ridge:ridge.segments=3", "supervised": "supervised"}
+VERSIONS = {"trs-check": 1, "trs-v10": 10, "ridge": 3, "supervised": 1}
+# The rule registered before any seed 90-99 run (research log, session 23), on the mean paired
+# validation ρ of the check against version 10: adopt iff the dives' 10 % cell gains more than
+# RULE_DIVES_GAIN, the 40 Fis-V runs together change by at least RULE_FISV_POOLED (the check
+# switches few Fis-V runs, so one cell's mean is one run's draw), and no cell loses more than
+# RULE_WORST.
+RULE_DIVES_GAIN, RULE_FISV_POOLED, RULE_WORST, RULE_SEEDS = 0.02, -0.005, -0.02, "90-99"
+
+
+def record_id(method: str, dataset: str, target: str, ratio: float, seed: int) -> str:
+    return config_digest({"study": "ridge_check", "method": method, "dataset": dataset, "target": target,
+                          "ratio": ratio, "seed": seed, "code_version": VERSIONS[method]})
+
+
+def config_of(method: str, dataset: str, target: str, ratio: float, seed: int) -> dict:
+    if dataset == "dives":
+        return build(VARIANTS[method], target, ratio, seed, DEMO_CACHE, DEMO_ROOT, dataset="mtl-aqa")
+    return build(VARIANTS[method], target, ratio, seed, DEFAULT_CACHE, DEFAULT_FISV_DIR)
+
+
+def run_record(config_dict: dict) -> dict:
+    """One run without its test rows: validation ρ, and for trs what its gate decided."""
+    fitted = fit_without_test(config_dict, threads=1)
+    result = {"validation_spearman": fitted.validation["spearman"], "seconds": fitted.seconds}
+    gate = getattr(fitted.method, "gate", None)
+    if gate:
+        result.update(teacher=gate.get("teacher"), chosen=gate["chosen"], ridge_check=gate.get("ridge_check"),
+                      guard_signal=(gate.get("graph_guard") or {}).get("signal"),
+                      chosen_estimate=(gate.get("estimates") or {}).get(gate["chosen"]))
+    return result
+
+
+def _task(key: tuple, config: dict) -> tuple[tuple, dict]:
+    return key, run_record(config)
+
+
+def run_missing(keys: list[tuple], results: dict, jobs: int) -> None:
+    run_keyed(keys, results, jobs, identify=record_id, configure=config_of, task=_task, path=RESULTS, label="method")
+
+
+def switched(record: dict | None) -> bool:
+    return bool(record and (record.get("ridge_check") or {}).get("switches"))
+
+
+def _paired(a: dict[int, float], b: dict[int, float]) -> str:
+    seeds = sorted(set(a) & set(b))
+    if not seeds:
+        return "–"
+    differences = [a[seed] - b[seed] for seed in seeds]
+    sd = statistics.stdev(differences) if len(differences) > 1 else 0.0
+    wins = sum(difference > 0 for difference in differences)
+    return f"{statistics.fmean(differences):+.3f} ± {sd:.3f} ({wins}/{len(seeds)})"
+
+
+def cell_values(results: dict, cell: tuple, seeds: list[int]) -> dict[str, dict[int, float]]:
+    """Per method, per seed, validation ρ; version 10's value is the check's where the check did
+    not switch (the same run) and its own run where it did (missing: the seed is left out)."""
+    runs = {method: {seed: results.get(record_id(method, *cell, seed)) for seed in seeds} for method in VARIANTS}
+    values = {method: {seed: run["validation_spearman"] for seed, run in by_seed.items() if run is not None}
+              for method, by_seed in runs.items()}
+    check = runs["trs-check"]
+    values["trs-v10"] = {seed: (values["trs-v10"].get(seed) if switched(check[seed]) else value)
+                         for seed, value in values["trs-check"].items()}
+    values["trs-v10"] = {seed: value for seed, value in values["trs-v10"].items() if value is not None}
+    values["switched"] = {seed: 1.0 for seed in check if switched(check[seed])}
+    return values
+
+
+def identity_check(results: dict, seeds: list[int]) -> str:
+    """Where version 10 was also trained on a run whose check did not switch: the largest |Δρ|."""
+    deviations = []
+    for cell in CELLS:
+        for seed in seeds:
+            check, plain = (results.get(record_id(method, *cell, seed)) for method in ("trs-check", "trs-v10"))
+            if check is not None and plain is not None and not switched(check):
+                deviations.append(abs(check["validation_spearman"] - plain["validation_spearman"]))
+    return (f"version 10 beside the check where it did not switch: max |Δρ| {max(deviations):.1e} "
+            f"({len(deviations)} runs)") if deviations else "no identity runs"
+
+
+def report(results: dict, seeds: list[int], rule: bool = False) -> str:
+    lines = ["| cell | supervised | ridge | trs v10 | trs + check | check − v10 | check − supervised | switched |",
+             "|---|---|---|---|---|---|---|---|"]
+    gains: dict[tuple, float] = {}
+    fisv_differences: list[float] = []
+    for cell in CELLS:
+        values = cell_values(results, cell, seeds)
+        means = [f"{statistics.fmean(values[method].values()):.3f}" if values[method] else "–"
+                 for method in ("supervised", "ridge", "trs-v10", "trs-check")]
+        both = sorted(set(values["trs-check"]) & set(values["trs-v10"]))
+        if both:
+            differences = [values["trs-check"][seed] - values["trs-v10"][seed] for seed in both]
+            gains[cell] = statistics.fmean(differences)
+            if cell[0] == "fis-v":
+                fisv_differences += differences
+        lines.append(f"| {cell[0]} {cell[1]} {cell[2]:.0%} | " + " | ".join(means) + " | "
+                     f"{_paired(values['trs-check'], values['trs-v10'])} | "
+                     f"{_paired(values['trs-check'], values['supervised'])} | "
+                     f"{len(values['switched'])}/{len(values['trs-check'])} |")
+    lines.append(identity_check(results, seeds))
+    if rule:
+        complete = all(len(cell_values(results, cell, seeds)["trs-v10"]) == len(seeds) for cell in CELLS)
+        if not complete or len(gains) < len(CELLS):
+            lines.append("rule: not every run is there yet")
+        else:
+            dives, worst = gains[CELLS[0]], min(gains.values())
+            fisv = statistics.fmean(fisv_differences)
+            adopted = dives > RULE_DIVES_GAIN and fisv >= RULE_FISV_POOLED and worst >= RULE_WORST
+            lines.append(f"rule (registered for seeds {RULE_SEEDS}): dives 10 % {dives:+.4f} (> +{RULE_DIVES_GAIN}), "
+                         f"Fis-V's {len(fisv_differences)} runs {fisv:+.4f} (≥ {RULE_FISV_POOLED}), worst cell "
+                         f"{worst:+.4f} (≥ {RULE_WORST}): {'ADOPT' if adopted else 'do not adopt'}")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", default=RULE_SEEDS)
+    parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--verify", type=int, default=2,
+                        help="Also train version 10 on this many runs whose check did not switch (identity).")
+    parser.add_argument("--report", action="store_true", help="Only print the table of stored results.")
+    parser.add_argument("--rule", action="store_true", help="Also print the registered rule's decision.")
+    args = parser.parse_args()
+
+    from train.sweep import parse_seeds
+
+    seeds = parse_seeds(args.seeds)
+    results = load_results(RESULTS)
+    if not args.report:
+        quick = [(method, *cell, seed) for method in ("ridge", "supervised") for cell in CELLS for seed in seeds]
+        run_missing(quick + [("trs-check", *cell, seed) for cell in CELLS for seed in seeds], results, args.jobs)
+        checks = [(cell, seed, results[record_id("trs-check", *cell, seed)]) for cell in CELLS for seed in seeds]
+        plain = [("trs-v10", *cell, seed) for cell, seed, record in checks if switched(record)]
+        plain += [("trs-v10", *cell, seed) for cell, seed, record in checks if not switched(record)][:args.verify]
+        run_missing(plain, results, args.jobs)
+    print(report(results, seeds, args.rule))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,65 @@
+"""bench/ridge_check_study.py (research log, session 23): the check's runs and version 10's are
+the same configuration but for the check, version 10 counts as the check's own run where the
+check did not switch, and the registered rule reads the dives' 10 % cell and the worst cell."""
+
+from __future__ import annotations
+
+from bench import ridge_check_study as study
+
+
+def test_the_variants_differ_only_by_the_check_and_have_their_own_identities():
+    check = study.config_of("trs-check", "fis-v", "TES", 0.1, 3)
+    plain = study.config_of("trs-v10", "fis-v", "TES", 0.1, 3)
+    assert check["semi"]["gate_ridge_check"] is True and plain["semi"]["gate_ridge_check"] is False
+    assert {key: value for key, value in check["semi"].items() if key != "gate_ridge_check"} == \
+        {key: value for key, value in plain["semi"].items() if key != "gate_ridge_check"}
+    assert {key: value for key, value in check.items() if key != "semi"} == \
+        {key: value for key, value in plain.items() if key != "semi"}
+    assert study.config_of("trs-check", "dives", "final_score", 0.1, 3)["validation_fraction"] == 0.25
+    ids = {study.record_id(method, *cell, seed) for method in study.VARIANTS for cell in study.CELLS for seed in (0, 1)}
+    assert len(ids) == len(study.VARIANTS) * len(study.CELLS) * 2
+
+
+def _results(dives_gain: float, fisv_gain: float, seeds=range(3)) -> dict:
+    """Every cell: supervised 0.5, ridge 0.6, the check 0.7; the check switched in seed 0 only,
+    where version 10 read 0.7 - gain (the dives' 10 % cell: ``dives_gain``, Fis-V: ``fisv_gain``,
+    the dives' 20 % cell: 0)."""
+    results = {}
+    for cell in study.CELLS:
+        gain = dives_gain if cell == study.CELLS[0] else fisv_gain if cell[0] == "fis-v" else 0.0
+        for seed in seeds:
+            for method, value in (("supervised", 0.5), ("ridge", 0.6)):
+                results[study.record_id(method, *cell, seed)] = {"validation_spearman": value}
+            results[study.record_id("trs-check", *cell, seed)] = {
+                "validation_spearman": 0.7, "ridge_check": {"switches": seed == 0}}
+            if seed == 0:
+                results[study.record_id("trs-v10", *cell, seed)] = {"validation_spearman": 0.7 - gain}
+    return results
+
+
+def test_version_10_is_the_checks_run_where_it_did_not_switch():
+    values = study.cell_values(_results(0.3, 0.0), study.CELLS[0], [0, 1, 2])
+    assert values["trs-v10"] == {0: 0.7 - 0.3, 1: 0.7, 2: 0.7}
+    assert values["switched"] == {0: 1.0}
+    # a switched run without its version-10 run leaves the seed out rather than pairing it with itself
+    results = _results(0.3, 0.0)
+    del results[study.record_id("trs-v10", *study.CELLS[0], 0)]
+    assert study.cell_values(results, study.CELLS[0], [0, 1, 2])["trs-v10"] == {1: 0.7, 2: 0.7}
+    assert "not every run is there yet" in study.report(results, [0, 1, 2], rule=True)
+
+
+def test_the_rule_adopts_only_a_dives_gain_that_costs_no_cell():
+    def decision(dives_gain, fisv_gain):
+        return study.report(_results(dives_gain, fisv_gain), [0, 1, 2], rule=True).splitlines()[-1]
+
+    assert decision(0.3, 0.0).endswith(": ADOPT")  # +0.1 per seed in the dives' 10 % cell
+    assert decision(0.3, -0.012).endswith(": ADOPT")  # Fis-V -0.004 in every cell: within both bars
+    assert decision(0.03, 0.0).endswith("do not adopt")  # +0.01: not above +0.02
+    assert decision(0.3, -0.03).endswith("do not adopt")  # Fis-V pays -0.01 over its 40 runs
+    results = _results(0.3, 0.03)  # Fis-V +0.01 per cell, but one cell -0.023 (its switched run -0.07):
+    results[study.record_id("trs-v10", *study.CELLS[2], 0)] = {"validation_spearman": 0.77}
+    line = study.report(results, [0, 1, 2], rule=True).splitlines()[-1]
+    assert "Fis-V's 12 runs +0.0017" in line and line.endswith("do not adopt")  # the pool passes, the cell does not
+    table = study.report(_results(0.3, 0.0), [0, 1, 2])
+    assert "| dives final_score 10% | 0.500 | 0.600 | 0.600 | 0.700 | +0.100 ± 0.173 (1/3) |" in table
+    assert "| 1/3 |" in table
