@@ -17,6 +17,7 @@ identity). Records go to bench/results/ridge_check_study.jsonl; finished runs ar
 
     python bench/ridge_check_study.py --seeds 60-69            # exploratory (session 23)
     python bench/ridge_check_study.py --seeds 90-99 --rule     # the registered decision
+    python bench/ridge_check_study.py --test-protocols --seeds 0-9   # which README Fis-V test runs switch
 
 The table gives per cell each method's mean validation ρ, the check's paired difference against
 version 10 and against `supervised` (mean ± sd, wins), and in how many runs the check switched.
@@ -156,6 +157,47 @@ def report(results: dict, seeds: list[int], rule: bool = False) -> str:
     return "\n".join(lines)
 
 
+def test_protocol_decision(name: str, config_dict: dict) -> dict:
+    """Whether the check switches a test-protocol run: its guard, and where the check could apply
+    (the EMA teacher on a signal below 0) its gate, computed as the run computes them (fold jobs
+    only; no burn-in, nothing scored)."""
+    import torch
+
+    from train.config import config_from_json
+    from train.data import prepare_data
+    from train.methods import make_method
+    from train.methods.gate import guard_record, run_gate
+
+    torch.set_num_threads(1)
+    config = config_from_json({**config_dict, "semi": {**config_dict["semi"], "gate_ridge_check": True}}, name)
+    method = make_method(config, prepare_data(config))
+    guard = guard_record(method)
+    record = {"name": name, "signal": None if guard is None else guard["signal"], "switches": False}
+    if guard is None or guard["signal"] is None or guard["drops_graph"] or guard["signal"] >= 0:
+        return record
+    check = run_gate(method).get("ridge_check") or {}
+    return {**record, "lead": check.get("lead"), "needed": check.get("needed"), "switches": bool(check.get("switches"))}
+
+
+def test_protocols(resplits: int, seeds: list[int], jobs: int) -> list[dict]:
+    """:func:`test_protocol_decision` for every trs run of the README's Fis-V tables."""
+    from joblib import Parallel, delayed
+
+    from bench.fisv_common import ensure_fisv_cache
+    from bench.graph_guard_probe import test_protocol_configs
+
+    ensure_fisv_cache(DEFAULT_FISV_DIR, DEFAULT_CACHE)
+    configs = test_protocol_configs(resplits, seeds)
+    decisions = []
+    for record in Parallel(n_jobs=jobs, return_as="generator")(
+            delayed(test_protocol_decision)(name, config) for name, config in configs):
+        decisions.append(record)
+        if record["switches"]:
+            print(f"{record['name']}: the check switches (signal {record['signal']:+.3f}, lead {record['lead']}, "
+                  f"needed {record['needed']:.3f})", flush=True)
+    return decisions
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", default=RULE_SEEDS)
@@ -164,11 +206,22 @@ def main() -> int:
                         help="Also train version 10 on this many runs whose check did not switch (identity).")
     parser.add_argument("--report", action="store_true", help="Only print the table of stored results.")
     parser.add_argument("--rule", action="store_true", help="Also print the registered rule's decision.")
+    parser.add_argument("--test-protocols", action="store_true",
+                        help="Instead: in which trs runs of the README's Fis-V test tables (official split and "
+                             "--resplits resplits, 10 and 25 %%, --seeds) the check switches (reported only).")
+    parser.add_argument("--resplits", type=int, default=5)
     args = parser.parse_args()
 
     from train.sweep import parse_seeds
 
     seeds = parse_seeds(args.seeds)
+    if args.test_protocols:
+        decisions = test_protocols(args.resplits, seeds, args.jobs)
+        switched_runs = [record["name"] for record in decisions if record["switches"]]
+        below = sum(record["signal"] is not None and -0.1 <= record["signal"] < 0 for record in decisions)
+        print(f"the check switches {len(switched_runs)} of {len(decisions)} runs ({below} with a guard signal in "
+              f"[-0.1, 0)): {', '.join(switched_runs) or 'none'}")
+        return 0
     results = load_results(RESULTS)
     if not args.report:
         quick = [(method, *cell, seed) for method in ("ridge", "supervised") for cell in CELLS for seed in seeds]

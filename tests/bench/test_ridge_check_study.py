@@ -63,3 +63,29 @@ def test_the_rule_adopts_only_a_dives_gain_that_costs_no_cell():
     table = study.report(_results(0.3, 0.0), [0, 1, 2])
     assert "| dives final_score 10% | 0.500 | 0.600 | 0.600 | 0.700 | +0.100 ± 0.173 (1/3) |" in table
     assert "| 1/3 |" in table
+
+
+def _with_guard_signal(monkeypatch, signal: float) -> None:
+    import train.methods.graph_guard as guard_module
+
+    real = guard_module.graph_guard
+    monkeypatch.setattr(guard_module, "graph_guard", lambda data, seed, repeats, margin: {
+        **real(data, seed, repeats, margin), "signal": signal, "drops_graph": bool(signal < -margin)})
+
+
+def test_a_test_protocol_run_is_decided_as_the_run_decides(tiny_config, monkeypatch):
+    from aqa.config import to_dict
+    from train.config import config_from_json
+    from train.data import prepare_data
+    from train.methods import make_method
+    from train.methods.gate import run_gate
+
+    config = to_dict(tiny_config("trs", "semi.gate_ridge_check=false"))  # the check is turned on for the decision
+    _with_guard_signal(monkeypatch, 0.05)  # a graph that gains out of fold: no gate needed
+    assert study.test_protocol_decision("gains", config) == {"name": "gains", "signal": 0.05, "switches": False}
+    _with_guard_signal(monkeypatch, -0.05)
+    decision = study.test_protocol_decision("loses", config)
+    checked = config_from_json({**config, "semi": {**config["semi"], "gate_ridge_check": True}}, "test")
+    check = run_gate(make_method(checked, prepare_data(checked)))["ridge_check"]
+    assert decision == {"name": "loses", "signal": -0.05, "lead": check["lead"], "needed": check["needed"],
+                        "switches": check["switches"]}
