@@ -89,3 +89,36 @@ def test_a_test_protocol_run_is_decided_as_the_run_decides(tiny_config, monkeypa
     check = run_gate(make_method(checked, prepare_data(checked)))["ridge_check"]
     assert decision == {"name": "loses", "signal": -0.05, "lead": check["lead"], "needed": check["needed"],
                         "switches": check["switches"]}
+
+
+def _second_results(dives_gain: float, fisv_gain: float, seeds=range(4)) -> dict:
+    """Signals: seed 0 -0.05 (the check applies; it switches), seed 1 -0.05 (applies, no switch),
+    seed 2 +0.05 and seed 3 -0.2 (it cannot apply); the switched run gains ``dives_gain`` in the
+    dives' 10 % cell, ``fisv_gain`` on Fis-V, 0 in the dives' 20 % cell."""
+    results = {}
+    for cell in study.CELLS:
+        gain = dives_gain if cell == study.CELLS[0] else fisv_gain if cell[0] == "fis-v" else 0.0
+        for seed, signal in zip(seeds, (-0.05, -0.05, 0.05, -0.2)):
+            results[study.record_id("signal", *cell, seed)] = {"signal": signal}
+            if -0.1 <= signal < 0:
+                results[study.record_id("trs-check-full", *cell, seed)] = {
+                    "validation_spearman": 0.7, "ridge_check": {"switches": seed == 0}}
+            if seed == 0:
+                results[study.record_id("trs-v10", *cell, seed)] = {"validation_spearman": 0.7 - gain}
+    return results
+
+
+def test_the_second_rule_counts_runs_the_check_cannot_switch_as_unchanged():
+    assert not study.applicable({"signal": 0.0}) and not study.applicable({"signal": -0.11})
+    assert study.applicable({"signal": -0.1}) and study.applicable({"signal": -0.01})
+    assert not study.applicable({"signal": None}) and not study.applicable(None)
+    table = study.second_report(_second_results(0.2, 0.0), [0, 1, 2, 3])
+    assert "| dives final_score 10% | 2 | 1 | +0.0500 (4 seeds) | s0 0.500 → 0.700 |" in table
+    assert table.splitlines()[-1].endswith(": ADOPT")
+    assert study.second_report(_second_results(0.2, -0.02), [0, 1, 2, 3]).splitlines()[-1].endswith(
+        "do not adopt")  # Fis-V -0.005 per cell
+    assert study.second_report(_second_results(0.03, 0.0), [0, 1, 2, 3]).splitlines()[-1].endswith(
+        "do not adopt")  # +0.0075: not above +0.01
+    results = _second_results(0.2, 0.0)
+    del results[study.record_id("trs-v10", *study.CELLS[3], 0)]
+    assert study.second_report(results, [0, 1, 2, 3]).splitlines()[-1] == "second rule: not every run is there yet"
