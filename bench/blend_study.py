@@ -43,18 +43,20 @@ from bench.tune_fisv import build, code_version  # noqa: E402
 RESULTS = REPO_ROOT / "bench" / "results" / "blend_study.jsonl"
 METHODS = ("trs", "ridge", "supervised")
 # "trs" is version 9's prediction (version 10 without the ridge's share: the same code path as
-# version 9, whatever today's default); "trs-v10" is today's default, run only to check that the
-# post-hoc blend is what version 10 predicts. The ridge's segment count is spelled out.
-STUDY_VARIANT = {"trs": "trs:semi.ridge_test_share=0", "trs-v10": "trs", "ridge": "ridge:ridge.segments=3",
+# version 9, whatever today's default); "trs-v10" is version 10 (today's default without version
+# 11's ridge check), run only to check that the post-hoc blend is what version 10 predicts. The
+# ridge's segment count is spelled out.
+STUDY_VARIANT = {"trs": "trs:semi.ridge_test_share=0;semi.gate_ridge_check=false",
+                 "trs-v10": "trs:semi.gate_ridge_check=false", "ridge": "ridge:ridge.segments=3",
                  "supervised": "supervised"}
 SHARES = (0.25, 0.5, 0.75)
 
 
 def record_id(method: str, dataset: str, target: str, ratio: float, seed: int, version: int | None = None) -> str:
     """A run's identity; ``version``: the method's code version (default: today's; "trs" is
-    always version 9's prediction, "trs-v10" today's trs)."""
+    always version 9's prediction, "trs-v10" version 10's)."""
     if method == "trs-v10":
-        method = "trs"
+        method, version = "trs", 10 if version is None else version
     elif method == "trs" and version is None:
         version = VERSION_9
     return config_digest({"study": "blend", "method": method, "dataset": dataset, "target": target, "ratio": ratio,

@@ -42,7 +42,8 @@ from bench.tune_fisv import build  # noqa: E402
 
 RESULTS = REPO_ROOT / "bench" / "results" / "ridge_check_study.jsonl"
 # Each variant spelled out, so that its identity does not move with today's defaults.
-VARIANTS = {"trs-check": "trs:semi.gate_ridge_check=true", "trs-v10": "trs:semi.gate_ridge_check=false",
+VARIANTS = {"trs-check": "trs:semi.gate_ridge_check=true;semi.gate_ridge_margin=0.5",
+            "trs-v10": "trs:semi.gate_ridge_check=false",
             "ridge": "ridge:ridge.segments=3", "supervised": "supervised",
             # the second candidate: the gate's own margin (semi.gate_ridge_margin = 1)
             "trs-check-full": "trs:semi.gate_ridge_check=true;semi.gate_ridge_margin=1"}

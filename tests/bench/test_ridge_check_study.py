@@ -10,9 +10,13 @@ from bench import ridge_check_study as study
 def test_the_variants_differ_only_by_the_check_and_have_their_own_identities():
     check = study.config_of("trs-check", "fis-v", "TES", 0.1, 3)
     plain = study.config_of("trs-v10", "fis-v", "TES", 0.1, 3)
+    full = study.config_of("trs-check-full", "fis-v", "TES", 0.1, 3)
     assert check["semi"]["gate_ridge_check"] is True and plain["semi"]["gate_ridge_check"] is False
-    assert {key: value for key, value in check["semi"].items() if key != "gate_ridge_check"} == \
-        {key: value for key, value in plain["semi"].items() if key != "gate_ridge_check"}
+    assert check["semi"]["gate_ridge_margin"] == 0.5 and full["semi"]["gate_ridge_margin"] == 1.0  # whatever today's
+    checks = ("gate_ridge_check", "gate_ridge_margin")
+    assert {key: value for key, value in check["semi"].items() if key not in checks} == \
+        {key: value for key, value in plain["semi"].items() if key not in checks} == \
+        {key: value for key, value in full["semi"].items() if key not in checks}
     assert {key: value for key, value in check.items() if key != "semi"} == \
         {key: value for key, value in plain.items() if key != "semi"}
     assert study.config_of("trs-check", "dives", "final_score", 0.1, 3)["validation_fraction"] == 0.25

@@ -85,7 +85,7 @@ def test_it_switches_only_where_the_ridge_leads_by_more_than_the_margin(tiny_dat
     method, plan, outcome = gated_method(config_of(tiny_dataset, fast_flags, KEEPS_THE_GRAPH))
     estimate, chosen = outcome["ridge_check"]["estimate"], outcome["chosen"]
     before = {key: value for key, value in outcome.items() if key != "ridge_check"}
-    needed = 0.5 * outcome["margin"]  # semi.gate_ridge_margin: half the gate's margin by default
+    needed = outcome["margin"]  # semi.gate_ridge_margin: the gate's own margin by default (version 11)
     assert outcome["ridge_check"]["needed"] == pytest.approx(needed)
     z = math.atanh(estimate)
     for chosen_z, switches in [(z - needed - 0.02, True), (z - needed + 0.02, False), (z + 0.3, False)]:
@@ -192,3 +192,15 @@ def test_a_resumed_run_keeps_the_switch_and_a_tampered_one_is_refused(tiny_datas
                      {key: value for key, value in gate.items() if key != "ridge_check"}):
         with pytest.raises(CheckpointMismatch, match="gate"):
             make_method(config, data).check_state({**state, "gate": tampered})
+
+
+def test_version_11_turns_it_on_and_older_configurations_repeat_without_it(tiny_dataset, fast_flags):
+    from aqa.config import to_dict
+    from train.config import config_from_json
+
+    today = preset_config("default", "trs").semi
+    assert today.gate_ridge_check is True and today.gate_ridge_margin == 1.0
+    saved = to_dict(config_of(tiny_dataset, fast_flags))
+    saved.pop("resolved", None)
+    del saved["semi"]["gate_ridge_check"]
+    assert config_from_json(saved, "config.json").semi.gate_ridge_check is False  # a version-10 run folder
