@@ -37,7 +37,7 @@ from bench.fisv_common import (  # noqa: E402
     DEFAULT_CACHE, DEFAULT_FISV_DIR, REPO_ROOT, config_digest, fit_without_test, load_results,
 )
 from bench.gate_rule_study import DEMO_CACHE, DEMO_ROOT  # noqa: E402
-from bench.segment_ridge_study import CELLS, run_keyed  # noqa: E402
+from bench.segment_ridge_study import CELLS, paired_text, run_keyed  # noqa: E402
 from bench.tune_fisv import build, code_version  # noqa: E402
 
 RESULTS = REPO_ROOT / "bench" / "results" / "blend_study.jsonl"
@@ -105,16 +105,6 @@ def blend_spearman(trs: dict, ridge: dict, share: float) -> float:
     return spearman(np.asarray(trs["truth"]), blended)
 
 
-def _paired(a: dict[int, float], b: dict[int, float]) -> str:
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
-        return "–"
-    differences = [a[seed] - b[seed] for seed in seeds]
-    sd = statistics.stdev(differences) if len(differences) > 1 else 0.0
-    wins = sum(difference > 0 for difference in differences)
-    return f"{statistics.fmean(differences):+.3f} ± {sd:.3f} ({wins}/{len(seeds)})"
-
-
 def report(results: dict, seeds: list[int]) -> str:
     header = ["cell", *METHODS] + [f"s={share:g}: mean, − trs, − supervised" for share in SHARES]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -133,8 +123,8 @@ def report(results: dict, seeds: list[int]) -> str:
                 row.append("–")
                 continue
             summary[share].append(statistics.fmean(blend[seed] - values["trs"][seed] for seed in both))
-            row.append(f"{statistics.fmean(blend.values()):.3f}, {_paired(blend, values['trs'])}, "
-                       f"{_paired(blend, values['supervised'])}")
+            row.append(f"{statistics.fmean(blend.values()):.3f}, {paired_text(blend, values['trs'])}, "
+                       f"{paired_text(blend, values['supervised'])}")
         lines.append("| " + " | ".join(row) + " |")
     for share, gains in summary.items():
         if gains:
@@ -170,7 +160,7 @@ def rule_report(results: dict, seeds: list[int]) -> str:
         (dives_gains if cell[0] == "dives" else fisv_gains).append(gain)
         taught = sum(v9[seed]["teacher"] == "ridge" for seed in both)
         lines.append(f"| {cell[0]} {cell[1]} {cell[2]:.0%} | {statistics.fmean(old.values()):.3f} | "
-                     f"{statistics.fmean(new.values()):.3f} | {_paired(new, old)} | {_paired(new, sup)} | "
+                     f"{statistics.fmean(new.values()):.3f} | {paired_text(new, old)} | {paired_text(new, sup)} | "
                      f"{taught}/{len(both)} | " + (f"{max(deviations):.1e} ({len(deviations)})" if deviations else "–")
                      + " |")
     if len(gains) == len(CELLS):

@@ -37,7 +37,7 @@ from bench.fisv_common import (  # noqa: E402
     DEFAULT_CACHE, DEFAULT_FISV_DIR, REPO_ROOT, config_digest, fit_without_test, load_results,
 )
 from bench.gate_rule_study import DEMO_CACHE, DEMO_ROOT  # noqa: E402
-from bench.segment_ridge_study import CELLS, run_keyed  # noqa: E402
+from bench.segment_ridge_study import CELLS, paired_text, run_keyed  # noqa: E402
 from bench.tune_fisv import build  # noqa: E402
 
 RESULTS = REPO_ROOT / "bench" / "results" / "ridge_check_study.jsonl"
@@ -100,16 +100,6 @@ def switched(record: dict | None) -> bool:
     return bool(record and (record.get("ridge_check") or {}).get("switches"))
 
 
-def _paired(a: dict[int, float], b: dict[int, float]) -> str:
-    seeds = sorted(set(a) & set(b))
-    if not seeds:
-        return "–"
-    differences = [a[seed] - b[seed] for seed in seeds]
-    sd = statistics.stdev(differences) if len(differences) > 1 else 0.0
-    wins = sum(difference > 0 for difference in differences)
-    return f"{statistics.fmean(differences):+.3f} ± {sd:.3f} ({wins}/{len(seeds)})"
-
-
 def cell_values(results: dict, cell: tuple, seeds: list[int]) -> dict[str, dict[int, float]]:
     """Per method, per seed, validation ρ; version 10's value is the check's where the check did
     not switch (the same run) and its own run where it did (missing: the seed is left out)."""
@@ -152,8 +142,8 @@ def report(results: dict, seeds: list[int], rule: bool = False) -> str:
             if cell[0] == "fis-v":
                 fisv_differences += differences
         lines.append(f"| {cell[0]} {cell[1]} {cell[2]:.0%} | " + " | ".join(means) + " | "
-                     f"{_paired(values['trs-check'], values['trs-v10'])} | "
-                     f"{_paired(values['trs-check'], values['supervised'])} | "
+                     f"{paired_text(values['trs-check'], values['trs-v10'])} | "
+                     f"{paired_text(values['trs-check'], values['supervised'])} | "
                      f"{len(values['switched'])}/{len(values['trs-check'])} |")
     lines.append(identity_check(results, seeds))
     if rule:
@@ -204,42 +194,39 @@ def run_second(seeds: list[int], results: dict, jobs: int) -> None:
     run_missing([("trs-v10", *key[1:]) for key in todo if switched(results[record_id(*key)])], results, jobs)
 
 
+def second_difference(results: dict, cell: tuple, seed: int) -> tuple[float | None, bool, str | None]:
+    """One split of the second rule: the check − version 10 (0 where the check cannot apply or
+    did not switch; None while a needed run is missing), whether it could apply, and the switch."""
+    signal = results.get(record_id("signal", *cell, seed))
+    if signal is None or not applicable(signal):
+        return (None if signal is None else 0.0), False, None
+    check = results.get(record_id("trs-check-full", *cell, seed))
+    if check is None or not switched(check):
+        return (None if check is None else 0.0), True, None
+    plain = results.get(record_id("trs-v10", *cell, seed))
+    if plain is None:
+        return None, True, None
+    before, after = plain["validation_spearman"], check["validation_spearman"]
+    return after - before, True, f"s{seed} {before:.3f} → {after:.3f}"
+
+
 def second_report(results: dict, seeds: list[int]) -> str:
     """The second candidate against version 10, per cell: paired mean over every seed (0 where the
     check cannot apply or did not switch), and each switch."""
     lines = ["| cell | applicable | switched | check − v10 (every seed) | switches: v10 → check |", "|---|---|---|---|---|"]
     gains, fisv, complete = {}, [], True
     for cell in CELLS:
-        differences, switches, can = [], [], 0
-        for seed in seeds:
-            signal = results.get(record_id("signal", *cell, seed))
-            if signal is None:
-                complete = False
-                continue
-            if not applicable(signal):
-                differences.append(0.0)
-                continue
-            can += 1
-            check = results.get(record_id("trs-check-full", *cell, seed))
-            if check is None:
-                complete = False
-                continue
-            if not switched(check):
-                differences.append(0.0)
-                continue
-            plain = results.get(record_id("trs-v10", *cell, seed))
-            if plain is None:
-                complete = False
-                continue
-            differences.append(check["validation_spearman"] - plain["validation_spearman"])
-            switches.append(f"s{seed} {plain['validation_spearman']:.3f} → {check['validation_spearman']:.3f}")
+        outcomes = [second_difference(results, cell, seed) for seed in seeds]
+        complete = complete and all(difference is not None for difference, _, _ in outcomes)
+        differences = [difference for difference, _, _ in outcomes if difference is not None]
+        switches = [switch for _, _, switch in outcomes if switch is not None]
         if differences:
             gains[cell] = statistics.fmean(differences)
             if cell[0] == "fis-v":
                 fisv += differences
         mean = f"{gains[cell]:+.4f} ({len(differences)} seeds)" if differences else "–"
-        lines.append(f"| {cell[0]} {cell[1]} {cell[2]:.0%} | {can} | {len(switches)} | {mean} | "
-                     f"{', '.join(switches) or '–'} |")
+        lines.append(f"| {cell[0]} {cell[1]} {cell[2]:.0%} | {sum(can for _, can, _ in outcomes)} | {len(switches)} | "
+                     f"{mean} | {', '.join(switches) or '–'} |")
     if not complete or len(gains) < len(CELLS):
         lines.append("second rule: not every run is there yet")
         return "\n".join(lines)

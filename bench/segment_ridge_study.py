@@ -86,6 +86,15 @@ def paired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, int,
     return statistics.fmean(differences), sd, len(seeds), sum(difference > 0 for difference in differences)
 
 
+def paired_text(a: dict[int, float], b: dict[int, float]) -> str:
+    """:func:`paired` as a table cell, "mean ± sd (wins/seeds)" (sd 0 for one seed; "–" for none)."""
+    result = paired(a, b)
+    if result is None:
+        return "–"
+    mean, sd, count, wins = result
+    return f"{mean:+.3f} ± {0.0 if math.isnan(sd) else sd:.3f} ({wins}/{count})"
+
+
 def report(results: dict, seeds: list[int]) -> str:
     lines = ["| cell | " + " | ".join(VARIANTS) + " | ridge-3 − ridge-1 | ridge-3 − supervised | trs − ridge-3 |",
              "|---|" + "---|" * (len(VARIANTS) + 3)]
