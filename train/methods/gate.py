@@ -19,7 +19,11 @@ and before the semi-supervised phase, :func:`run_gate`:
    training folds), fuses them as the run does, and refines them on the run's graph with only
    the training folds anchored;
 4. scores each :class:`GateOption` by the Spearman of its pooled out-of-fold values against the
-   held-out labels.
+   held-out labels;
+5. with ``semi.gate_ridge_check`` (on since trs version 11), where the guard kept the graph
+   although its signal was below 0 and the EMA teacher teaches, scores the ridge teacher on the
+   same folds (:func:`ridge_check`) and lets it teach, without the graph, where it beats the
+   chosen option by more than ``semi.gate_ridge_margin`` margins (``gate.ridge_check``).
 
 Steps 2-3 of each fold of each cross-fitting form one job (:func:`run_fold_jobs`), on one torch
 thread wherever it runs: in forked workers when the run has several threads (started beside the
