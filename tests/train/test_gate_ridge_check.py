@@ -5,6 +5,7 @@ option the gate chose (train.methods.gate.ridge_check)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -204,3 +205,29 @@ def test_version_11_turns_it_on_and_older_configurations_repeat_without_it(tiny_
     saved.pop("resolved", None)
     del saved["semi"]["gate_ridge_check"]
     assert config_from_json(saved, "config.json").semi.gate_ridge_check is False  # a version-10 run folder
+
+
+def test_predict_scores_a_switched_run_as_it_ran(tiny_dataset, fast_flags, tmp_path, monkeypatch, losing_graph):
+    import csv
+
+    from pipeline import main
+
+    monkeypatch.setattr(gate_module, "gate_margin", lambda count, scale: -10.0)
+    run_dir = tmp_path / "switched"
+    threads = torch.get_num_threads()
+    try:
+        assert main(["train", "--features", str(tiny_dataset["cache"]), "--manifest", str(tiny_dataset["manifest"]),
+                     "--ratio", "0.5", "--seed", "0", "--run-dir", str(run_dir), "--threads", "1", "--no-progress",
+                     *fast_flags, "--set", KEEPS_THE_GRAPH]) == 0
+        out = tmp_path / "scores.csv"
+        assert main(["predict", "--run", str(run_dir), "--features", str(tiny_dataset["cache"]), "--out", str(out),
+                     "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["gate_verdict"] == "switched to the ridge teacher" and metrics["ridge_test_share"] == 0.5
+    with open(run_dir / "predictions.csv", newline="") as handle:
+        stored = {row["key"]: float(row["pred"]) for row in csv.DictReader(handle)}
+    with open(out, newline="") as handle:
+        predicted = {row["key"]: float(row["pred"]) for row in csv.DictReader(handle)}
+    assert predicted and all(predicted[key] == pytest.approx(stored[key], abs=1e-4) for key in predicted)
