@@ -408,8 +408,7 @@ def ridge_check(method, plan: GatePlan, outcome: dict) -> dict:
     from train.methods.pseudo_labels import RidgeTeacherSource
 
     truth = method.labelled_targets.double().numpy()
-    repeats = max(job.repeat for job in plan.jobs) + 1
-    out_of_fold = [np.zeros(len(truth)) for _ in range(repeats)]
+    out_of_fold = [np.zeros(len(truth)) for _ in range(method.config.semi.gate_repeats)]  # as decide pools
     source = RidgeTeacherSource(method.config.ridge)
     for job in plan.jobs:
         train, held = torch.from_numpy(job.train), torch.from_numpy(job.held)
