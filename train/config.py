@@ -204,6 +204,12 @@ class SemiConfig(CheckedConfig):
     # before its runs (research log, session 20: validation seeds 30-39, dives +0.078 and +0.046 per split at 10 and 20 % labels, Fis-V untouched: no split dropped).
     teacher: TeacherKind = "auto"
     mc_samples: int = 4  # MC-dropout passes of the teacher per refresh
+    # Share of the ridge (the `ridge` teacher's closed form on the labelled videos) in the EMA
+    # teacher's pseudo-labels, where the teacher is the EMA teacher: values (1 - share) * EMA +
+    # share * ridge, confidences the EMA teacher's (one linear fit has no per-video spread). Two
+    # unlike learners (a token-mixing head, a linear model on segment means) err differently, so
+    # their mean should be the better teacher. 0: the EMA teacher alone (trs up to version 11).
+    teacher_ridge_share: float = 0.0
     # Confidence memories keep each video's most confident output; stored confidences decay by
     # this factor each epoch so that a better later output can replace an early lucky one.
     memory_decay: float = 0.9
@@ -326,7 +332,8 @@ class SemiConfig(CheckedConfig):
         require(self.gate_paired_z is None or (math.isfinite(self.gate_paired_z) and self.gate_paired_z >= 0),
                 "gate_paired_z", f"must be a non-negative number of standard errors (or null: the margin rule), "
                 f"got {self.gate_paired_z!r}")
-        _share(self, "ema_decay", "memory_decay", "graph_test_share", "ridge_test_share", one_allowed=True)
+        _share(self, "ema_decay", "memory_decay", "graph_test_share", "ridge_test_share", "teacher_ridge_share",
+               one_allowed=True)
 
 
 @dataclass

@@ -132,6 +132,24 @@ class RidgeTeacherSource:
         return values, torch.ones_like(values)
 
 
+class BlendedTeacherSource:
+    """``semi.teacher_ridge_share``: the EMA teacher's pseudo-labels moved towards the ridge's,
+    ``(1 - share) * EMA + share * ridge`` per video, with the EMA teacher's confidences (the ridge
+    has no per-video spread). The ridge is refitted on the context's labelled videos (a gate
+    fold's teacher on its fold), as :class:`RidgeTeacherSource` does."""
+
+    name = "teacher"
+    needs_reference_network = False
+
+    def __init__(self, ema: TeacherSource, ridge: RidgeTeacherSource, share: float):
+        self.ema, self.ridge, self.share = ema, ridge, share
+
+    def estimate(self, context: Context) -> Estimate:
+        ema_values, confidence = self.ema.estimate(context)
+        ridge_values, _ = self.ridge.estimate(context)
+        return (1.0 - self.share) * ema_values + self.share * ridge_values, confidence
+
+
 def exemplar_pools(exemplar_difficulty: np.ndarray | None, query_difficulty: np.ndarray | None,
                    exemplars: int, queries: int) -> list[torch.Tensor]:
     """For each of ``queries`` videos, the positions among the ``exemplars`` labelled ones it may be
@@ -357,8 +375,14 @@ def resolved_teacher(config: TrainConfig, teacher: str | None = None) -> str:
 def build_sources(config: TrainConfig, names, teacher: str | None = None) -> list[Source]:
     """Fresh sources (no memory) named ``names`` ("teacher", "reference"), in that order;
     ``teacher``: the teacher's kind when the gate resolved it (:func:`resolved_teacher`)."""
-    teacher = (lambda: TeacherSource(config.semi.mc_samples)) if resolved_teacher(config, teacher) == "ema" else (
-        lambda: RidgeTeacherSource(config.ridge))
+    semi = config.semi
+    if resolved_teacher(config, teacher) == "ridge":
+        teacher = lambda: RidgeTeacherSource(config.ridge)  # noqa: E731
+    elif semi.teacher_ridge_share > 0:
+        teacher = lambda: BlendedTeacherSource(TeacherSource(semi.mc_samples), RidgeTeacherSource(config.ridge),  # noqa: E731
+                                               semi.teacher_ridge_share)
+    else:
+        teacher = lambda: TeacherSource(semi.mc_samples)  # noqa: E731
     makers = {"teacher": teacher,
               "reference": lambda: ReferenceSource(config.reference.exemplars)}
     return [makers[name]() for name in names]
