@@ -44,10 +44,10 @@ RESULTS = REPO_ROOT / "bench" / "results" / "blend_study.jsonl"
 METHODS = ("trs", "ridge", "supervised")
 # "trs" is version 9's prediction (version 10 without the ridge's share: the same code path as
 # version 9, whatever today's default); "trs-v10" is version 10 (today's default without version
-# 11's ridge check), run only to check that the post-hoc blend is what version 10 predicts. The
-# ridge's segment count is spelled out.
-STUDY_VARIANT = {"trs": "trs:semi.ridge_test_share=0;semi.gate_ridge_check=false",
-                 "trs-v10": "trs:semi.gate_ridge_check=false", "ridge": "ridge:ridge.segments=3",
+# 11's ridge check and version 12's blended teacher), run only to check that the post-hoc blend
+# is what version 10 predicts. The ridge's segment count is spelled out.
+STUDY_VARIANT = {"trs": "trs:semi.ridge_test_share=0;semi.gate_ridge_check=false;semi.teacher_ridge_share=0",
+                 "trs-v10": "trs:semi.gate_ridge_check=false;semi.teacher_ridge_share=0", "ridge": "ridge:ridge.segments=3",
                  "supervised": "supervised"}
 SHARES = (0.25, 0.5, 0.75)
 

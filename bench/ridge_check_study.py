@@ -42,11 +42,11 @@ from bench.tune_fisv import build  # noqa: E402
 
 RESULTS = REPO_ROOT / "bench" / "results" / "ridge_check_study.jsonl"
 # Each variant spelled out, so that its identity does not move with today's defaults.
-VARIANTS = {"trs-check": "trs:semi.gate_ridge_check=true;semi.gate_ridge_margin=0.5",
-            "trs-v10": "trs:semi.gate_ridge_check=false",
+VARIANTS = {"trs-check": "trs:semi.gate_ridge_check=true;semi.gate_ridge_margin=0.5;semi.teacher_ridge_share=0",
+            "trs-v10": "trs:semi.gate_ridge_check=false;semi.teacher_ridge_share=0",
             "ridge": "ridge:ridge.segments=3", "supervised": "supervised",
             # the second candidate: the gate's own margin (semi.gate_ridge_margin = 1)
-            "trs-check-full": "trs:semi.gate_ridge_check=true;semi.gate_ridge_margin=1"}
+            "trs-check-full": "trs:semi.gate_ridge_check=true;semi.gate_ridge_margin=1;semi.teacher_ridge_share=0"}
 VERSIONS = {"trs-check": 1, "trs-v10": 10, "ridge": 3, "supervised": 1, "trs-check-full": 1, "signal": 1}
 # The rule registered before any seed 90-99 run (research log, session 23), on the mean paired
 # validation ρ of the check against version 10: adopt iff the dives' 10 % cell gains more than

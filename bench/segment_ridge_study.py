@@ -38,9 +38,10 @@ RESULTS = REPO_ROOT / "bench" / "results" / "segment_ridge.jsonl"
 # The segment counts are spelled out, so that a record keeps its meaning whatever ridge's default.
 VARIANTS = {"ridge-1": "ridge:ridge.segments=1", "ridge-3": "ridge:ridge.segments=3",
             "supervised": "supervised", "trs": "trs", "trs-no-graph": "trs:semi.use_graph=false",
-            "trs-ema": "trs:semi.teacher=ema", "trs-ridge-teacher": "trs:semi.teacher=ridge"}
-# Session 20's variants spell out trs's teacher, the one field a version after 8 may change, so
-# their records keep trs version 8 in their identity whatever trs's default becomes.
+            "trs-ema": "trs:semi.teacher=ema;semi.teacher_ridge_share=0",
+            "trs-ridge-teacher": "trs:semi.teacher=ridge;semi.teacher_ridge_share=0"}
+# Session 20's variants spell out trs's teacher (and, since version 12, the EMA teacher's ridge
+# share), so their records keep trs version 8 in their identity whatever trs's default becomes.
 SPELLED_TRS_VERSION = {"trs-ema": 8, "trs-ridge-teacher": 8}
 TEACHER_DIVES_GAIN, TEACHER_WORST_FISV = 0.03, -0.01
 CELLS = [("dives", "final_score", 0.1), ("dives", "final_score", 0.2),

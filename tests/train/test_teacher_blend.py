@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from aqa.config import to_dict
 from aqa.errors import UserError
-from train.config import apply_overrides, preset_config
+from train.config import apply_overrides, config_from_json, preset_config
 from train.data import prepare_data
 from train.methods import make_method
 from train.methods.pseudo_labels import (
@@ -61,10 +62,19 @@ def test_its_values_are_the_share_weighted_mean_and_its_confidences_the_ema_teac
         assert torch.equal(confidence, ema_confidence)
 
 
+def test_half_by_default_off_in_the_paper_preset_and_in_earlier_run_folders(tiny_dataset, fast_flags):
+    assert preset_config("default", "trs").semi.teacher_ridge_share == 0.5  # trs version 12
+    assert preset_config("paper", "trs").semi.teacher_ridge_share == 0.0
+    saved = to_dict(config_of(tiny_dataset, fast_flags))
+    saved.pop("resolved", None)
+    del saved["semi"]["teacher_ridge_share"]  # a run folder of trs version 11 or earlier
+    assert config_from_json(saved, "config.json").semi.teacher_ridge_share == 0.0
+
+
 def test_the_configuration_builds_it_only_where_the_ema_teacher_teaches(tiny_dataset, fast_flags):
-    assert config_of(tiny_dataset, fast_flags).semi.teacher_ridge_share == 0.0  # off by default
-    assert type(build_sources(config_of(tiny_dataset, fast_flags), ["teacher"])[0]) is TeacherSource
-    blended = config_of(tiny_dataset, fast_flags, "semi.teacher_ridge_share=0.5")
+    plain = config_of(tiny_dataset, fast_flags, "semi.teacher_ridge_share=0")
+    assert type(build_sources(plain, ["teacher"], "ema")[0]) is TeacherSource
+    blended = config_of(tiny_dataset, fast_flags)
     source = build_sources(blended, ["teacher"], "ema")[0]
     assert isinstance(source, BlendedTeacherSource) and source.share == 0.5 and source.name == "teacher"
     assert isinstance(build_sources(blended, ["teacher"], "ridge")[0], RidgeTeacherSource)  # the ridge teaches alone

@@ -17,7 +17,9 @@
   = "auto"``) the teacher source is a ridge on the labelled videos' time-segment means instead of
   the EMA teacher. Where the guard kept a graph that lost out of fold, the gate's ridge check
   (``semi.gate_ridge_check``, :func:`train.methods.gate.ridge_check`) scores that ridge on the
-  gate's folds and makes the same switch where it clearly beats the gate's choice.
+  gate's folds and makes the same switch where it clearly beats the gate's choice. Where the
+  EMA teacher teaches, its pseudo-labels are moved halfway to that ridge's
+  (``semi.teacher_ridge_share``, :class:`~train.methods.pseudo_labels.BlendedTeacherSource`).
 * At test time the student predicts, blended with the reference network against every labelled
   exemplar of the video's pool (``reference.test_share``, half by default; 0: the student alone,
   the paper's reading), then, when the run's pseudo-labels went through the graph, with the
