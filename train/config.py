@@ -210,7 +210,7 @@ class SemiConfig(CheckedConfig):
     # unlike learners (a token-mixing head, a linear model on segment means) err differently, so
     # their mean should be the better teacher. 0: the EMA teacher alone (trs up to version 11, and
     # the `paper` preset). 0.5 since trs version 12, adopted by a rule written before its runs
-    # (research log, session 24: validation seeds 130-149, dives +0.006 per run, Fis-V XXX).
+    # (research log, session 24: validation seeds 130-149, dives +0.006 per run, Fis-V +0.001).
     teacher_ridge_share: float = 0.5
     # Confidence memories keep each video's most confident output; stored confidences decay by
     # this factor each epoch so that a better later output can replace an early lucky one.
