@@ -20,7 +20,7 @@ from train.methods import gate as gate_module
 from train.methods.gate import (
     GateOption, chosen_option, describe_outcome, gate_verdict, plan_gate, ridge_check, run_gate,
 )
-from train.methods.pseudo_labels import GraphRefiner, RidgeTeacherSource, TeacherSource
+from train.methods.pseudo_labels import BlendedTeacherSource, GraphRefiner, RidgeTeacherSource, TeacherSource
 from training import fit_on_one_thread
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -141,7 +141,8 @@ def test_where_it_does_not_switch_the_run_is_version_10s(tiny_dataset, fast_flag
     plain = fit_on_one_thread(config_of(tiny_dataset, fast_flags, KEEPS_THE_GRAPH, "semi.gate_ridge_check=false"))
     assert checked.diagnostics["gate"]["ridge_check"]["switches"] is False
     assert "ridge_check" not in plain.diagnostics["gate"]
-    assert isinstance(checked.method.labelling.sources[0].source, TeacherSource)
+    teacher = checked.method.labelling.sources[0].source  # the EMA teacher, blended (version 12)
+    assert isinstance(teacher, BlendedTeacherSource) and isinstance(teacher.ema, TeacherSource)
     np.testing.assert_array_equal(checked.predictions, plain.predictions)
 
 

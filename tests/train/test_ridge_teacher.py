@@ -15,7 +15,9 @@ from train.config import apply_overrides, preset_config
 from train.data import prepare_data
 from train.methods import make_method
 from train.methods.gate import describe_outcome
-from train.methods.pseudo_labels import Context, RidgeTeacherSource, TeacherSource, build_sources
+from train.methods.pseudo_labels import (
+    BlendedTeacherSource, Context, RidgeTeacherSource, TeacherSource, build_sources,
+)
 from training import fit_on_one_thread
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,7 +65,8 @@ def test_it_fits_on_the_labelled_videos_it_is_given(tiny_dataset, fast_flags):
 
 def test_the_configuration_chooses_the_teacher(tiny_dataset, fast_flags):
     assert config_of(tiny_dataset, fast_flags).semi.teacher == "auto"  # the default since trs version 9
-    assert isinstance(build_sources(config_of(tiny_dataset, fast_flags), ["teacher"])[0], TeacherSource)
+    ema = build_sources(config_of(tiny_dataset, fast_flags), ["teacher"])[0]
+    assert isinstance(ema, BlendedTeacherSource) and isinstance(ema.ema, TeacherSource)  # version 12: half the ridge
     assert isinstance(build_sources(config_of(tiny_dataset, fast_flags), ["teacher"], "ridge")[0], RidgeTeacherSource)
     ridge = build_sources(config_of(tiny_dataset, fast_flags, "semi.teacher=ridge"), ["teacher"])[0]
     assert isinstance(ridge, RidgeTeacherSource) and ridge.name == "teacher"
@@ -98,7 +101,8 @@ def test_auto_takes_the_ridge_teacher_where_the_guard_drops_the_graph(tiny_datas
 
 def test_without_the_gate_auto_is_the_ema_teacher(tiny_dataset, fast_flags):
     config = config_of(tiny_dataset, fast_flags, "semi.teacher=auto", "semi.gate=false")
-    assert isinstance(make_method(config, prepare_data(config)).labelling.sources[0].source, TeacherSource)
+    teacher = make_method(config, prepare_data(config)).labelling.sources[0].source
+    assert isinstance(teacher, BlendedTeacherSource) and isinstance(teacher.ema, TeacherSource)
 
 
 def test_where_the_ridge_teaches_it_takes_its_share_of_the_test_prediction(tiny_dataset, fast_flags):
